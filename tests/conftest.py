@@ -1,0 +1,214 @@
+"""Shared fixtures: a fresh PostgreSQL database per test (copied from a migrated template),
+a flushed Redis database, the simulator on 127.0.0.1, and real `celery worker` processes.
+
+A service that is not running fails the test and names the service.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import redis
+from alembic import command
+from alembic.config import Config
+
+from worker import db, token_store
+from worker.config import get_settings
+from worker.simulator import RunningSimulator, SimulatorClient, start_simulator
+
+ROOT = Path(__file__).resolve().parent.parent
+PG_ADMIN = os.environ.get("TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
+PG_BASE = PG_ADMIN.rsplit("/", 1)[0]
+REDIS_BASE = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
+# Broker and governor databases of the test run (the simulator's own tests use 14 and 15).
+BROKER_URL = f"{REDIS_BASE}/11"
+GOVERNOR_URL = f"{REDIS_BASE}/12"
+TEMPLATE = f"zw_test_template_{os.getpid()}"
+
+
+def _admin() -> psycopg.Connection[Any]:
+    try:
+        return psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN}: {exc}")
+
+
+@pytest.fixture(scope="session")
+def pg_template() -> Iterator[str]:
+    """A database migrated to head once per run, copied for each test."""
+    with _admin() as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{TEMPLATE}"')
+    url = f"{PG_BASE.replace('postgresql://', 'postgresql+psycopg://')}/{TEMPLATE}"
+    config = Config(str(ROOT / "alembic.ini"))
+    config.attributes["database_url"] = url
+    config.attributes["configure_logger"] = False
+    command.upgrade(config, "head")
+    yield TEMPLATE
+    with _admin() as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE}" WITH (FORCE)')
+
+
+@pytest.fixture
+def database_url(pg_template: str) -> Iterator[str]:
+    """A fresh, migrated database for this test."""
+    name = f"zw_test_{secrets.token_hex(6)}"
+    with _admin() as conn:
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"')
+    yield f"{PG_BASE.replace('postgresql://', 'postgresql+psycopg://')}/{name}"
+    db.dispose_all()
+    with _admin() as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _flushed(url: str) -> redis.Redis:
+    client = redis.Redis.from_url(url)
+    try:
+        client.flushdb()
+    except redis.ConnectionError as exc:
+        pytest.fail(f"Redis is not reachable at {url}: {exc}")
+    return client
+
+
+@pytest.fixture
+def broker() -> Iterator[redis.Redis]:
+    """The broker's Redis database, flushed."""
+    client = _flushed(BROKER_URL)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def sim() -> Iterator[RunningSimulator]:
+    """The Zoom simulator, served on 127.0.0.1 for this test."""
+    with start_simulator() as running:
+        yield running
+
+
+@pytest.fixture
+def sim_client(sim: RunningSimulator) -> Iterator[SimulatorClient]:
+    with SimulatorClient(sim.url) as client:
+        yield client
+
+
+@pytest.fixture
+def env(
+    database_url: str, broker: redis.Redis, sim: RunningSimulator, monkeypatch: pytest.MonkeyPatch
+) -> dict[str, str]:
+    """Settings for this test (also handed to worker processes), pointed at the simulator."""
+    _flushed(GOVERNOR_URL).close()
+    values = {
+        "DATABASE_URL": database_url,
+        "CELERY_BROKER_URL": BROKER_URL,
+        "REDIS_URL": GOVERNOR_URL,
+        "ZOOM_ACCOUNT_ID": "sim-account",
+        "ZOOM_CLIENT_ID": "sim-client",
+        "ZOOM_CLIENT_SECRET": "sim-secret",
+        "ZOOM_API_URL": sim.api_url,
+        "ZOOM_OAUTH_URL": sim.oauth_url,
+        "RETRY_BACKOFF_BASE": "0.2",
+        "RETRY_BACKOFF_MAX": "2",
+        "ZOOM_HTTP_TIMEOUT": "5",
+    }
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    db.dispose_all()
+    token_store.forget_process_tokens()
+    return values
+
+
+@pytest.fixture(autouse=True)
+def _fresh_settings() -> Iterator[None]:
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
+@dataclass
+class WorkerProcess:
+    """A real `celery worker` (prefork) started for a test."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    children: list[int] = field(default_factory=list)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        """SIGKILL the whole worker, main process and children, as a dying host would."""
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture
+def start_worker(
+    env: dict[str, str], tmp_path: Path
+) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start `celery -A worker worker` processes with this test's settings."""
+    started: list[WorkerProcess] = []
+
+    def start(concurrency: int = 2, name: str | None = None, **overrides: str) -> WorkerProcess:
+        name = name or f"w{len(started) + 1}"
+        log_path = tmp_path / f"{name}.log"
+        process_env = {**os.environ, **env, **overrides, "PYTHONUNBUFFERED": "1"}
+        command_line = [
+            sys.executable, "-m", "celery", "-A", "worker", "worker",
+            "--loglevel", "INFO", "--concurrency", str(concurrency), "--pool", "prefork",
+            "--hostname", f"{name}@%h", "--without-gossip", "--without-mingle",
+        ]  # fmt: skip
+        with log_path.open("wb") as out:
+            process = subprocess.Popen(
+                command_line,
+                cwd=ROOT,
+                env=process_env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        worker = WorkerProcess(name=name, process=process, log_path=log_path)
+        started.append(worker)
+        wait_for(lambda: "ready." in worker.log() or process.poll() is not None, timeout=60)
+        if process.poll() is not None:
+            pytest.fail(f"celery worker {name} exited at start:\n{worker.log()[-3000:]}")
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()
+
+
+def wait_for(condition: Callable[[], Any], *, timeout: float = 30.0, interval: float = 0.05) -> Any:
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s: {condition}")
+        time.sleep(interval)

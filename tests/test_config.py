@@ -1,0 +1,68 @@
+"""Settings: defaults that work on one machine, and errors that name the variable."""
+
+from __future__ import annotations
+
+import pytest
+
+from worker import errors
+from worker.config import PLAN_RATE_LIMITS, load_settings, parse_rate_limits
+
+
+def test_settings__defaults__match_the_interface(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("DATABASE_URL", "CELERY_BROKER_URL", "ZOOM_API_URL", "ZOOM_OAUTH_URL", "ZOOM_PLAN"):
+        monkeypatch.delenv(name, raising=False)
+    settings = load_settings()
+    assert settings.DATABASE_URL == "postgresql+psycopg://postgres@127.0.0.1:5432/zoom_worker"
+    assert settings.CELERY_BROKER_URL == "redis://127.0.0.1:6379/0"
+    assert settings.ZOOM_API_URL == "https://api.zoom.us/v2"
+    assert settings.ZOOM_TOKEN_REFRESH_MARGIN == 60
+    assert settings.JOB_LEASE_SECONDS == 300
+    assert settings.rate_limits == PLAN_RATE_LIMITS["pro"]
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("ZOOM_TOKEN_REFRESH_MARGIN", "soon"),
+        ("ZOOM_PLAN", "enterprise-deluxe"),
+        ("JOB_LEASE_SECONDS", "-1"),
+        ("ZOOM_RATE_LIMITS", "light=lots"),
+        ("ZOOM_RATE_LIMITS", "ultra=3"),
+    ],
+)
+def test_settings__invalid_value__error_names_variable_not_value(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    monkeypatch.setenv("ZOOM_CLIENT_SECRET", "do-not-echo-me")
+    with pytest.raises(errors.ConfigurationError) as caught:
+        load_settings()
+    assert caught.value.setting == name
+    assert str(caught.value).startswith(name)
+    assert "do-not-echo-me" not in str(caught.value)
+
+
+def test_settings__rate_limits_override_plan(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ZOOM_PLAN", "free")
+    monkeypatch.setenv("ZOOM_RATE_LIMITS", "heavy=10")
+    assert load_settings().rate_limits == {"light": 4, "medium": 2, "heavy": 10}
+
+
+def test_parse_rate_limits__all_categories() -> None:
+    assert parse_rate_limits("light=30, medium=20,heavy=10") == {"light": 30, "medium": 20, "heavy": 10}
+
+
+def test_settings__missing_credentials__named(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("ZOOM_ACCOUNT_ID", "ZOOM_CLIENT_ID", "ZOOM_CLIENT_SECRET", "ZOOM_CLIENT_SECRET_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("ZOOM_ACCOUNT_ID", "acc")
+    with pytest.raises(errors.ConfigurationError) as caught:
+        load_settings().require_credentials()
+    assert caught.value.setting == "ZOOM_CLIENT_ID"
+
+
+def test_settings__backoff_above_visibility_timeout__refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RETRY_BACKOFF_MAX", "7200")
+    with pytest.raises(errors.ConfigurationError) as caught:
+        load_settings()
+    assert "CELERY_VISIBILITY_TIMEOUT" in str(caught.value)

@@ -1,0 +1,167 @@
+"""Settings, read from the environment once per process (never at import).
+
+Field names equal the environment variable names. An invalid value stops the process with a
+:class:`~worker.errors.ConfigurationError` that names the variable and never echoes a value.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from worker import errors
+
+RATE_CATEGORIES = ("light", "medium", "heavy")
+
+# Zoom's per-second limits by plan (account level, shared by every app on the account).
+PLAN_RATE_LIMITS: dict[str, dict[str, int]] = {
+    "free": {"light": 4, "medium": 2, "heavy": 1},
+    "pro": {"light": 30, "medium": 20, "heavy": 10},
+    "business": {"light": 80, "medium": 60, "heavy": 40},
+}
+
+
+class Settings(BaseSettings):
+    """Every setting of the service, typed; see the README's configuration table."""
+
+    model_config = SettingsConfigDict(
+        case_sensitive=True, extra="ignore", frozen=True, env_ignore_empty=True
+    )
+
+    DATABASE_URL: str = "postgresql+psycopg://postgres@127.0.0.1:5432/zoom_worker"
+    CELERY_BROKER_URL: str = "redis://127.0.0.1:6379/0"
+    # The rate governor and circuit state live in Redis; by default the broker's server.
+    REDIS_URL: str | None = None
+
+    ZOOM_ACCOUNT_ID: str | None = None
+    ZOOM_CLIENT_ID: str | None = None
+    ZOOM_CLIENT_SECRET: SecretStr | None = None
+    ZOOM_CLIENT_SECRET_FILE: Path | None = None
+    ZOOM_API_URL: str = "https://api.zoom.us/v2"
+    ZOOM_OAUTH_URL: str = "https://zoom.us/oauth/token"
+    TOKEN_ENCRYPTION_KEY: SecretStr | None = None
+
+    ZOOM_TOKEN_REFRESH_MARGIN: int = Field(60, ge=0, le=3000)
+    ZOOM_TOKEN_LOCK_TIMEOUT: float = Field(15.0, gt=0, le=300)
+    ZOOM_TOKEN_REQUEST_TIMEOUT: float = Field(10.0, gt=0, le=120)
+    ZOOM_TOKEN_BUDGET_PER_HOUR: int = Field(20, ge=1)
+    ZOOM_HTTP_TIMEOUT: float = Field(30.0, gt=0, le=300)
+
+    ZOOM_PLAN: Literal["free", "pro", "business"] = "pro"
+    ZOOM_RATE_LIMITS: str | None = None
+    # Zoom's specs disagree on the create endpoint (Light in 2026, Medium in 2023 and the forum):
+    # the stricter one is the default.
+    ZOOM_CREATE_CATEGORY: Literal["light", "medium", "heavy"] = "medium"
+    ZOOM_DAILY_CREATE_LIMIT: int = Field(100, ge=1)
+    RATE_GOVERNOR: bool = True
+
+    JOB_LEASE_SECONDS: int = Field(300, ge=5)
+    JOB_MAX_ATTEMPTS: int = Field(6, ge=1, le=100)
+    JOB_MAX_DELIVERIES: int = Field(10, ge=1, le=1000)
+    RETRY_BACKOFF_BASE: float = Field(2.0, gt=0)
+    RETRY_BACKOFF_MAX: float = Field(300.0, gt=0)
+    CELERY_VISIBILITY_TIMEOUT: int = Field(3600, ge=60)
+    SWEEP_INTERVAL_SECONDS: float = Field(30.0, gt=0)
+    CLEANUP_INTERVAL_MINUTES: float = Field(15.0, gt=0)
+    STALE_AFTER_MINUTES: float = Field(60.0, ge=0)
+    METRICS_PORT: int = Field(9808, ge=0, le=65535)
+    FLOWER_BASIC_AUTH: SecretStr | None = None
+
+    @field_validator("ZOOM_RATE_LIMITS")
+    @classmethod
+    def _parse_rate_limits(cls, value: str | None) -> str | None:
+        if value:
+            parse_rate_limits(value)
+        return value
+
+    @model_validator(mode="after")
+    def _check_backoff(self) -> Settings:
+        if self.RETRY_BACKOFF_MAX >= self.CELERY_VISIBILITY_TIMEOUT:
+            raise ValueError("RETRY_BACKOFF_MAX must be below CELERY_VISIBILITY_TIMEOUT")
+        return self
+
+    @property
+    def redis_url(self) -> str:
+        """Where the rate governor keeps its counters."""
+        return self.REDIS_URL or self.CELERY_BROKER_URL
+
+    @property
+    def rate_limits(self) -> dict[str, int]:
+        """Per-second caps by category: the plan's, overridden by ``ZOOM_RATE_LIMITS``."""
+        limits = dict(PLAN_RATE_LIMITS[self.ZOOM_PLAN])
+        if self.ZOOM_RATE_LIMITS:
+            limits.update(parse_rate_limits(self.ZOOM_RATE_LIMITS))
+        return limits
+
+    @property
+    def has_credentials(self) -> bool:
+        """True when an account id, a client id and a secret (or its file) are all set."""
+        secret = self.ZOOM_CLIENT_SECRET is not None or self.ZOOM_CLIENT_SECRET_FILE is not None
+        return bool(self.ZOOM_ACCOUNT_ID and self.ZOOM_CLIENT_ID and secret)
+
+    def require_credentials(self) -> tuple[str, str]:
+        """The account id and client id, or a ConfigurationError naming what is missing."""
+        for name in ("ZOOM_ACCOUNT_ID", "ZOOM_CLIENT_ID"):
+            if not getattr(self, name):
+                raise errors.ConfigurationError(name, "is not set")
+        if self.ZOOM_CLIENT_SECRET is None and self.ZOOM_CLIENT_SECRET_FILE is None:
+            raise errors.ConfigurationError(
+                "ZOOM_CLIENT_SECRET", "is not set (nor ZOOM_CLIENT_SECRET_FILE)"
+            )
+        assert self.ZOOM_ACCOUNT_ID and self.ZOOM_CLIENT_ID
+        return self.ZOOM_ACCOUNT_ID, self.ZOOM_CLIENT_ID
+
+    def read_client_secret(self) -> str:
+        """The client secret, re-read from ``ZOOM_CLIENT_SECRET_FILE`` on every call."""
+        if self.ZOOM_CLIENT_SECRET_FILE is not None:
+            try:
+                secret = self.ZOOM_CLIENT_SECRET_FILE.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise errors.ConfigurationError(
+                    "ZOOM_CLIENT_SECRET_FILE", f"cannot be read ({exc.strerror})"
+                ) from exc
+            if not secret:
+                raise errors.ConfigurationError("ZOOM_CLIENT_SECRET_FILE", "is empty")
+            return secret
+        if self.ZOOM_CLIENT_SECRET is None:
+            raise errors.ConfigurationError("ZOOM_CLIENT_SECRET", "is not set")
+        return self.ZOOM_CLIENT_SECRET.get_secret_value()
+
+
+def parse_rate_limits(value: str) -> dict[str, int]:
+    """Parse ``light=30,medium=20,heavy=10`` into a dict; ValueError names the bad part."""
+    limits: dict[str, int] = {}
+    for part in value.split(","):
+        name, sep, number = part.strip().partition("=")
+        name = name.strip().lower()
+        if not sep or name not in RATE_CATEGORIES:
+            raise ValueError(f"expected category=calls_per_second with a category in {RATE_CATEGORIES}")
+        try:
+            limits[name] = int(number)
+        except ValueError:
+            raise ValueError(f"the limit for {name} is not a whole number") from None
+        if limits[name] < 1:
+            raise ValueError(f"the limit for {name} must be at least 1")
+    return limits
+
+
+def load_settings() -> Settings:
+    """Read the environment into Settings, translating pydantic's error into one that names
+    the variable and leaves its value out."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        first = exc.errors(include_input=False, include_url=False)[0]
+        setting = ".".join(str(part) for part in first["loc"]) or "settings"
+        message = first["msg"].removeprefix("Value error, ")
+        raise errors.ConfigurationError(setting, message) from None
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The process's Settings, built on first use."""
+    return load_settings()

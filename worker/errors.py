@@ -1,0 +1,198 @@
+"""Every exception zoom-worker raises, in one tree.
+
+    ZoomWorkerError
+    ├── ConfigurationError        a setting is missing or invalid (names the variable)
+    ├── InvalidMeeting            a create body Zoom would reject (names the field); also a ValueError
+    ├── InfrastructureError       our own infrastructure failed, never "bad credentials"
+    │   └── TokenStoreBusy        the token row lock was not granted in time
+    ├── Deferred                  the fleet's rate governor has no permit now (``retry_at``)
+    ├── TokenBudgetExhausted      the hourly token-request budget is spent: no more requests
+    ├── CircuitOpen               the credential is known to be refused; calls are paused
+    └── ZoomError                 Zoom did not do what we asked
+        ├── ZoomUnreachable       no HTTP answer: timeout, reset, refused (``maybe_sent`` says
+        │                         whether the request may have reached Zoom)
+        ├── ZoomServerError       5xx
+        ├── RateLimited           429 per-second or concurrency limit (``retry_at``)
+        │   └── DailyLimitReached the per-host daily create/update cap (``retry_at`` = 00:00 UTC)
+        ├── Unauthorized          401 code 124: the access token was refused
+        ├── MissingScopes         401/400 codes 4700, 4711, 104: the app lacks scopes
+        ├── CredentialsRejected   the credential itself is refused: token endpoint 4702/4704/4717,
+        │                         or a fresh token answered 401
+        ├── TokenRequestFailed    the token endpoint failed for another reason
+        └── ZoomClientError       any other 4xx, with Zoom's code and message
+            └── MeetingNotFound   404 code 3001 (legacy 300)
+
+Callers branch on the type and the attributes (``status``, ``code``, ``retry_at``), never on
+the message text. Nothing here ever carries a secret, an access token or a ``start_url``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+
+class ZoomWorkerError(Exception):
+    """Raised for every failure that zoom-worker itself reports; the root of the tree."""
+
+
+class ConfigurationError(ZoomWorkerError):
+    """Raised when a setting is missing or invalid; ``setting`` names the variable."""
+
+    def __init__(self, setting: str, message: str) -> None:
+        self.setting = setting
+        self.message = message
+        super().__init__(f"{setting}: {message}")
+
+
+class InvalidMeeting(ZoomWorkerError, ValueError):
+    """Raised when a meeting body would be refused by Zoom; ``field`` is its dotted path."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        self.message = message
+        super().__init__(f"{field}: {message}")
+
+
+class InfrastructureError(ZoomWorkerError):
+    """Raised when PostgreSQL, Redis or the token store fail; never a credential problem."""
+
+
+class TokenStoreBusy(InfrastructureError):
+    """Raised when the token row lock was not granted within the configured wait."""
+
+
+class Deferred(ZoomWorkerError):
+    """Raised before a call when the fleet's rate governor has no permit free now.
+
+    ``retry_at`` is when to try again and ``slot_at`` the reserved slot (a Redis epoch time)
+    that the retry may use without asking again, or None when nothing was reserved.
+    """
+
+    def __init__(self, message: str, *, retry_at: datetime, slot_at: float | None) -> None:
+        self.retry_at = retry_at
+        self.slot_at = slot_at
+        super().__init__(message)
+
+
+class TokenBudgetExhausted(ZoomWorkerError):
+    """Raised instead of a token request once ``ZOOM_TOKEN_BUDGET_PER_HOUR`` is spent."""
+
+    def __init__(self, message: str, *, retry_at: datetime) -> None:
+        self.retry_at = retry_at
+        super().__init__(message)
+
+
+class CircuitOpen(ZoomWorkerError):
+    """Raised instead of a call while Zoom refuses the credential; ``retry_at`` is the next probe.
+
+    ``reason`` says what Zoom said, the likely causes and what an operator should do.
+    """
+
+    def __init__(self, reason: str, *, retry_at: datetime | None) -> None:
+        self.reason = reason
+        self.retry_at = retry_at
+        super().__init__(reason)
+
+
+class ZoomError(ZoomWorkerError):
+    """Raised when Zoom answered with an error, or did not answer at all.
+
+    ``status`` is the HTTP status (0 when there was no answer), ``code`` and ``zoom_message``
+    are Zoom's own ``code`` and ``message`` from the body when it had them.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int = 0,
+        code: int | None = None,
+        zoom_message: str | None = None,
+    ) -> None:
+        self.status = status
+        self.code = code
+        self.zoom_message = zoom_message
+        super().__init__(message)
+
+    def describe(self) -> str:
+        """Zoom's status, code and message in one line, for ``job.error``."""
+        parts = [str(self)]
+        if self.status:
+            parts.append(f"HTTP {self.status}")
+        if self.code is not None:
+            parts.append(f"Zoom code {self.code}")
+        if self.zoom_message and self.zoom_message not in parts[0]:
+            parts.append(f"Zoom said: {self.zoom_message}")
+        return "; ".join(parts)
+
+
+class ZoomUnreachable(ZoomError):
+    """Raised when no HTTP answer came back (timeout, connection refused or reset).
+
+    ``maybe_sent`` is true when the request may have reached Zoom, so a create may exist.
+    """
+
+    def __init__(self, message: str, *, maybe_sent: bool) -> None:
+        self.maybe_sent = maybe_sent
+        super().__init__(message)
+
+
+class ZoomServerError(ZoomError):
+    """Raised on a 5xx answer; the request may or may not have taken effect."""
+
+
+class RateLimited(ZoomError):
+    """Raised on a 429 for the per-second (or concurrency) limit; retry at ``retry_at``.
+
+    ``retry_at`` is None when Zoom gave no usable hint; the caller then backs off.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_at: datetime | None,
+        category: str | None = None,
+        limit: int | None = None,
+        remaining: int | None = None,
+        status: int = 429,
+        code: int | None = None,
+        zoom_message: str | None = None,
+    ) -> None:
+        self.retry_at = retry_at
+        self.category = category
+        self.limit = limit
+        self.remaining = remaining
+        super().__init__(message, status=status, code=code, zoom_message=zoom_message)
+
+
+class DailyLimitReached(RateLimited):
+    """Raised when the host's daily meeting create/update cap is reached; ``retry_at`` is 00:00 UTC."""
+
+
+class Unauthorized(ZoomError):
+    """Raised on 401 code 124 (invalid or expired access token); one renewal may fix it."""
+
+
+class MissingScopes(ZoomError):
+    """Raised when the app's token lacks a scope (codes 4700, 4711, 104): a configuration error."""
+
+
+class CredentialsRejected(ZoomError):
+    """Raised when Zoom refuses the credential itself, so no new token can help.
+
+    Either the token endpoint refused the client (4702, 4704: bad client id or secret; 4717:
+    app disabled), or a token fetched moments ago was answered 401.
+    """
+
+
+class TokenRequestFailed(ZoomError):
+    """Raised when the token endpoint failed for a reason other than the credential."""
+
+
+class ZoomClientError(ZoomError):
+    """Raised on any other 4xx; ``code`` and ``zoom_message`` are Zoom's."""
+
+
+class MeetingNotFound(ZoomClientError):
+    """Raised on 404 code 3001 (legacy 300): the meeting does not exist (any more)."""
