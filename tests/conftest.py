@@ -6,6 +6,7 @@ A service that is not running fails the test and names the service.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -150,10 +151,8 @@ class WorkerProcess:
 
     def kill(self) -> None:
         """SIGKILL the whole worker, main process and children, as a dying host would."""
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         self.process.wait(timeout=30)
 
     def stop(self) -> None:
@@ -166,9 +165,7 @@ class WorkerProcess:
 
 
 @pytest.fixture
-def start_worker(
-    env: dict[str, str], tmp_path: Path
-) -> Iterator[Callable[..., WorkerProcess]]:
+def start_worker(env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
     """Start `celery -A worker worker` processes with this test's settings."""
     started: list[WorkerProcess] = []
 

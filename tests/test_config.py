@@ -9,7 +9,13 @@ from worker.config import PLAN_RATE_LIMITS, load_settings, parse_rate_limits
 
 
 def test_settings__defaults__match_the_interface(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("DATABASE_URL", "CELERY_BROKER_URL", "ZOOM_API_URL", "ZOOM_OAUTH_URL", "ZOOM_PLAN"):
+    for name in (
+        "DATABASE_URL",
+        "CELERY_BROKER_URL",
+        "ZOOM_API_URL",
+        "ZOOM_OAUTH_URL",
+        "ZOOM_PLAN",
+    ):
         monkeypatch.delenv(name, raising=False)
     settings = load_settings()
     assert settings.DATABASE_URL == "postgresql+psycopg://postgres@127.0.0.1:5432/zoom_worker"
@@ -49,11 +55,20 @@ def test_settings__rate_limits_override_plan(monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_parse_rate_limits__all_categories() -> None:
-    assert parse_rate_limits("light=30, medium=20,heavy=10") == {"light": 30, "medium": 20, "heavy": 10}
+    assert parse_rate_limits("light=30, medium=20,heavy=10") == {
+        "light": 30,
+        "medium": 20,
+        "heavy": 10,
+    }
 
 
 def test_settings__missing_credentials__named(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("ZOOM_ACCOUNT_ID", "ZOOM_CLIENT_ID", "ZOOM_CLIENT_SECRET", "ZOOM_CLIENT_SECRET_FILE"):
+    for name in (
+        "ZOOM_ACCOUNT_ID",
+        "ZOOM_CLIENT_ID",
+        "ZOOM_CLIENT_SECRET",
+        "ZOOM_CLIENT_SECRET_FILE",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("ZOOM_ACCOUNT_ID", "acc")
     with pytest.raises(errors.ConfigurationError) as caught:
@@ -61,7 +76,9 @@ def test_settings__missing_credentials__named(monkeypatch: pytest.MonkeyPatch) -
     assert caught.value.setting == "ZOOM_CLIENT_ID"
 
 
-def test_settings__backoff_above_visibility_timeout__refused(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_settings__backoff_above_visibility_timeout__refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv("RETRY_BACKOFF_MAX", "7200")
     with pytest.raises(errors.ConfigurationError) as caught:
         load_settings()

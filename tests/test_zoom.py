@@ -14,7 +14,9 @@ from worker import errors, zoom
 NOW = datetime(2026, 11, 29, 12, 0, 0, tzinfo=UTC)
 
 
-def _response(status: int, body: Any = None, headers: dict[str, str] | None = None) -> httpx.Response:
+def _response(
+    status: int, body: Any = None, headers: dict[str, str] | None = None
+) -> httpx.Response:
     content = b"" if body is None else json.dumps(body).encode()
     request = httpx.Request("GET", "https://api.zoom.us/v2/meetings/1")
     return httpx.Response(status, content=content, headers=headers, request=request)
@@ -24,16 +26,45 @@ def _response(status: int, body: Any = None, headers: dict[str, str] | None = No
     ("status", "body", "headers", "expected"),
     [
         (401, {"code": 124, "message": "Invalid access token."}, {}, errors.Unauthorized),
-        (401, {"code": 4711, "message": "Invalid access token, does not contain scopes:[x]"}, {}, errors.MissingScopes),
+        (
+            401,
+            {"code": 4711, "message": "Invalid access token, does not contain scopes:[x]"},
+            {},
+            errors.MissingScopes,
+        ),
         (400, {"code": 4700, "message": "no scopes"}, {}, errors.MissingScopes),
         (401, {"code": 104, "message": "Invalid access token"}, {}, errors.MissingScopes),
         (404, {"code": 3001, "message": "Meeting does not exist: 1."}, {}, errors.MeetingNotFound),
         (404, {"code": 300, "message": "Meeting does not exist"}, {}, errors.MeetingNotFound),
         (404, {"code": 1001, "message": "User does not exist: x."}, {}, errors.ZoomClientError),
         (400, {"code": 3007, "message": "Meeting has ended"}, {}, errors.ZoomClientError),
-        (429, {"code": 429, "message": "You have reached the maximum per-second rate limit for this API. Try again later."}, {"X-RateLimit-Type": "QPS"}, errors.RateLimited),
-        (429, {"code": 429, "message": "You have exceeded the daily rate limit (100) of Meeting Create/Update API requests"}, {}, errors.DailyLimitReached),
-        (400, {"code": 300, "message": "You have exceeded the daily rate limit (100) of Meeting Create/Update API requests"}, {}, errors.DailyLimitReached),
+        (
+            429,
+            {
+                "code": 429,
+                "message": "You have reached the maximum per-second rate limit for this API. Try again later.",
+            },
+            {"X-RateLimit-Type": "QPS"},
+            errors.RateLimited,
+        ),
+        (
+            429,
+            {
+                "code": 429,
+                "message": "You have exceeded the daily rate limit (100) of Meeting Create/Update API requests",
+            },
+            {},
+            errors.DailyLimitReached,
+        ),
+        (
+            400,
+            {
+                "code": 300,
+                "message": "You have exceeded the daily rate limit (100) of Meeting Create/Update API requests",
+            },
+            {},
+            errors.DailyLimitReached,
+        ),
         (429, None, {}, errors.RateLimited),
         (500, {"code": 500, "message": "Internal"}, {}, errors.ZoomServerError),
         (503, None, {}, errors.ZoomServerError),
@@ -55,7 +86,11 @@ def test_raise_for_response__2xx__returns() -> None:
 
 
 def test_raise_for_response__validation_errors__fields_in_message() -> None:
-    body = {"code": 300, "message": "Validation Failed.", "errors": [{"field": "topic", "message": "too long"}]}
+    body = {
+        "code": 300,
+        "message": "Validation Failed.",
+        "errors": [{"field": "topic", "message": "too long"}],
+    }
     with pytest.raises(errors.ZoomClientError) as caught:
         zoom.raise_for_response(_response(400, body))
     assert caught.value.zoom_message is not None and "topic: too long" in caught.value.zoom_message
@@ -78,7 +113,9 @@ def test_rate_limited__daily__retry_at_is_iso_or_midnight() -> None:
         (None, None),
     ],
 )
-def test_parse_retry_after__seconds_http_date_iso(value: str | None, expected: datetime | None) -> None:
+def test_parse_retry_after__seconds_http_date_iso(
+    value: str | None, expected: datetime | None
+) -> None:
     assert zoom.parse_retry_after(value, now=NOW) == expected
 
 
@@ -98,14 +135,20 @@ def test_next_utc_midnight() -> None:
         (httpx.WriteError("reset"), True),
     ],
 )
-def test_translate_transport_error__every_kind_mapped(exc: httpx.TransportError, maybe_sent: bool) -> None:
+def test_translate_transport_error__every_kind_mapped(
+    exc: httpx.TransportError, maybe_sent: bool
+) -> None:
     error = zoom.translate_transport_error(exc, what="POST /users/x/meetings")
     assert isinstance(error, errors.ZoomUnreachable)
     assert error.maybe_sent is maybe_sent
 
 
 def test_meeting_from_zoom__drops_start_url() -> None:
-    body = {"id": 85746065432, "join_url": "https://zoom.us/j/1", "start_url": "https://zoom.us/s/1?zak=SECRET"}
+    body = {
+        "id": 85746065432,
+        "join_url": "https://zoom.us/j/1",
+        "start_url": "https://zoom.us/s/1?zak=SECRET",
+    }
     meeting = zoom.Meeting.from_zoom(body)
     assert meeting.id == 85746065432
     assert "zak=SECRET" not in repr(meeting)
@@ -121,7 +164,12 @@ def test_request_token__form_body_and_basic_auth() -> None:
 
     with httpx.Client(transport=httpx.MockTransport(handler)) as http:
         grant = zoom.request_token(
-            http, "https://zoom.us/oauth/token", account_id="acc", client_id="cid", client_secret="sec", timeout_s=5
+            http,
+            "https://zoom.us/oauth/token",
+            account_id="acc",
+            client_id="cid",
+            client_secret="sec",
+            timeout_s=5,
         )
     request = seen[0]
     assert request.url.query == b""
@@ -135,20 +183,53 @@ def test_request_token__form_body_and_basic_auth() -> None:
 @pytest.mark.parametrize(
     ("status", "body", "expected"),
     [
-        (401, {"reason": "Invalid client_id or client_secret", "error": "invalid_client", "code": 4702}, errors.CredentialsRejected),
-        (400, {"reason": "Invalid client_id or client_secret", "error": "invalid_client"}, errors.CredentialsRejected),
-        (400, {"reason": "The app has been disabled", "error": "invalid_client", "code": 4717}, errors.CredentialsRejected),
-        (400, {"reason": "unsupported grant type", "error": "unsupported_grant_type", "code": 4705}, errors.TokenRequestFailed),
+        (
+            401,
+            {
+                "reason": "Invalid client_id or client_secret",
+                "error": "invalid_client",
+                "code": 4702,
+            },
+            errors.CredentialsRejected,
+        ),
+        (
+            400,
+            {"reason": "Invalid client_id or client_secret", "error": "invalid_client"},
+            errors.CredentialsRejected,
+        ),
+        (
+            400,
+            {"reason": "The app has been disabled", "error": "invalid_client", "code": 4717},
+            errors.CredentialsRejected,
+        ),
+        (
+            400,
+            {"reason": "unsupported grant type", "error": "unsupported_grant_type", "code": 4705},
+            errors.TokenRequestFailed,
+        ),
         (503, None, errors.TokenRequestFailed),
     ],
 )
-def test_request_token__refusals_typed(status: int, body: Any, expected: type[errors.ZoomError]) -> None:
+def test_request_token__refusals_typed(
+    status: int, body: Any, expected: type[errors.ZoomError]
+) -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(status, json=body)
 
-    with httpx.Client(transport=httpx.MockTransport(handler)) as http, pytest.raises(expected) as caught:
+    with (
+        httpx.Client(transport=httpx.MockTransport(handler)) as http,
+        pytest.raises(expected) as caught,
+    ):
         zoom.request_token(
-            http, "https://zoom.us/oauth/token", account_id="a", client_id="c", client_secret="hunter2-secret", timeout_s=5
+            http,
+            "https://zoom.us/oauth/token",
+            account_id="a",
+            client_id="c",
+            client_secret="hunter2-secret",
+            timeout_s=5,
         )
-    assert "hunter2-secret" not in str(caught.value) and "hunter2-secret" not in caught.value.describe()
+    assert (
+        "hunter2-secret" not in str(caught.value)
+        and "hunter2-secret" not in caught.value.describe()
+    )
     assert caught.value.status == status

@@ -139,7 +139,9 @@ def parse_rate_limits(value: str) -> dict[str, int]:
         name, sep, number = part.strip().partition("=")
         name = name.strip().lower()
         if not sep or name not in RATE_CATEGORIES:
-            raise ValueError(f"expected category=calls_per_second with a category in {RATE_CATEGORIES}")
+            raise ValueError(
+                f"expected category=calls_per_second with a category in {RATE_CATEGORIES}"
+            )
         try:
             limits[name] = int(number)
         except ValueError:

@@ -2,7 +2,7 @@
 
     ZoomWorkerError
     ├── ConfigurationError        a setting is missing or invalid (names the variable)
-    ├── InvalidMeeting            a create body Zoom would reject (names the field); also a ValueError
+    ├── InvalidMeeting            a body Zoom would reject (names the field); a ValueError
     ├── InfrastructureError       our own infrastructure failed, never "bad credentials"
     │   └── TokenStoreBusy        the token row lock was not granted in time
     ├── Deferred                  the fleet's rate governor has no permit now (``retry_at``)
@@ -167,7 +167,7 @@ class RateLimited(ZoomError):
 
 
 class DailyLimitReached(RateLimited):
-    """Raised when the host's daily meeting create/update cap is reached; ``retry_at`` is 00:00 UTC."""
+    """Raised when the host's daily meeting create/update cap is reached (until 00:00 UTC)."""
 
 
 class Unauthorized(ZoomError):

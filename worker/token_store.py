@@ -329,7 +329,9 @@ class TokenStore:
         row.circuit_secret_digest = self._secret_digest()
         row.last_error, row.last_error_at = error.describe(), now
         row.updated_at = now
-        log.error("token.circuit_open %s next_probe_at=%s", error.describe(), row.circuit_next_probe_at)
+        log.error(
+            "token.circuit_open %s next_probe_at=%s", error.describe(), row.circuit_next_probe_at
+        )
 
     def _raise_if_open(self, row: Credential, *, locked: bool) -> None:
         if row.circuit_state == CLOSED:

@@ -278,7 +278,8 @@ class ZoomClient:
         try:
             response = self._http.request(method, url, **kwargs)
         except httpx.TransportError as exc:
-            raise translate_transport_error(exc, what=f"{method} /{url.split('?')[0]}") from exc
+            what = f"{method} /{url.split('?', maxsplit=1)[0]}"
+            raise translate_transport_error(exc, what=what) from exc
         raise_for_response(response)
         return response
 

@@ -1,0 +1,141 @@
+"""The ledger and the producer API, without worker processes."""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from typing import Any
+
+import pytest
+import redis
+from sqlalchemy import func, select
+
+from worker import db, errors, jobs
+from worker.models import Job as JobRow
+from worker.simulator import SimulatorClient
+
+pytestmark = pytest.mark.usefixtures("env")
+
+BODY = {
+    "topic": "Standup",
+    "type": 2,
+    "start_time": "2026-12-01T10:00:00Z",
+    "duration": 30,
+    "timezone": "UTC",
+    "password": "pa55",
+}
+
+
+def _messages(broker: redis.Redis) -> list[dict[str, Any]]:
+    """The task messages waiting on the default queue, decoded."""
+    messages = []
+    for raw in broker.lrange("celery", 0, -1):
+        envelope = json.loads(raw)
+        _args, kwargs, _embed = json.loads(base64.b64decode(envelope["body"]))
+        messages.append({"task": envelope["headers"]["task"], "kwargs": kwargs, "raw": raw})
+    return messages
+
+
+def _job_count() -> int:
+    with db.sessions()() as session:
+        return session.scalar(select(func.count()).select_from(JobRow)) or 0
+
+
+def test_create_meeting__stored_then_queued__message_carries_no_body(broker: redis.Redis) -> None:
+    job_id = jobs.create_meeting("host@example.com", BODY, idempotency_key="booking-42")
+
+    job = jobs.get_job(job_id)
+    assert job is not None and job.status == "queued" and job.kind == "create"
+    assert job.user_id == "host@example.com" and job.topic == "Standup"
+    assert job.attempts == 0 and job.meeting_id is None
+    [message] = _messages(broker)
+    assert message["task"] == "meetings.create"
+    assert message["kwargs"] == {
+        "job_id": str(job_id),
+        "user_id": "host@example.com",
+        "topic": "Standup",
+    }
+    assert b"pa55" not in message["raw"]
+
+
+def test_create_meeting__same_idempotency_key__same_job_one_message(broker: redis.Redis) -> None:
+    first = jobs.create_meeting("host@example.com", BODY, idempotency_key="booking-42")
+    second = jobs.create_meeting("host@example.com", BODY, idempotency_key="booking-42")
+
+    assert first == second
+    assert _job_count() == 1
+    assert len(_messages(broker)) == 1
+
+
+def test_create_meeting__invalid_body__names_field_stores_nothing(broker: redis.Redis) -> None:
+    with pytest.raises(errors.InvalidMeeting) as caught:
+        jobs.create_meeting("host@example.com", {**BODY, "topic": "x" * 201})
+
+    assert caught.value.field == "topic"
+    assert isinstance(caught.value, ValueError)
+    assert _job_count() == 0
+    assert _messages(broker) == []
+
+
+def test_create_meeting__agenda_budget_leaves_room_for_marker() -> None:
+    with pytest.raises(errors.InvalidMeeting) as caught:
+        jobs.create_meeting("host@example.com", {"agenda": "a" * 2000})
+    assert caught.value.field == "agenda"
+    job_id = jobs.create_meeting(
+        "host@example.com", {"agenda": "a" * (2000 - jobs.RESERVED_AGENDA_CHARS)}
+    )
+    assert jobs.get_job(job_id) is not None
+
+
+def test_delete_meeting__not_created_here__refused(
+    broker: redis.Redis, sim_client: SimulatorClient
+) -> None:
+    foreign = sim_client.seed_meeting("someone@example.com", {"topic": "Not ours"})
+
+    with pytest.raises(errors.InvalidMeeting) as caught:
+        jobs.delete_meeting(foreign["id"])
+
+    assert caught.value.field == "meeting_id"
+    assert "did not create" in str(caught.value)
+    assert _job_count() == 0 and _messages(broker) == []
+
+
+def test_get_job__unknown_or_malformed__none() -> None:
+    assert jobs.get_job(uuid.uuid4()) is None
+    assert jobs.get_job("not-a-uuid") is None
+
+
+def test_create_meeting__broker_down__job_kept_for_sweeper(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise ConnectionError("broker down")
+
+    monkeypatch.setattr(jobs.app, "send_task", refuse)
+    job_id = jobs.create_meeting("host@example.com", BODY)
+
+    job = jobs.get_job(job_id)
+    assert job is not None and job.status == "queued"
+
+
+def test_sweep__lease_expired__dispatched_again_once(broker: redis.Redis) -> None:
+    job_id = jobs.create_meeting("host@example.com", BODY)
+    broker.delete("celery")  # the message is lost, as when Redis restarts empty
+    with db.sessions()() as session, session.begin():
+        row = session.get(JobRow, job_id)
+        assert row is not None and row.lease_expires_at is not None
+        row.lease_expires_at = row.lease_expires_at.replace(year=2000)
+
+    assert jobs.sweep() == 1
+    assert jobs.sweep() == 0, "the lease was pushed forward: no second dispatch"
+    assert [m["kwargs"]["job_id"] for m in _messages(broker)] == [str(job_id)]
+
+
+def test_claim__only_one_holder() -> None:
+    job_id = jobs.create_meeting("host@example.com", BODY)
+
+    first = jobs.claim(job_id)
+    second = jobs.claim(job_id)
+
+    assert first is not None and second is None
+    assert jobs.record_failed(first, "test") is True
+    assert jobs.claim(job_id) is None, "a finished job is never claimed again"

@@ -1,0 +1,271 @@
+"""The fleet-wide rate governor, against a real Redis (database 14, flushed per test)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import multiprocessing
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import redis
+
+from worker import errors
+from worker.ratelimit import USE_WITHIN_S, Permit, RateGovernor
+
+REDIS_URL = f"{os.environ.get('TEST_REDIS_URL', 'redis://127.0.0.1:6379')}/14"
+LIMITS = {"light": 10, "medium": 2, "heavy": 1}
+EPSILON = 1e-6
+
+
+@pytest.fixture
+def client() -> Iterator[redis.Redis]:
+    """Redis database 14, flushed for this test."""
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        client.flushdb()
+    except redis.ConnectionError as exc:
+        pytest.fail(f"Redis is not reachable at {REDIS_URL}: {exc}")
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def governor(client: redis.Redis) -> RateGovernor:
+    return RateGovernor(client, LIMITS)
+
+
+def wait_for(condition: Callable[[], Any], *, timeout: float = 10.0) -> Any:
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(0.02)
+    return value
+
+
+def assert_spaced(slots: list[float], interval: float) -> None:
+    ordered = sorted(slots)
+    gaps = [later - earlier for earlier, later in itertools.pairwise(ordered)]
+    assert min(gaps) >= interval - EPSILON, f"slots closer than {interval}s: {min(gaps)}"
+
+
+def _reserve_in_process(url: str, count: int, barrier: Any, results: Any) -> None:
+    # Runs in a spawned process: a fresh interpreter with its own connection, like a worker.
+    governor = RateGovernor.from_url(url, LIMITS)
+    barrier.wait(timeout=30)
+    results.put([governor.reserve("light") for _ in range(count)])
+
+
+def test_rate_governor__burst_of_reservations__slots_spaced_by_interval(
+    governor: RateGovernor,
+) -> None:
+    before = governor.now()
+    permits = [governor.reserve("light") for _ in range(50)]
+
+    assert all(p.granted and p.category == "light" for p in permits)
+    assert permits[0].delay_s == 0
+    assert before <= permits[0].slot_at <= governor.now()
+    assert len({p.slot_at for p in permits}) == 50
+    assert_spaced([p.slot_at for p in permits], 0.1)
+    # The last one waits about 49 intervals: slots are packed, not spread out further.
+    assert 4.8 < permits[-1].delay_s < 4.95
+
+
+def test_rate_governor__burst_three__three_at_once_then_spaced(client: redis.Redis) -> None:
+    governor = RateGovernor(client, LIMITS, burst=3)
+    permits = [governor.reserve("light") for _ in range(5)]
+
+    assert [p.delay_s == 0 for p in permits] == [True, True, True, False, False]
+    # After the burst the rate holds from the first call: slots at first + T, first + 2T.
+    assert permits[3].slot_at == pytest.approx(permits[0].slot_at + 0.1, abs=EPSILON)
+    assert permits[4].slot_at == pytest.approx(permits[0].slot_at + 0.2, abs=EPSILON)
+
+
+def test_rate_governor__concurrent_threads__slots_never_overlap(governor: RateGovernor) -> None:
+    barrier = threading.Barrier(5)
+    permits: list[Permit] = []
+    lock = threading.Lock()
+
+    def reserve_many() -> None:
+        barrier.wait(timeout=30)
+        mine = [governor.reserve("light") for _ in range(20)]
+        with lock:
+            permits.extend(mine)
+
+    threads = [threading.Thread(target=reserve_many) for _ in range(5)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    assert len(permits) == 100
+    assert all(p.granted for p in permits)
+    assert_spaced([p.slot_at for p in permits], 0.1)
+
+
+def test_rate_governor__concurrent_processes__slots_never_overlap(client: redis.Redis) -> None:
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(3)
+    results = context.Queue()
+    processes = [
+        context.Process(target=_reserve_in_process, args=(REDIS_URL, 20, barrier, results))
+        for _ in range(3)
+    ]
+    for process in processes:
+        process.start()
+    try:
+        permits = [permit for _ in processes for permit in results.get(timeout=60)]
+    finally:
+        for process in processes:
+            process.join(timeout=30)
+
+    assert [process.exitcode for process in processes] == [0, 0, 0]
+    assert len(permits) == 60
+    assert all(p.granted for p in permits)
+    assert_spaced([p.slot_at for p in permits], 0.1)
+
+
+def test_rate_governor__beyond_max_ahead__not_granted_and_no_slot_taken(
+    governor: RateGovernor,
+) -> None:
+    # medium is 2/s: slots 0, 0.5, 1.0 s from now.
+    first = governor.reserve("medium", max_ahead_s=0.75)
+    second = governor.reserve("medium", max_ahead_s=0.75)
+    refused = governor.reserve("medium", max_ahead_s=0.75)
+    again = governor.reserve("medium")
+
+    assert first.granted and second.granted
+    assert not refused.granted
+    assert refused.delay_s > 0.75
+    assert refused.slot_at == pytest.approx(second.slot_at + 0.5, abs=EPSILON)
+    assert again.granted
+    assert again.slot_at == refused.slot_at
+
+
+def test_rate_governor__held_slot__honoured_until_stale(governor: RateGovernor) -> None:
+    governor.reserve("heavy")
+    later = governor.reserve("heavy")
+    presented = governor.reserve("heavy", slot_at=later.slot_at)
+    stale = governor.reserve("heavy", slot_at=governor.now() - USE_WITHIN_S - 0.1)
+
+    assert later.delay_s > 0.9
+    assert presented.granted and presented.slot_at == later.slot_at
+    assert 0 < presented.delay_s <= later.delay_s
+    # A stale slot is replaced by the next free one, after ``later``.
+    assert stale.slot_at == pytest.approx(later.slot_at + 1, abs=EPSILON)
+    assert Permit(True, 0, 100.0, "heavy").is_stale(100.0 + USE_WITHIN_S + 0.01)
+    assert not Permit(True, 0, 100.0, "heavy").is_stale(100.0 + USE_WITHIN_S)
+
+
+def test_rate_governor__penalize__pushes_category_not_others(governor: RateGovernor) -> None:
+    held = governor.reserve("light")
+    governor.penalize("light", 3)
+
+    light = governor.reserve("light")
+    presented = governor.reserve("light", slot_at=held.slot_at)
+    medium = governor.reserve("medium")
+
+    assert 2.9 < light.delay_s <= 3.0
+    # A slot reserved before the 429 is not honoured: it waits with everyone else.
+    assert presented.slot_at >= light.slot_at + 0.1 - EPSILON
+    assert medium.granted and medium.delay_s == 0
+
+
+def test_rate_governor__observe_lower_limit__lowers_effective_rate(
+    governor: RateGovernor, client: redis.Redis
+) -> None:
+    governor.observe("light", limit=4, remaining=None)
+    governor.observe("medium", limit=50, remaining=None)
+    permits = [governor.reserve("light") for _ in range(3)]
+
+    assert governor.effective_rate("light") == 4.0
+    assert governor.effective_rate("medium") == 2.0
+    assert_spaced([p.slot_at for p in permits], 0.25)
+    assert 3590_000 < client.pttl("zw:rl:learned:light") <= 3600_000
+
+
+def test_rate_governor__observe_remaining_zero__next_slot_at_next_second(
+    governor: RateGovernor,
+) -> None:
+    before = governor.now()
+    governor.observe("light", limit=None, remaining=0)
+    permit = governor.reserve("light")
+
+    # The next whole second after the observation, by Redis's clock.
+    assert permit.slot_at == math.floor(permit.slot_at)
+    assert math.floor(before) + 1 <= permit.slot_at <= math.floor(before) + 2
+    assert permit.delay_s > 0
+    assert governor.effective_rate("light") == 10.0
+
+
+def test_rate_governor__block_host__until_given_time_for_that_host_only(
+    governor: RateGovernor, client: redis.Redis
+) -> None:
+    until = datetime.fromtimestamp(governor.now(), UTC) + timedelta(seconds=2)
+    governor.block_host("Host@Example.com", until)
+    governor.block_host("host@example.com", until - timedelta(seconds=1))  # never shortens
+
+    assert governor.host_blocked_until("host@example.com") == until
+    assert governor.host_blocked_until("other@example.com") is None
+    [key] = client.keys("zw:rl:host:block:*")
+    assert b"example" not in key.lower()
+    assert 1000 < client.pttl(key) <= 2000
+
+
+def test_rate_governor__block_host__lifts_at_until(governor: RateGovernor) -> None:
+    until = datetime.fromtimestamp(governor.now(), UTC) + timedelta(seconds=0.3)
+    governor.block_host("u1", until)
+    governor.block_host("u2", until - timedelta(hours=1))  # already over: no block
+
+    assert governor.host_blocked_until("u1") == until
+    assert governor.host_blocked_until("u2") is None
+    wait_for(lambda: governor.host_blocked_until("u1") is None, timeout=5)
+    assert governor.now() >= until.timestamp() - 0.001
+
+
+def test_rate_governor__count_host_call__per_host_per_utc_day(
+    governor: RateGovernor, client: redis.Redis
+) -> None:
+    counts = [governor.count_host_call("alice@example.com") for _ in range(3)]
+    bob = governor.count_host_call("bob@example.com")
+
+    assert counts == [1, 2, 3]
+    assert bob == 1
+    assert governor.host_calls_today("ALICE@example.com") == 3
+    assert governor.host_calls_today("carol@example.com") == 0
+    seconds_to_midnight = 86400 - governor.now() % 86400
+    for key in client.keys("zw:rl:host:count:*"):
+        assert seconds_to_midnight < client.ttl(key) <= seconds_to_midnight + 3601
+
+
+def test_rate_governor__naive_datetime__refused(governor: RateGovernor) -> None:
+    with pytest.raises(ValueError, match="timezone-aware"):
+        governor.block_host("u1", datetime(2030, 1, 1))
+
+
+def test_rate_governor__unknown_category__value_error_names_it(governor: RateGovernor) -> None:
+    for call in (
+        lambda: governor.reserve("bogus"),
+        lambda: governor.penalize("bogus", 1),
+        lambda: governor.observe("bogus", limit=1, remaining=0),
+        lambda: governor.effective_rate("bogus"),
+    ):
+        with pytest.raises(ValueError, match="bogus"):
+            call()
+
+
+def test_rate_governor__unreachable_redis__infrastructure_error() -> None:
+    governor = RateGovernor.from_url("redis://127.0.0.1:1/0", LIMITS)
+
+    with pytest.raises(errors.InfrastructureError, match="Redis") as caught:
+        governor.reserve("light")
+
+    assert isinstance(caught.value.__cause__, redis.ConnectionError)
+    governor.client.close()

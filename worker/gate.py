@@ -1,0 +1,105 @@
+"""The gate every Zoom call passes: Zoom's rate-limit categories and the fleet's governor.
+
+One table maps each operation to Zoom's rate-limit category ("Rate Limit Label" in Zoom's
+specs). The specs disagree on create (Light in the 2026 spec, Medium in the 2023 specs and
+on the forum), so its category is the setting ``ZOOM_CREATE_CATEGORY``, Medium by default.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from datetime import UTC, datetime, timedelta
+
+from worker import errors, zoom
+from worker.config import Settings
+from worker.ratelimit import RateGovernor
+
+log = logging.getLogger(__name__)
+
+OPERATION_CATEGORIES = {
+    "create": "medium",  # overridden by ZOOM_CREATE_CATEGORY
+    "update": "light",
+    "delete": "light",
+    "get": "light",
+    "list": "medium",
+}
+# Zoom caps these per host per UTC day.
+HOST_CAPPED = frozenset({"create", "update"})
+# A slot this close is waited for in-process: re-queueing would take longer than the wait.
+PRECISION_WAIT_S = 0.05
+# How far ahead a slot may be reserved; beyond it the task re-queues without a slot.
+MAX_AHEAD_S = 60.0
+# After a per-second 429 with no Retry-After, the whole category pauses this long.
+QPS_PENALTY_S = 1.0
+
+
+def category_of(operation: str, settings: Settings) -> str:
+    """Zoom's rate-limit category for an operation."""
+    if operation == "create":
+        return settings.ZOOM_CREATE_CATEGORY
+    return OPERATION_CATEGORIES[operation]
+
+
+class FleetGate:
+    """Takes a fleet-wide permit from the Redis governor before each call.
+
+    Raises :class:`~worker.errors.Deferred` with the reserved slot when the call must wait
+    (the task re-queues itself with that countdown), and
+    :class:`~worker.errors.DailyLimitReached` while the host's daily cap is reached.
+    """
+
+    def __init__(self, governor: RateGovernor, settings: Settings) -> None:
+        self._governor = governor
+        self._settings = settings
+
+    def before_call(
+        self, operation: str, user_id: str | None = None, slot_at: float | None = None
+    ) -> None:
+        """Return when the call may go now; raise Deferred or DailyLimitReached otherwise."""
+        capped = operation in HOST_CAPPED and user_id is not None
+        if capped and user_id is not None:
+            until = self._governor.host_blocked_until(user_id)
+            if until is not None:
+                raise errors.DailyLimitReached(
+                    "the host's daily meeting create/update limit is reached", retry_at=until
+                )
+        category = category_of(operation, self._settings)
+        permit = self._governor.reserve(category, max_ahead_s=MAX_AHEAD_S, slot_at=slot_at)
+        if not permit.granted or permit.delay_s > PRECISION_WAIT_S:
+            # Without a slot, spread the retries so they do not arrive together.
+            delay_s = permit.delay_s if permit.granted else permit.delay_s * random.uniform(1, 1.5)
+            raise errors.Deferred(
+                f"no {category} permit for {delay_s:.2f}s",
+                retry_at=datetime.now(UTC) + timedelta(seconds=delay_s),
+                slot_at=permit.slot_at if permit.granted else None,
+            )
+        if permit.delay_s > 0:
+            time.sleep(permit.delay_s)
+        if capped and user_id is not None:
+            calls = self._governor.count_host_call(user_id)
+            if calls > self._settings.ZOOM_DAILY_CREATE_LIMIT:
+                midnight = zoom.next_utc_midnight()
+                self._governor.block_host(user_id, midnight)
+                raise errors.DailyLimitReached(
+                    f"the host made {calls - 1} meeting creates/updates today "
+                    f"(ZOOM_DAILY_CREATE_LIMIT={self._settings.ZOOM_DAILY_CREATE_LIMIT})",
+                    retry_at=midnight,
+                )
+
+    def rate_limited(self, operation: str, exc: errors.RateLimited, user_id: str | None) -> None:
+        """Zoom answered 429 anyway: block the host for the day, or pause the category."""
+        if isinstance(exc, errors.DailyLimitReached):
+            if user_id is not None:
+                self._governor.block_host(user_id, exc.retry_at or zoom.next_utc_midnight())
+            return
+        category = exc.category if exc.category in self._settings.rate_limits else None
+        category = category or category_of(operation, self._settings)
+        if exc.limit is not None or exc.remaining is not None:
+            self._governor.observe(category, limit=exc.limit, remaining=exc.remaining)
+        wait_s = QPS_PENALTY_S
+        if exc.retry_at is not None:
+            wait_s = max(wait_s, (exc.retry_at - datetime.now(UTC)).total_seconds())
+        self._governor.penalize(category, wait_s)
+        log.warning("gate.penalized category=%s for %.1fs after a 429", category, wait_s)

@@ -1,0 +1,357 @@
+"""The fleet-wide rate governor: Zoom's account limits, shared by every worker process in Redis.
+
+Zoom counts calls per second per category (light, medium, heavy) for the whole account, and
+meeting creates/updates per host per UTC day. Every process on every host asks this governor
+before a call, so the fleet as a whole stays under the limits.
+
+Protocol
+--------
+Keys, under a namespace (default ``zw:rl``)::
+
+    {ns}:tat:{category}      next free slot (GCRA "theoretical arrival time"), integer epoch us
+    {ns}:hold:{category}     no call before this time (set by penalize/observe), epoch us
+    {ns}:learned:{category}  a lower calls-per-second learned from Zoom's headers, expires in 1 h
+    {ns}:host:block:{host}   the host's daily cap is reached until this time, epoch us;
+                             the key expires at that time
+    {ns}:host:count:{host}   hash {day, n}: calls counted for the host on ``day`` (days since
+                             the epoch, UTC); expires a margin after that day's end
+
+``{host}`` is a BLAKE2b digest of the user id (lower-cased when it is an email, as Zoom
+matches emails without case), so an email never appears in a key.
+
+Slots are reserved with GCRA (generic cell rate algorithm): the interval is ``T = 1/rate``
+(rounded up to a whole microsecond, so never faster than the rate) and the tolerance is
+``(burst - 1) * T``. A reservation takes the slot ``max(now, tat - tolerance)`` and sets
+``tat`` to ``max(tat, now) + T``, so callers arriving together get slots ``now``,
+``now + T``, ``now + 2T`` and so on, and never wait in-process: a caller with
+``delay_s > 0`` re-queues its task with that countdown and presents ``slot_at`` again when
+it runs. A slot farther ahead than ``max_ahead_s`` is not reserved, so a refused caller
+holds no capacity. A reserved slot that is never used is simply lost capacity; there is no
+cancel.
+
+A reservation should be used within :data:`USE_WITHIN_S` of its slot: a late call bunches up
+with the slots after it. Presented later than that, the old slot is dropped and a new one
+taken. A slot before a ``hold`` (a 429 came in after it was reserved) is dropped too.
+
+Every operation that writes, or that reads the state against the clock, is one Lua script,
+so it is atomic across the fleet; pure reads are one command. All time is Redis's own
+(``TIME`` inside the script, or :meth:`RateGovernor.now`): hosts whose clocks disagree
+still agree on the slots. Delays are returned relative to that clock, so a Celery
+countdown built from ``delay_s`` needs no agreement between clocks either.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import redis
+from redis.commands.core import Script
+
+from worker import errors
+
+# Use a reservation within this long of its slot; a later call crowds the slots after it.
+USE_WITHIN_S = 0.5
+# How long a rate learned from X-RateLimit-Limit is believed.
+LEARNED_RATE_TTL_S = 3600
+# The daily counter outlives 00:00 UTC by this much: the day is decided by its ``day`` field,
+# the expiry only clears the key away.
+DAY_KEY_MARGIN_S = 3600
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = 1_000_000
+_USE_WITHIN_US = round(USE_WITHIN_S * _US)
+
+# Shared Lua helpers: Redis's clock in microseconds, and the GCRA interval and tolerance from
+# the configured rate (ARGV[1]), the learned rate (KEYS[2]) and the burst (ARGV[2]).
+# Numbers are written with %.0f: Lua's tostring keeps only 14 digits, too few for epoch us.
+_PRELUDE = """
+local function now_us()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+local function gcra()
+  local rate = tonumber(ARGV[1])
+  local learned = tonumber(redis.call('GET', KEYS[2]))
+  if learned and learned > 0 and learned < rate then rate = learned end
+  local interval = math.ceil(1000000 / rate)
+  return interval, (tonumber(ARGV[2]) - 1) * interval
+end
+local function set_until(key, value, now)
+  redis.call('SET', key, string.format('%.0f', value),
+             'PX', math.floor((value - now) / 1000) + 1000)
+end
+local function push_back(deadline, now, tolerance)
+  -- the next slot is max(now, tat - tolerance): >= deadline once tat >= deadline + tolerance
+  local tat = tonumber(redis.call('GET', KEYS[1])) or now
+  if tat < deadline + tolerance then set_until(KEYS[1], deadline + tolerance, now) end
+  local hold = tonumber(redis.call('GET', KEYS[3])) or 0
+  if hold < deadline then set_until(KEYS[3], deadline, now) end
+end
+"""
+
+# KEYS: tat, learned, hold. ARGV: rate, burst, max_ahead_us, held slot_us or '', use_within_us.
+_RESERVE = (
+    _PRELUDE
+    + """
+local now = now_us()
+if ARGV[4] ~= '' then
+  local held = tonumber(ARGV[4])
+  local hold = tonumber(redis.call('GET', KEYS[3])) or 0
+  if held >= hold and now <= held + tonumber(ARGV[5]) then
+    return {1, math.max(held - now, 0), held}
+  end
+end
+local interval, tolerance = gcra()
+local tat = math.max(tonumber(redis.call('GET', KEYS[1])) or now, now)
+local slot = math.max(tat - tolerance, now)
+if slot - now > tonumber(ARGV[3]) then return {0, slot - now, slot} end
+set_until(KEYS[1], tat + interval, now)
+return {1, slot - now, slot}
+"""
+)
+
+# KEYS: tat, learned, hold. ARGV: rate, burst, seconds_us.
+_PENALIZE = (
+    _PRELUDE
+    + """
+local now = now_us()
+local interval, tolerance = gcra()
+push_back(now + tonumber(ARGV[3]), now, tolerance)
+return 1
+"""
+)
+
+# KEYS: tat, learned, hold. ARGV: rate, burst, limit or '', remaining or '', learned_ttl_ms.
+_OBSERVE = (
+    _PRELUDE
+    + """
+local now = now_us()
+local limit = tonumber(ARGV[3])
+if limit and limit >= 1 and limit < tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[2], string.format('%d', limit), 'PX', ARGV[5])
+end
+local remaining = tonumber(ARGV[4])
+if remaining and remaining <= 0 then
+  local interval, tolerance = gcra()
+  push_back((math.floor(now / 1000000) + 1) * 1000000, now, tolerance)
+end
+return 1
+"""
+)
+
+# KEYS: block. ARGV: until_us. A block is only ever extended, never shortened.
+_BLOCK_HOST = """
+local now_t = redis.call('TIME')
+local now = tonumber(now_t[1]) * 1000000 + tonumber(now_t[2])
+local deadline = tonumber(ARGV[1])
+local current = tonumber(redis.call('GET', KEYS[1])) or 0
+if deadline <= now or deadline <= current then return 0 end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('PEXPIREAT', KEYS[1], math.ceil(deadline / 1000))
+return 1
+"""
+
+# KEYS: count. ARGV: '1' to count a call, '0' to read; margin_s. Returns today's count.
+_HOST_COUNT = """
+local day = math.floor(tonumber(redis.call('TIME')[1]) / 86400)
+local stored = tonumber(redis.call('HGET', KEYS[1], 'day'))
+if ARGV[1] == '0' then
+  if stored == day then return tonumber(redis.call('HGET', KEYS[1], 'n')) or 0 end
+  return 0
+end
+if stored ~= day then redis.call('HSET', KEYS[1], 'day', string.format('%d', day), 'n', 0) end
+local n = redis.call('HINCRBY', KEYS[1], 'n', 1)
+redis.call('EXPIREAT', KEYS[1], (day + 1) * 86400 + tonumber(ARGV[2]))
+return n
+"""
+
+
+@dataclass(frozen=True)
+class Permit:
+    """The governor's answer to one :meth:`RateGovernor.reserve`.
+
+    ``granted`` means ``slot_at`` (Redis epoch seconds) is held for this caller: call now when
+    ``delay_s`` is 0, else re-queue with a countdown of ``delay_s`` and present ``slot_at``
+    again. Not granted means nothing is held and ``delay_s`` is the estimated wait.
+    """
+
+    granted: bool
+    delay_s: float
+    slot_at: float
+    category: str
+
+    def is_stale(self, now: float, *, use_within_s: float = USE_WITHIN_S) -> bool:
+        """True when ``now`` (Redis time, see :meth:`RateGovernor.now`) is too late for the slot."""
+        return now > self.slot_at + use_within_s
+
+
+class RateGovernor:
+    """Zoom's per-second limits per category and per-host daily caps, for the whole fleet.
+
+    ``limits`` maps each category to its calls per second. Every method is one round trip to
+    Redis; a Redis failure raises :class:`~worker.errors.InfrastructureError`.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        limits: Mapping[str, int],
+        *,
+        namespace: str = "zw:rl",
+        burst: int = 1,
+    ) -> None:
+        for category, rate in limits.items():
+            if isinstance(rate, bool) or not isinstance(rate, int) or rate < 1:
+                raise ValueError(f"the rate for {category!r} must be a whole number >= 1")
+        if burst < 1:
+            raise ValueError("burst must be at least 1")
+        self.client = client
+        self.limits = dict(limits)
+        self.namespace = namespace
+        self.burst = burst
+        self._reserve = client.register_script(_RESERVE)
+        self._penalize = client.register_script(_PENALIZE)
+        self._observe = client.register_script(_OBSERVE)
+        self._block_host = client.register_script(_BLOCK_HOST)
+        self._host_count = client.register_script(_HOST_COUNT)
+
+    @classmethod
+    def from_url(
+        cls, url: str, limits: Mapping[str, int], *, namespace: str = "zw:rl", burst: int = 1
+    ) -> RateGovernor:
+        """A governor on a new client for ``url``; timeouts stop a dead Redis hanging a task."""
+        client = redis.Redis.from_url(url, socket_connect_timeout=5.0, socket_timeout=5.0)
+        return cls(client, limits, namespace=namespace, burst=burst)
+
+    def reserve(
+        self, category: str, *, max_ahead_s: float = 30.0, slot_at: float | None = None
+    ) -> Permit:
+        """Reserve the category's next free slot, unless it is more than ``max_ahead_s`` away.
+
+        Pass ``slot_at`` from an earlier granted Permit to use that slot: it is honoured
+        (``delay_s`` is what is left of the wait) while it is at most :data:`USE_WITHIN_S`
+        late and no penalty came after it; otherwise a new slot is reserved.
+        """
+        held = "" if slot_at is None else str(round(slot_at * _US))
+        granted, delay_us, slot_us = self._run(
+            self._reserve,
+            self._category_keys(category),
+            [self.limits[category], self.burst, round(max_ahead_s * _US), held, _USE_WITHIN_US],
+        )
+        return Permit(bool(granted), delay_us / _US, slot_us / _US, category)
+
+    def penalize(self, category: str, seconds: float) -> None:
+        """Zoom answered 429 anyway: no slot in the category before ``seconds`` from now.
+
+        Slots already reserved before that time are dropped when presented, so the whole
+        fleet waits. A shorter penalty never shortens a longer one.
+        """
+        if seconds < 0:
+            raise ValueError("seconds must not be negative")
+        self._run(
+            self._penalize,
+            self._category_keys(category),
+            [self.limits[category], self.burst, round(seconds * _US)],
+        )
+
+    def observe(self, category: str, *, limit: int | None, remaining: int | None) -> None:
+        """Learn from Zoom's QPS headers (pass them only when X-RateLimit-Type is ``QPS``).
+
+        A ``limit`` below the configured rate becomes the category's rate for
+        :data:`LEARNED_RATE_TTL_S` (a higher one is ignored: headers are not reliable, and
+        the configuration is the ceiling). ``remaining == 0`` pushes the next slot to the next
+        whole second, when Zoom's per-second window should roll over.
+        """
+        self._run(
+            self._observe,
+            self._category_keys(category),
+            [
+                self.limits[category],
+                self.burst,
+                "" if limit is None else limit,
+                "" if remaining is None else remaining,
+                LEARNED_RATE_TTL_S * 1000,
+            ],
+        )
+
+    def effective_rate(self, category: str) -> float:
+        """Calls per second now allowed in the category: the configured or a learned lower one."""
+        configured = self.limits[self._check(category)]
+        with _translated():
+            learned = self.client.get(self._key("learned", category))
+        if learned is not None and 0 < int(learned) < configured:
+            return float(int(learned))
+        return float(configured)
+
+    def now(self) -> float:
+        """Redis's clock in epoch seconds: the time every slot is measured in."""
+        with _translated():
+            seconds, micros = self.client.time()
+        return float(seconds) + micros / _US
+
+    def block_host(self, user_id: str, until: datetime) -> None:
+        """No more creates/updates for the host before ``until`` (Zoom's daily cap, reset at
+        00:00 UTC). The block vanishes at ``until``; an earlier ``until`` never shortens it."""
+        self._run(self._block_host, [self._host_key("block", user_id)], [_to_us(until)])
+
+    def host_blocked_until(self, user_id: str) -> datetime | None:
+        """When the host's block ends (UTC), or None when it is not blocked."""
+        with _translated():
+            value = self.client.get(self._host_key("block", user_id))
+        return None if value is None else _EPOCH + timedelta(microseconds=int(value))
+
+    def count_host_call(self, user_id: str) -> int:
+        """Count one create/update for the host today (UTC, Redis's clock); the new count.
+
+        The count is returned atomically, so each caller sees a different number and the one
+        that sees more than the daily limit knows to stop.
+        """
+        key = self._host_key("count", user_id)
+        return int(self._run(self._host_count, [key], [1, DAY_KEY_MARGIN_S]))
+
+    def host_calls_today(self, user_id: str) -> int:
+        """Creates/updates counted for the host today (UTC, Redis's clock)."""
+        key = self._host_key("count", user_id)
+        return int(self._run(self._host_count, [key], [0, DAY_KEY_MARGIN_S]))
+
+    def _run(self, script: Script, keys: Sequence[str], args: Sequence[str | int]) -> Any:
+        with _translated():
+            return script(keys=keys, args=args, client=self.client)
+
+    def _check(self, category: str) -> str:
+        if category not in self.limits:
+            raise ValueError(f"unknown rate category {category!r}; known: {sorted(self.limits)}")
+        return category
+
+    def _category_keys(self, category: str) -> list[str]:
+        self._check(category)
+        return [self._key(part, category) for part in ("tat", "learned", "hold")]
+
+    def _key(self, *parts: str) -> str:
+        return ":".join((self.namespace, *parts))
+
+    def _host_key(self, kind: str, user_id: str) -> str:
+        # Zoom matches emails without case; ids are case-sensitive.
+        canonical = user_id.lower() if "@" in user_id else user_id
+        digest = hashlib.blake2b(canonical.encode(), digest_size=16).hexdigest()
+        return self._key("host", kind, digest)
+
+
+@contextlib.contextmanager
+def _translated() -> Iterator[None]:
+    # The one place Redis's failures become ours.
+    try:
+        yield
+    except redis.RedisError as exc:
+        raise errors.InfrastructureError(f"Redis (rate governor) failed: {exc}") from exc
+
+
+def _to_us(moment: datetime) -> int:
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise ValueError("a timezone-aware datetime is required, got a naive one")
+    return (moment - _EPOCH) // timedelta(microseconds=1)

@@ -1,0 +1,118 @@
+"""Thin Celery task adapters with explicit names; the work is in :mod:`worker.meetings`.
+
+Task kwargs carry the job id and what an operator reads in Flower (host, topic, meeting
+id), never a secret, a token or a ``start_url``. Retries are Celery retries with a
+countdown, so no worker process ever sleeps waiting.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import uuid
+from typing import Any
+
+from celery import Task
+from celery.signals import worker_init
+
+from worker import db, gate, jobs, meetings, ratelimit, zoom
+from worker.celery_app import CLEANUP_TASK, SWEEP_TASK, app
+from worker.config import Settings, get_settings
+from worker.token_store import TokenStore
+
+log = logging.getLogger(__name__)
+
+_runtime_lock = threading.Lock()
+_runtime: tuple[int, meetings.Runtime] | None = None
+
+
+def runtime() -> meetings.Runtime:
+    """This process's Zoom client, token store and gate, built on first use after a fork."""
+    global _runtime  # noqa: PLW0603 - one runtime per process
+    with _runtime_lock:
+        if _runtime is None or _runtime[0] != os.getpid():
+            settings = get_settings()
+            store = TokenStore(settings, db.sessions())
+            client = zoom.ZoomClient(
+                settings.ZOOM_API_URL, zoom.ZoomAuth(store), timeout_s=settings.ZOOM_HTTP_TIMEOUT
+            )
+            gate = _make_gate(settings)
+            _runtime = (os.getpid(), meetings.Runtime(settings=settings, client=client, gate=gate))
+        return _runtime[1]
+
+
+def _make_gate(settings: Settings) -> meetings.Gate:
+    if not settings.RATE_GOVERNOR:
+        return meetings.OpenGate()
+    governor = ratelimit.RateGovernor.from_url(settings.redis_url, settings.rate_limits)
+    return gate.FleetGate(governor, settings)
+
+
+@worker_init.connect
+def _check_settings(**_: Any) -> None:
+    """Refuse to start a worker whose settings are invalid, naming the variable."""
+    get_settings().require_credentials()
+
+
+@app.task(name="meetings.create", bind=True, max_retries=None)
+def create_meeting(
+    self: Task[Any, Any],
+    user_id: str | None = None,
+    meeting: dict[str, Any] | None = None,
+    idempotency_key: str | None = None,
+    job_id: str | None = None,
+    topic: str | None = None,
+    slot_at: float | None = None,
+) -> None:
+    """Create a Zoom meeting for a job (sent by ``worker.jobs`` or by name)."""
+    if job_id is None:
+        kwargs = {"user_id": user_id, "meeting": meeting, "idempotency_key": idempotency_key}
+        job_id = str(jobs.record_received(jobs.CREATE, kwargs, str(self.request.id)))
+    _run(self, job_id, {"job_id": job_id, "user_id": user_id, "topic": topic}, slot_at)
+
+
+@app.task(name="meetings.delete", bind=True, max_retries=None)
+def delete_meeting(
+    self: Task[Any, Any],
+    meeting_id: int | None = None,
+    occurrence_id: str | None = None,
+    idempotency_key: str | None = None,
+    job_id: str | None = None,
+    slot_at: float | None = None,
+) -> None:
+    """Delete a Zoom meeting this service created (sent by ``worker.jobs`` or by name)."""
+    if job_id is None:
+        kwargs = {
+            "meeting_id": meeting_id,
+            "occurrence_id": occurrence_id,
+            "idempotency_key": idempotency_key,
+        }
+        job_id = str(jobs.record_received(jobs.DELETE, kwargs, str(self.request.id)))
+    _run(self, job_id, {"job_id": job_id, "meeting_id": meeting_id}, slot_at)
+
+
+@app.task(name=SWEEP_TASK, ignore_result=True)
+def sweep() -> int:
+    """Dispatch again every unfinished job whose lease ran out (lost messages, dead workers)."""
+    return jobs.sweep()
+
+
+@app.task(name=CLEANUP_TASK, ignore_result=True)
+def cleanup_stale() -> int:
+    """Delete meetings this service created that ended long ago (not yet implemented)."""
+    return 0
+
+
+def _run(
+    task: Task[Any, Any], job_id: str, retry_kwargs: dict[str, Any], slot_at: float | None
+) -> None:
+    claim = jobs.claim(uuid.UUID(job_id))
+    if claim is None:
+        log.info("job.not_claimed job_id=%s finished, held elsewhere or not due", job_id)
+        return
+    reschedule = meetings.run(claim, runtime(), slot_at=slot_at)
+    if reschedule is not None:
+        if reschedule.slot_at is not None:
+            retry_kwargs = {**retry_kwargs, "slot_at": reschedule.slot_at}
+        raise task.retry(countdown=reschedule.countdown_s, kwargs=retry_kwargs)
