@@ -33,8 +33,8 @@ PG_ADMIN = os.environ.get("TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432
 PG_BASE = PG_ADMIN.rsplit("/", 1)[0]
 REDIS_BASE = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
 # Broker and governor databases of the test run (the simulator's own tests use 14 and 15).
-BROKER_URL = f"{REDIS_BASE}/11"
-GOVERNOR_URL = f"{REDIS_BASE}/12"
+BROKER_URL = os.environ.get("TEST_BROKER_URL", f"{REDIS_BASE}/11")
+GOVERNOR_URL = os.environ.get("TEST_GOVERNOR_URL", f"{REDIS_BASE}/12")
 TEMPLATE = f"zw_test_template_{os.getpid()}"
 
 
@@ -197,6 +197,38 @@ def start_worker(env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., 
     yield start
     for worker in started:
         worker.stop()
+
+
+@pytest.fixture
+def start_beat(env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start `celery -A worker beat` (the sweeper's schedule) with this test's settings."""
+    started: list[WorkerProcess] = []
+
+    def start(**overrides: str) -> WorkerProcess:
+        log_path = tmp_path / "beat.log"
+        command_line = [
+            sys.executable, "-m", "celery", "-A", "worker", "beat", "--loglevel", "INFO",
+            "--schedule", str(tmp_path / "celerybeat-schedule"),
+        ]  # fmt: skip
+        with log_path.open("wb") as out:
+            process = subprocess.Popen(
+                command_line,
+                cwd=ROOT,
+                env={**os.environ, **env, **overrides, "PYTHONUNBUFFERED": "1"},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        beat = WorkerProcess(name="beat", process=process, log_path=log_path)
+        started.append(beat)
+        wait_for(lambda: "beat: Starting" in beat.log() or process.poll() is not None, timeout=30)
+        if process.poll() is not None:
+            pytest.fail(f"celery beat exited at start:\n{beat.log()[-3000:]}")
+        return beat
+
+    yield start
+    for beat in started:
+        beat.stop()
 
 
 def wait_for(condition: Callable[[], Any], *, timeout: float = 30.0, interval: float = 0.05) -> Any:

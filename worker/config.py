@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     ZOOM_CREATE_CATEGORY: Literal["light", "medium", "heavy"] = "medium"
     ZOOM_DAILY_CREATE_LIMIT: int = Field(100, ge=1)
     RATE_GOVERNOR: bool = True
+    # The governor spaces calls for this share of each per-second limit: Zoom counts calls in
+    # a sliding second, and a call that runs a little late would otherwise share its second.
+    RATE_HEADROOM: float = Field(0.9, gt=0, le=1)
 
     JOB_LEASE_SECONDS: int = Field(300, ge=5)
     JOB_MAX_ATTEMPTS: int = Field(6, ge=1, le=100)

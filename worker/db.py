@@ -60,7 +60,9 @@ def ensure_database(url: str | None = None) -> bool:
     conninfo = admin.render_as_string(hide_password=False)
     try:
         with psycopg.connect(conninfo, autocommit=True, connect_timeout=10) as conn:
-            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+            exists = conn.execute(
+                "SELECT 1 FROM pg_database WHERE datname = %s", (name,)
+            ).fetchone()
             if exists:
                 return False
             try:

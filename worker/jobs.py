@@ -328,6 +328,7 @@ def record_retry(
     counts_as_attempt: bool,
     maybe_sent: bool,
     on_broker: bool,
+    held_for: str | None = None,
 ) -> bool:
     """Hold the job until ``retry_at``: retrying (a failure) or waiting (held, not failing).
 
@@ -349,6 +350,7 @@ def record_retry(
                 maybe_sent=maybe_sent,
                 next_attempt_at=retry_at,
                 lease_expires_at=retry_at + lease,
+                held_for=held_for,
                 claim_token=None,
                 updated_at=func.now(),
             )
@@ -368,6 +370,7 @@ def _finish(session: Session, job: Claim, *, status: str, **values: Any) -> bool
             deliveries=0,
             lease_expires_at=None,
             next_attempt_at=None,
+            held_for=None,
             finished_at=func.now(),
             updated_at=func.now(),
             **values,
@@ -413,6 +416,20 @@ def sweep(limit: int = 500) -> int:
         log.info("job.sweep_dispatch job_id=%s status=%s", job_id, status)
         _dispatch(job_id, kind, user_id=user_id, topic=topic, meeting_id=meeting_id)
     return len(rows)
+
+
+def release_held(held_for: str) -> int:
+    """Make every job held for ``held_for`` due now (the sweeper then dispatches it)."""
+    with db.sessions()() as session, session.begin():
+        result = session.execute(
+            update(JobRow)
+            .where(JobRow.status == models.WAITING, JobRow.held_for == held_for)
+            .values(next_attempt_at=func.now(), lease_expires_at=func.now())
+        )
+    released = int(result.rowcount)  # type: ignore[attr-defined]
+    if released:
+        log.info("job.released count=%d held_for=%s", released, held_for)
+    return released
 
 
 # -- internals -------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 from worker import errors, jobs, models, zoom
 from worker.config import Settings
+from worker.token_store import TokenStore
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,7 @@ class Runtime:
     settings: Settings
     client: zoom.ZoomClient
     gate: Gate
+    store: TokenStore
 
 
 @dataclass(frozen=True)
@@ -179,6 +181,7 @@ class _Decision:
     status: str = models.RETRYING
     counts_as_attempt: bool = True
     slot_at: float | None = None
+    held_for: str | None = None
 
 
 def _on_failure(attempt: _Attempt, exc: Exception) -> Reschedule | None:
@@ -208,6 +211,7 @@ def _on_failure(attempt: _Attempt, exc: Exception) -> Reschedule | None:
         counts_as_attempt=decision.counts_as_attempt,
         maybe_sent=maybe_sent,
         on_broker=on_broker,
+        held_for=decision.held_for,
     )
     log.info(
         "job.%s job_id=%s in=%.2fs attempt=%s reason=%s",
@@ -262,7 +266,9 @@ def _daily(attempt: _Attempt, exc: errors.DailyLimitReached) -> _Decision:
         f"waiting: host {attempt.job.user_id} reached Zoom's daily limit of meeting "
         f"creates/updates; resumes at {until:%Y-%m-%d %H:%M} UTC"
     )
-    return _Decision(reason, until, status=models.WAITING, counts_as_attempt=False)
+    return _Decision(
+        reason, until, status=models.WAITING, counts_as_attempt=False, held_for="host_daily"
+    )
 
 
 def _rate_limited(attempt: _Attempt, exc: errors.RateLimited) -> _Decision:
@@ -277,7 +283,11 @@ def _rate_limited(attempt: _Attempt, exc: errors.RateLimited) -> _Decision:
 def _circuit(attempt: _Attempt, exc: errors.CircuitOpen) -> _Decision:
     retry_at = exc.retry_at or datetime.now(UTC) + timedelta(minutes=1)
     return _Decision(
-        f"waiting: {exc.reason}", retry_at, status=models.WAITING, counts_as_attempt=False
+        f"waiting: {exc.reason}",
+        retry_at,
+        status=models.WAITING,
+        counts_as_attempt=False,
+        held_for="credentials",
     )
 
 

@@ -138,6 +138,8 @@ class Job(Base):
     maybe_sent: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
     lease_expires_at: Mapped[datetime | None] = mapped_column(_tz())
     next_attempt_at: Mapped[datetime | None] = mapped_column(_tz())
+    # Why a waiting job is held: "credentials" (the circuit is open) or "host_daily".
+    held_for: Mapped[str | None] = mapped_column(String(16))
     # Set at each claim; an outcome is recorded only by the holder of the current claim.
     claim_token: Mapped[str | None] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(_tz(), server_default=func.now())

@@ -55,7 +55,7 @@ from redis.commands.core import Script
 from worker import errors
 
 # Use a reservation within this long of its slot; a later call crowds the slots after it.
-USE_WITHIN_S = 0.5
+USE_WITHIN_S = 0.1
 # How long a rate learned from X-RateLimit-Limit is believed.
 LEARNED_RATE_TTL_S = 3600
 # The daily counter outlives 00:00 UTC by this much: the day is decided by its ``day`` field,
@@ -200,14 +200,14 @@ class RateGovernor:
     def __init__(
         self,
         client: redis.Redis,
-        limits: Mapping[str, int],
+        limits: Mapping[str, float],
         *,
         namespace: str = "zw:rl",
         burst: int = 1,
     ) -> None:
         for category, rate in limits.items():
-            if isinstance(rate, bool) or not isinstance(rate, int) or rate < 1:
-                raise ValueError(f"the rate for {category!r} must be a whole number >= 1")
+            if isinstance(rate, bool) or not isinstance(rate, int | float) or rate <= 0:
+                raise ValueError(f"the rate for {category!r} must be a number above 0")
         if burst < 1:
             raise ValueError("burst must be at least 1")
         self.client = client
@@ -222,7 +222,7 @@ class RateGovernor:
 
     @classmethod
     def from_url(
-        cls, url: str, limits: Mapping[str, int], *, namespace: str = "zw:rl", burst: int = 1
+        cls, url: str, limits: Mapping[str, float], *, namespace: str = "zw:rl", burst: int = 1
     ) -> RateGovernor:
         """A governor on a new client for ``url``; timeouts stop a dead Redis hanging a task."""
         client = redis.Redis.from_url(url, socket_connect_timeout=5.0, socket_timeout=5.0)

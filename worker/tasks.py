@@ -37,15 +37,18 @@ def runtime() -> meetings.Runtime:
             client = zoom.ZoomClient(
                 settings.ZOOM_API_URL, zoom.ZoomAuth(store), timeout_s=settings.ZOOM_HTTP_TIMEOUT
             )
-            gate = _make_gate(settings)
-            _runtime = (os.getpid(), meetings.Runtime(settings=settings, client=client, gate=gate))
+            work = meetings.Runtime(
+                settings=settings, client=client, gate=_make_gate(settings), store=store
+            )
+            _runtime = (os.getpid(), work)
         return _runtime[1]
 
 
 def _make_gate(settings: Settings) -> meetings.Gate:
     if not settings.RATE_GOVERNOR:
         return meetings.OpenGate()
-    governor = ratelimit.RateGovernor.from_url(settings.redis_url, settings.rate_limits)
+    limits = {name: rate * settings.RATE_HEADROOM for name, rate in settings.rate_limits.items()}
+    governor = ratelimit.RateGovernor.from_url(settings.redis_url, limits)
     return gate.FleetGate(governor, settings)
 
 
@@ -94,7 +97,12 @@ def delete_meeting(
 
 @app.task(name=SWEEP_TASK, ignore_result=True)
 def sweep() -> int:
-    """Dispatch again every unfinished job whose lease ran out (lost messages, dead workers)."""
+    """Dispatch again every unfinished job whose lease ran out (lost messages, dead workers),
+    and release the jobs held for the credentials once a probe is due or the circuit closed
+    (a rotated secret is noticed here within one sweep interval)."""
+    store = runtime().store
+    if store.probe_due():
+        jobs.release_held("credentials")
     return jobs.sweep()
 
 

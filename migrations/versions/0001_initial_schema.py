@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-29 04:09:38.233935
+Create Date: 2026-11-29 04:15:29.704731
 """
 
 from collections.abc import Sequence
@@ -68,6 +68,7 @@ def upgrade() -> None:
         sa.Column("maybe_sent", sa.Boolean(), server_default=sa.text("false"), nullable=False),
         sa.Column("lease_expires_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("next_attempt_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("held_for", sa.String(length=16), nullable=True),
         sa.Column("claim_token", sa.String(length=32), nullable=True),
         sa.Column(
             "created_at",
