@@ -319,7 +319,7 @@ class RateGovernor:
         key = self._host_key("count", user_id)
         return int(self._run(self._host_count, [key], [0, DAY_KEY_MARGIN_S]))
 
-    def _run(self, script: Script, keys: Sequence[str], args: Sequence[str | int]) -> Any:
+    def _run(self, script: Script, keys: Sequence[str], args: Sequence[str | int | float]) -> Any:
         with _translated():
             return script(keys=keys, args=args, client=self.client)
 
