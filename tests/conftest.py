@@ -164,6 +164,26 @@ class WorkerProcess:
                 self.kill()
 
 
+def _spawn_celery(
+    name: str, arguments: list[str], env: dict[str, str], log_path: Path, ready: str
+) -> WorkerProcess:
+    """Start `celery -A worker ...` in its own process group and wait for its ready line."""
+    with log_path.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "worker", *arguments],
+            cwd=ROOT,
+            env={**os.environ, **env, "PYTHONUNBUFFERED": "1"},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    spawned = WorkerProcess(name=name, process=process, log_path=log_path)
+    wait_for(lambda: ready in spawned.log() or process.poll() is not None, timeout=60)
+    if process.poll() is not None:
+        pytest.fail(f"celery {name} exited at start:\n{spawned.log()[-3000:]}")
+    return spawned
+
+
 @pytest.fixture
 def start_worker(env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
     """Start `celery -A worker worker` processes with this test's settings."""
@@ -171,27 +191,15 @@ def start_worker(env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., 
 
     def start(concurrency: int = 2, name: str | None = None, **overrides: str) -> WorkerProcess:
         name = name or f"w{len(started) + 1}"
-        log_path = tmp_path / f"{name}.log"
-        process_env = {**os.environ, **env, **overrides, "PYTHONUNBUFFERED": "1"}
-        command_line = [
-            sys.executable, "-m", "celery", "-A", "worker", "worker",
-            "--loglevel", "INFO", "--concurrency", str(concurrency), "--pool", "prefork",
-            "--hostname", f"{name}@%h", "--without-gossip", "--without-mingle",
+        arguments = [
+            "worker", "--loglevel", "INFO", "--concurrency", str(concurrency),
+            "--pool", "prefork", "--hostname", f"{name}@%h", "--without-gossip",
+            "--without-mingle",
         ]  # fmt: skip
-        with log_path.open("wb") as out:
-            process = subprocess.Popen(
-                command_line,
-                cwd=ROOT,
-                env=process_env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        worker = WorkerProcess(name=name, process=process, log_path=log_path)
+        worker = _spawn_celery(
+            name, arguments, {**env, **overrides}, tmp_path / f"{name}.log", "ready."
+        )
         started.append(worker)
-        wait_for(lambda: "ready." in worker.log() or process.poll() is not None, timeout=60)
-        if process.poll() is not None:
-            pytest.fail(f"celery worker {name} exited at start:\n{worker.log()[-3000:]}")
         return worker
 
     yield start
@@ -205,25 +213,12 @@ def start_beat(env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., Wo
     started: list[WorkerProcess] = []
 
     def start(**overrides: str) -> WorkerProcess:
-        log_path = tmp_path / "beat.log"
-        command_line = [
-            sys.executable, "-m", "celery", "-A", "worker", "beat", "--loglevel", "INFO",
-            "--schedule", str(tmp_path / "celerybeat-schedule"),
-        ]  # fmt: skip
-        with log_path.open("wb") as out:
-            process = subprocess.Popen(
-                command_line,
-                cwd=ROOT,
-                env={**os.environ, **env, **overrides, "PYTHONUNBUFFERED": "1"},
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        beat = WorkerProcess(name="beat", process=process, log_path=log_path)
+        schedule = str(tmp_path / "celerybeat-schedule")
+        arguments = ["beat", "--loglevel", "INFO", "--schedule", schedule]
+        beat = _spawn_celery(
+            "beat", arguments, {**env, **overrides}, tmp_path / "beat.log", "beat: Starting"
+        )
         started.append(beat)
-        wait_for(lambda: "beat: Starting" in beat.log() or process.poll() is not None, timeout=30)
-        if process.poll() is not None:
-            pytest.fail(f"celery beat exited at start:\n{beat.log()[-3000:]}")
         return beat
 
     yield start
