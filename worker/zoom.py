@@ -14,7 +14,7 @@ import email.utils
 import logging
 import re
 import urllib.parse
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn, Protocol
@@ -231,12 +231,16 @@ class ZoomClient:
         *,
         timeout_s: float = 30.0,
         transport: httpx.BaseTransport | None = None,
+        on_response: Callable[[httpx.Response], None] | None = None,
     ) -> None:
+        # ``on_response`` sees every answer, the 401 before a renewal included (metrics).
+        hooks = {"response": [on_response]} if on_response else None
         self._http = httpx.Client(
             base_url=api_url.rstrip("/") + "/",
             auth=auth,
             timeout=timeout_s,
             transport=transport,
+            event_hooks=hooks,
             headers={"User-Agent": "zoom-worker"},
         )
 
