@@ -197,7 +197,7 @@ def claim(job_id: uuid.UUID) -> Claim | None:
     """Take the job for this worker, or None when it is finished, held, or not yet due.
 
     A job is claimable when queued or retrying, waiting and due, or running with an expired
-    lease (its worker died). Each claim counts a delivery; past ``JOB_MAX_DELIVERIES``
+    lease or a claim the sweeper revoked (its worker died). Each claim counts a delivery; past ``JOB_MAX_DELIVERIES``
     consecutive claims without an outcome the job is failed as poison.
     """
     settings = get_settings()
@@ -214,7 +214,11 @@ def claim(job_id: uuid.UUID) -> Claim | None:
             JobRow.status == models.WAITING,
             or_(JobRow.next_attempt_at.is_(None), JobRow.next_attempt_at <= now),
         ),
-        and_(JobRow.status == models.RUNNING, JobRow.lease_expires_at < now),
+        # A holder whose lease ran out, or whose claim the sweeper revoked: it died.
+        and_(
+            JobRow.status == models.RUNNING,
+            or_(JobRow.lease_expires_at < now, JobRow.claim_token.is_(None)),
+        ),
     )
     token = secrets.token_hex(16)
     statement = (
@@ -388,7 +392,9 @@ def sweep(limit: int = 500) -> int:
     """Dispatch again every unfinished job whose lease has run out; returns how many.
 
     Rows are taken with ``FOR UPDATE SKIP LOCKED`` and their lease is pushed forward in the
-    same statement, so two sweepers never dispatch the same job twice in one round.
+    same statement, so two sweepers never dispatch the same job twice in one round. A
+    running job's claim is revoked in that statement too, so the holder that outlived its
+    lease can no longer record an outcome and the message dispatched here can claim the job.
     """
     settings = get_settings()
     due = (
@@ -405,7 +411,13 @@ def sweep(limit: int = 500) -> int:
     statement = (
         update(JobRow)
         .where(JobRow.id.in_(due))
-        .values(lease_expires_at=func.now() + timedelta(seconds=settings.JOB_LEASE_SECONDS))
+        .values(
+            lease_expires_at=func.now() + timedelta(seconds=settings.JOB_LEASE_SECONDS),
+            # Revoke a running job's expired claim: the message dispatched below may then
+            # claim it although the lease was just pushed forward (only queued, retrying and
+            # waiting jobs have no claim, so this changes nothing for them).
+            claim_token=None,
+        )
         .returning(
             JobRow.id, JobRow.kind, JobRow.status, JobRow.user_id, JobRow.topic, JobRow.meeting_id
         )
