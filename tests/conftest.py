@@ -121,6 +121,7 @@ def env(
         "RETRY_BACKOFF_BASE": "0.2",
         "RETRY_BACKOFF_MAX": "2",
         "ZOOM_HTTP_TIMEOUT": "5",
+        "METRICS_PORT": "0",
     }
     for name, value in values.items():
         monkeypatch.setenv(name, value)
@@ -164,7 +165,7 @@ class WorkerProcess:
                 self.kill()
 
 
-def _spawn_celery(
+def spawn_celery(
     name: str, arguments: list[str], env: dict[str, str], log_path: Path, ready: str
 ) -> WorkerProcess:
     """Start `celery -A worker ...` in its own process group and wait for its ready line."""
@@ -196,7 +197,7 @@ def start_worker(env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., 
             "--pool", "prefork", "--hostname", f"{name}@%h", "--without-gossip",
             "--without-mingle",
         ]  # fmt: skip
-        worker = _spawn_celery(
+        worker = spawn_celery(
             name, arguments, {**env, **overrides}, tmp_path / f"{name}.log", "ready."
         )
         started.append(worker)
@@ -215,7 +216,7 @@ def start_beat(env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., Wo
     def start(**overrides: str) -> WorkerProcess:
         schedule = str(tmp_path / "celerybeat-schedule")
         arguments = ["beat", "--loglevel", "INFO", "--schedule", schedule]
-        beat = _spawn_celery(
+        beat = spawn_celery(
             "beat", arguments, {**env, **overrides}, tmp_path / "beat.log", "beat: Starting"
         )
         started.append(beat)

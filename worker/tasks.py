@@ -14,9 +14,9 @@ import uuid
 from typing import Any
 
 from celery import Task
-from celery.signals import worker_init
+from celery.signals import worker_init, worker_ready
 
-from worker import db, gate, jobs, meetings, ratelimit, zoom
+from worker import db, gate, jobs, meetings, metrics, ratelimit, zoom
 from worker.celery_app import CLEANUP_TASK, SWEEP_TASK, app
 from worker.config import Settings, get_settings
 from worker.token_store import TokenStore
@@ -34,8 +34,12 @@ def runtime() -> meetings.Runtime:
         if _runtime is None or _runtime[0] != os.getpid():
             settings = get_settings()
             store = TokenStore(settings, db.sessions())
+            counters = metrics.FleetCounters.from_url(settings.redis_url)
             client = zoom.ZoomClient(
-                settings.ZOOM_API_URL, zoom.ZoomAuth(store), timeout_s=settings.ZOOM_HTTP_TIMEOUT
+                settings.ZOOM_API_URL,
+                zoom.ZoomAuth(store),
+                timeout_s=settings.ZOOM_HTTP_TIMEOUT,
+                on_response=counters.on_response,
             )
             work = meetings.Runtime(
                 settings=settings, client=client, gate=_make_gate(settings), store=store
@@ -56,6 +60,12 @@ def _make_gate(settings: Settings) -> meetings.Gate:
 def _check_settings(**_: Any) -> None:
     """Refuse to start a worker whose settings are invalid, naming the variable."""
     get_settings().require_credentials()
+
+
+@worker_ready.connect
+def _start_exporter(**_: Any) -> None:
+    """Serve the fleet's figures in Prometheus form from the worker's main process."""
+    metrics.start_exporter(get_settings())
 
 
 @app.task(name="meetings.create", bind=True, max_retries=None)

@@ -1,0 +1,206 @@
+"""The service's own Prometheus figures: fleet counters in Redis, the collector, the exporter."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from worker import db, errors, jobs, metrics, zoom
+from worker.config import get_settings
+from worker.simulator import SimulatorClient
+from worker.token_store import TokenStore
+
+BODY = {"topic": "Metrics standup", "type": 2, "start_time": "2026-12-01T10:00:00Z", "duration": 30}
+
+
+def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of an exposition, keyed by name and sorted labels."""
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def counters(env: dict[str, str]) -> Iterator[metrics.FleetCounters]:
+    fleet = metrics.FleetCounters.from_url(env["REDIS_URL"])
+    yield fleet
+    fleet.client.close()
+
+
+@pytest.fixture
+def exporter() -> Iterator[None]:
+    metrics.stop_exporter()
+    yield
+    metrics.stop_exporter()
+
+
+def test_fleet_counters__simulator_answers__counted_like_zoom_saw_them(
+    counters: metrics.FleetCounters, sim_client: SimulatorClient
+) -> None:
+    settings = get_settings()
+    store = TokenStore(settings, db.sessions())
+    client = zoom.ZoomClient(
+        settings.ZOOM_API_URL, zoom.ZoomAuth(store), timeout_s=5, on_response=counters.on_response
+    )
+    try:
+        meeting = client.create_meeting("host@example.com", dict(BODY))
+        sim_client.invalidate_tokens()
+        client.get_meeting(meeting.id)  # 401, one renewal, then 200: the hook sees both
+        sim_client.configure(daily_create_limit=1)
+        with pytest.raises(errors.DailyLimitReached):
+            client.create_meeting("host@example.com", dict(BODY))  # told by X-RateLimit-Type
+        sim_client.configure(rate_limit_headers=False)
+        with pytest.raises(errors.DailyLimitReached):
+            client.create_meeting("host@example.com", dict(BODY))  # told only by the message
+        sim_client.configure(rate_limits={"light": 1})
+        with pytest.raises(errors.RateLimited):
+            for _ in range(5):
+                client.get_meeting(meeting.id)
+        sim_client.configure(rate_limits=None, error_rate=1.0)
+        with pytest.raises(errors.ZoomServerError):
+            client.get_meeting(meeting.id)
+    finally:
+        client.close()
+        store.close()
+
+    seen = sim_client.stats()
+    counted = counters.snapshot()
+    assert counted == {
+        "api_calls": seen["api_calls"],
+        "401": seen["api_401"],
+        "429": seen["api_429"],
+        "429_daily": seen["api_429_daily"],
+        "5xx": seen["api_5xx"],
+    }
+    assert counted["401"] == 1 and counted["429_daily"] == 2 and counted["5xx"] == 1
+    assert counted["429"] >= 3, "two daily and at least one per-second 429"
+
+
+def test_fleet_counters__unreadable_429_body__counted_as_plain_429(
+    counters: metrics.FleetCounters,
+) -> None:
+    request = httpx.Request("GET", "http://zoom.invalid/v2/meetings/1")
+    counters.on_response(httpx.Response(429, content=b"<html>busy</html>", request=request))
+    counters.on_response(httpx.Response(404, json={"code": 3001}, request=request))
+    counters.on_response(httpx.Response(200, json={}, request=request))
+
+    assert counters.snapshot() == {"api_calls": 3, "401": 0, "429": 1, "429_daily": 0, "5xx": 0}
+
+
+def test_fleet_counters__redis_down__calls_go_on_and_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    fleet = metrics.FleetCounters.from_url("redis://127.0.0.1:1/0")
+    request = httpx.Request("GET", "http://zoom.invalid/v2/meetings/1")
+    with caplog.at_level(logging.WARNING, logger="worker.metrics"):
+        for status in (200, 401, 429, 503):
+            fleet.on_response(httpx.Response(status, json={}, request=request))
+        snapshot = fleet.snapshot()
+    fleet.client.close()
+
+    assert snapshot == {}
+    failures = [r for r in caplog.records if r.getMessage().startswith("metrics.count_failed")]
+    assert len(failures) == 1, "after one failure the counters pause instead of retrying"
+
+
+def test_exporter__serves_fleet_figures__no_secret(
+    env: dict[str, str],
+    counters: metrics.FleetCounters,
+    exporter: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    jobs.create_meeting("host@example.com", dict(BODY))
+    jobs.create_meeting("host@example.com", {**BODY, "topic": "Second"})
+    store = TokenStore(get_settings(), db.sessions())
+    token = store.get().value  # one token request, recorded
+    store.close()
+    counters.count("api_calls", "401")
+    port = _free_port()
+    monkeypatch.setenv("METRICS_PORT", str(port))
+    get_settings.cache_clear()
+
+    metrics.start_exporter(get_settings())
+    response = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10)
+
+    assert response.status_code == 200
+    found = _samples(response.text)
+    assert found[("zoom_worker_jobs", (("status", "queued"),))] == 2
+    assert found[("zoom_worker_jobs", (("status", "failed"),))] == 0
+    assert 0 <= found[("zoom_worker_queue_age_seconds", ())] < 600
+    assert found[("zoom_worker_token_requests_last_hour", ())] == 1
+    assert found[("zoom_worker_token_requests_last_day", ())] == 1
+    assert found[("zoom_worker_circuit_open", (("state", "closed"),))] == 0
+    assert found[("zoom_worker_api_responses_total", (("kind", "401"),))] == 1
+    assert found[("zoom_worker_api_responses_total", (("kind", "429_daily"),))] == 0
+    assert found[("zoom_worker_api_calls_total", ())] == 1
+    assert found[("zoom_worker_metrics_source_up", (("source", "database"),))] == 1
+    assert "sim-secret" not in response.text and token not in response.text
+    assert env["ZOOM_CLIENT_ID"] not in response.text
+
+
+def test_exporter__port_in_use__logs_and_goes_on_once(
+    env: dict[str, str], exporter: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))  # what the exporter binds: all interfaces
+        taken.listen()
+        settings = get_settings().model_copy(update={"METRICS_PORT": taken.getsockname()[1]})
+        with caplog.at_level(logging.INFO, logger="worker.metrics"):
+            metrics.start_exporter(settings)
+            metrics.start_exporter(settings)
+
+    lines = [r for r in caplog.records if r.getMessage().startswith("metrics.not_serving")]
+    assert len(lines) == 1 and lines[0].levelno == logging.INFO
+
+
+def test_collector__no_credentials__token_figures_left_out(
+    env: dict[str, str], counters: metrics.FleetCounters, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("ZOOM_ACCOUNT_ID", "ZOOM_CLIENT_ID", "ZOOM_CLIENT_SECRET"):
+        monkeypatch.delenv(name)
+    get_settings.cache_clear()
+    settings = get_settings()
+    assert not settings.has_credentials
+
+    found = _scrape(metrics.FleetCollector(settings, counters))
+
+    assert not any(name.startswith("zoom_worker_token_") for name, _ in found)
+    assert not any(name == "zoom_worker_circuit_open" for name, _ in found)
+    assert found[("zoom_worker_jobs", (("status", "queued"),))] == 0
+    assert found[("zoom_worker_queue_age_seconds", ())] == 0
+
+
+def test_collector__database_down__scrape_answers_and_says_so(
+    env: dict[str, str], counters: metrics.FleetCounters
+) -> None:
+    missing = env["DATABASE_URL"].rsplit("/", 1)[0] + "/zw_no_such_database"
+    settings = get_settings().model_copy(update={"DATABASE_URL": missing})
+
+    found = _scrape(metrics.FleetCollector(settings, counters))
+
+    assert found[("zoom_worker_metrics_source_up", (("source", "database"),))] == 0
+    assert found[("zoom_worker_metrics_source_up", (("source", "redis"),))] == 1
+    assert not any(name == "zoom_worker_jobs" for name, _ in found)
+    assert found[("zoom_worker_api_calls_total", ())] == 0
+
+
+def _scrape(collector: Any) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    registry = CollectorRegistry()
+    registry.register(collector)
+    return _samples(generate_latest(registry).decode())

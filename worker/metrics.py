@@ -1,0 +1,233 @@
+"""The service's own figures in Prometheus form, served on ``METRICS_PORT`` by each worker host.
+
+Every figure is read at scrape time from PostgreSQL and Redis, so each worker shows the same
+fleet-wide numbers: aggregate them across targets with ``max``, never ``sum``.
+
+- ``zoom_worker_jobs{status}``: jobs in each status (gauge; every status, 0 when none)
+- ``zoom_worker_queue_age_seconds``: age of the oldest queued or retrying job, 0 when none
+- ``zoom_worker_token_requests_last_hour``, ``zoom_worker_token_requests_last_day``: requests
+  made to Zoom's token endpoint (only when credentials are configured)
+- ``zoom_worker_circuit_open{state}``: 1 while the credential's circuit is not closed
+- ``zoom_worker_api_responses_total{kind}``: Zoom answers by kind, counted by
+  :class:`FleetCounters`: ``401``, ``429`` (all of them), ``429_daily`` (those for a host's
+  daily create/update cap) and ``5xx``
+- ``zoom_worker_api_calls_total``: every answer from Zoom's API
+- ``zoom_worker_metrics_source_up{source}``: 0 when the ``database`` or ``redis`` part of a
+  scrape failed (those figures are then left out rather than reported as zeros)
+
+No name or label carries a token, a secret, a host's email or a meeting id.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+from wsgiref.simple_server import WSGIServer
+
+import httpx
+import redis
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
+
+from worker import db, errors, models, zoom
+from worker.config import Settings
+from worker.token_store import CLOSED, TokenStatus, TokenStore
+
+log = logging.getLogger(__name__)
+
+CALLS = "api_calls"
+RESPONSE_KINDS = ("401", "429", "429_daily", "5xx")
+NAMES = (CALLS, *RESPONSE_KINDS)
+STATUSES = (models.QUEUED, models.RUNNING, models.RETRYING, models.WAITING, *models.FINAL_STATUSES)
+# After a Redis failure the counters stop trying for a while, so an outage costs API calls
+# one connect timeout per pause, not one per call.
+REDIS_PAUSE_S = 10.0
+
+
+class FleetCounters:
+    """Fleet-wide counters of Zoom's answers in Redis (``INCR`` under ``zw:stats:``).
+
+    A Redis failure is logged and the count is lost: counting never breaks a call.
+    """
+
+    def __init__(self, client: redis.Redis, *, prefix: str = "zw:stats:") -> None:
+        self.client = client
+        self.prefix = prefix
+        self._paused_until = 0.0
+
+    @classmethod
+    def from_url(cls, url: str, *, prefix: str = "zw:stats:") -> FleetCounters:
+        """Counters on a new client for ``url``, with short timeouts: they run inside calls."""
+        client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5)
+        return cls(client, prefix=prefix)
+
+    def on_response(self, response: httpx.Response) -> None:
+        """An httpx ``response`` event hook: count the call and a 401, 429 or 5xx answer."""
+        names = [CALLS]
+        status = response.status_code
+        if status == httpx.codes.UNAUTHORIZED:
+            names.append("401")
+        elif status == httpx.codes.TOO_MANY_REQUESTS:
+            names.append("429")
+            if _is_daily_limit(response):
+                names.append("429_daily")
+        elif status >= httpx.codes.INTERNAL_SERVER_ERROR:
+            names.append("5xx")
+        self.count(*names)
+
+    def count(self, *names: str) -> None:
+        """Add one to each named counter, in one round trip; never raises."""
+        if time.monotonic() < self._paused_until:
+            return
+        try:
+            with self.client.pipeline(transaction=False) as pipe:
+                for name in names:
+                    pipe.incr(self.prefix + name)
+                pipe.execute()
+        except redis.RedisError as exc:
+            self._paused_until = time.monotonic() + REDIS_PAUSE_S
+            log.warning("metrics.count_failed paused %.0fs: %s", REDIS_PAUSE_S, type(exc).__name__)
+
+    def snapshot(self, names: Iterable[str] = NAMES) -> dict[str, int]:
+        """The named counters (0 when never counted), or ``{}`` when Redis cannot be read."""
+        keys = list(names)
+        try:
+            values = self.client.mget([self.prefix + k for k in keys])
+        except redis.RedisError as exc:
+            log.warning("metrics.snapshot_failed %s", type(exc).__name__)
+            return {}
+        return {key: int(value or 0) for key, value in zip(keys, values, strict=True)}
+
+
+def _is_daily_limit(response: httpx.Response) -> bool:
+    # Zoom marks the per-host daily cap in X-RateLimit-Type ("Daily-limit") and its message.
+    if (response.headers.get("X-RateLimit-Type") or "").lower().startswith("daily"):
+        return True
+    try:
+        response.read()  # a hook sees the response before its body is read; 429s are small
+        body: Any = response.json()
+    except (httpx.HTTPError, ValueError):
+        return False
+    message = body.get("message") if isinstance(body, dict) else None
+    return isinstance(message, str) and bool(zoom.DAILY_LIMIT_PATTERN.search(message))
+
+
+class FleetCollector(Collector):
+    """Reads the figures at each scrape: one aggregate over ``jobs``, :meth:`TokenStore.status`
+    (the credential row and one aggregate over ``token_requests``) and one Redis ``MGET``.
+    A failing source is logged and its figures left out; the scrape itself still answers."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        counters: FleetCounters,
+        token_status: Callable[[], TokenStatus] | None = None,
+    ) -> None:
+        self._database_url = settings.DATABASE_URL
+        self._counters = counters
+        self._token_status = token_status
+
+    def collect(self) -> Iterator[Metric]:
+        database_up = 1
+        try:
+            yield from self._jobs()
+            if self._token_status is not None:
+                yield from _token_figures(self._token_status())
+        except (SQLAlchemyError, errors.ZoomWorkerError) as exc:
+            database_up = 0
+            log.warning("metrics.scrape_failed source=database %s", type(exc).__name__)
+        counts = self._counters.snapshot()
+        if counts:
+            responses = CounterMetricFamily(
+                "zoom_worker_api_responses", "Zoom API answers by kind", labels=["kind"]
+            )
+            for kind in RESPONSE_KINDS:
+                responses.add_metric([kind], counts[kind])
+            yield responses
+            yield CounterMetricFamily(
+                "zoom_worker_api_calls", "Zoom API calls answered", value=counts[CALLS]
+            )
+        up = GaugeMetricFamily(
+            "zoom_worker_metrics_source_up", "1 when the source was read", labels=["source"]
+        )
+        up.add_metric(["database"], database_up)
+        up.add_metric(["redis"], 1 if counts else 0)
+        yield up
+
+    def _jobs(self) -> Iterator[Metric]:
+        age = func.extract("epoch", func.now() - func.min(models.Job.created_at))
+        query = select(models.Job.status, func.count(), age).group_by(models.Job.status)
+        with db.sessions(self._database_url)() as session:
+            rows = {status: (count, oldest) for status, count, oldest in session.execute(query)}
+        jobs = GaugeMetricFamily("zoom_worker_jobs", "Jobs by status", labels=["status"])
+        for status in sorted({*STATUSES, *rows}):
+            jobs.add_metric([status], rows.get(status, (0, None))[0])
+        yield jobs
+        ages = [float(rows[s][1]) for s in (models.QUEUED, models.RETRYING) if s in rows]
+        yield GaugeMetricFamily(
+            "zoom_worker_queue_age_seconds",
+            "Age of the oldest queued or retrying job",
+            value=max([0.0, *ages]),
+        )
+
+
+def _token_figures(status: TokenStatus) -> Iterator[Metric]:
+    for span, count in (("hour", status.requests_last_hour), ("day", status.requests_last_day)):
+        yield GaugeMetricFamily(
+            f"zoom_worker_token_requests_last_{span}", f"Token requests in the last {span}", count
+        )
+    circuit = GaugeMetricFamily(
+        "zoom_worker_circuit_open", "1 while Zoom's refusal holds calls", labels=["state"]
+    )
+    circuit.add_metric([status.circuit_state], 0 if status.circuit_state == CLOSED else 1)
+    yield circuit
+
+
+_exporter_lock = threading.Lock()
+_exporter: tuple[int, WSGIServer | None] | None = None  # this process's, None when not serving
+
+
+def start_exporter(settings: Settings) -> None:
+    """Serve the figures on ``METRICS_PORT`` from this process (once per process; 0 = off).
+
+    When the port is taken (several workers on one host) the process logs it and goes on:
+    the figures are fleet-wide, so one exporter per host is enough.
+    """
+    global _exporter  # noqa: PLW0603 - one exporter per process
+    if settings.METRICS_PORT <= 0:
+        return
+    with _exporter_lock:
+        if _exporter is not None and _exporter[0] == os.getpid():
+            return
+        registry = CollectorRegistry()
+        status = None
+        if settings.has_credentials:
+            status = TokenStore(settings, db.sessions(settings.DATABASE_URL)).status
+        counters = FleetCounters.from_url(settings.redis_url)
+        registry.register(FleetCollector(settings, counters, status))
+        server: WSGIServer | None = None
+        try:
+            server, _thread = start_http_server(settings.METRICS_PORT, registry=registry)
+            log.info("metrics.serving port=%d", settings.METRICS_PORT)
+        except OSError as exc:
+            level = logging.INFO if exc.errno == errno.EADDRINUSE else logging.WARNING
+            log.log(level, "metrics.not_serving port=%d %s", settings.METRICS_PORT, exc.strerror)
+        _exporter = (os.getpid(), server)
+
+
+def stop_exporter() -> None:
+    """Stop this process's exporter, if any, so :func:`start_exporter` may start it again."""
+    global _exporter  # noqa: PLW0603 - one exporter per process
+    with _exporter_lock:
+        if _exporter is not None and _exporter[0] == os.getpid() and _exporter[1] is not None:
+            _exporter[1].shutdown()
+            _exporter[1].server_close()
+        _exporter = None
