@@ -197,8 +197,9 @@ def claim(job_id: uuid.UUID) -> Claim | None:
     """Take the job for this worker, or None when it is finished, held, or not yet due.
 
     A job is claimable when queued or retrying, waiting and due, or running with an expired
-    lease or a claim the sweeper revoked (its worker died). Each claim counts a delivery; past ``JOB_MAX_DELIVERIES``
-    consecutive claims without an outcome the job is failed as poison.
+    lease or a claim the sweeper revoked (its worker died). Each claim counts a delivery;
+    past ``JOB_MAX_DELIVERIES`` consecutive claims without an outcome the job is failed as
+    poison.
     """
     settings = get_settings()
     now = func.now()
@@ -317,10 +318,13 @@ def record_deleted(job: Claim, *, already_gone: bool) -> bool:
         )
 
 
-def record_failed(job: Claim, reason: str) -> bool:
-    """The job failed for good; ``reason`` is in words an operator understands."""
+def record_failed(job: Claim, reason: str, *, maybe_sent: bool = False) -> bool:
+    """The job failed for good; ``reason`` is in words an operator understands.
+
+    ``maybe_sent`` keeps the mark of a create whose last request may have made a meeting,
+    so the cleanup can find and remove that orphan."""
     with db.sessions()() as session, session.begin():
-        return _finish(session, job, status=models.FAILED, error=reason)
+        return _finish(session, job, status=models.FAILED, error=reason, maybe_sent=maybe_sent)
 
 
 def record_retry(
@@ -363,6 +367,7 @@ def record_retry(
 
 
 def _finish(session: Session, job: Claim, *, status: str, **values: Any) -> bool:
+    values.setdefault("maybe_sent", False)
     result = session.execute(
         update(JobRow)
         .where(JobRow.id == job.job_id, JobRow.claim_token == job.token)
@@ -370,7 +375,6 @@ def _finish(session: Session, job: Claim, *, status: str, **values: Any) -> bool
             status=status,
             attempts=JobRow.attempts + 1,
             claim_token=None,
-            maybe_sent=False,
             deliveries=0,
             lease_expires_at=None,
             next_attempt_at=None,

@@ -192,13 +192,13 @@ def _on_failure(attempt: _Attempt, exc: Exception) -> Reschedule | None:
         decision = _Decision(
             f"gave up after {job.attempts + 1} attempts; last error: {decision.reason}"
         )
-    if decision.retry_at is None:
-        log.warning("job.failed job_id=%s %s", job.job_id, decision.reason)
-        jobs.record_failed(job, decision.reason)
-        return None
     maybe_sent = (job.maybe_sent and not attempt.reconciled) or (
         attempt.create_sent and _outcome_unknown(exc)
     )
+    if decision.retry_at is None:
+        log.warning("job.failed job_id=%s %s", job.job_id, decision.reason)
+        jobs.record_failed(job, decision.reason, maybe_sent=maybe_sent)
+        return None
     delay_s = max(0.0, (decision.retry_at - datetime.now(UTC)).total_seconds())
     # A countdown longer than the broker's visibility timeout would be redelivered early
     # and run twice; such waits are parked in PostgreSQL for the sweeper instead.

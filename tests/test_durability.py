@@ -1,0 +1,440 @@
+"""Issue 3's guarantees, proven with real processes: nothing lost, nothing made twice.
+
+Real `celery worker` processes, a real `celery beat` running the sweeper, the ledger in
+PostgreSQL and the simulator with its fault switches. Leases are short (``LEASE_S``) and the
+sweeper runs every second, so a job whose worker died is dispatched again within seconds.
+Each test prints a one-line summary (``pytest -s``) with the numbers quoted in the issue.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import redis
+import sqlalchemy.exc
+from conftest import BROKER_URL, PG_ADMIN, WorkerProcess
+
+from worker import jobs
+from worker.config import get_settings
+from worker.models import FINAL_STATUSES
+from worker.simulator import SimulatorClient
+
+pytestmark = [pytest.mark.fleet, pytest.mark.usefixtures("env")]
+
+LEASE_S = 6
+FLEET_ENV = {
+    "JOB_LEASE_SECONDS": str(LEASE_S),
+    "SWEEP_INTERVAL_SECONDS": "1",
+    # Faults are drawn at random: no job may give up within the test.
+    "JOB_MAX_ATTEMPTS": "10",
+    # The governor's Business limits (60 creates/s) keep the pool processes busy, so a kill
+    # lands in the middle of a task rather than between rate-limit countdowns.
+    "ZOOM_PLAN": "business",
+}
+HOSTS = 10  # spreads the creates below Zoom's per-host daily limit
+MARKER = re.compile(r"\[zw:[0-9a-f]{16}\]")
+FAULT_COUNTERS = ("api_5xx", "replies_lost", "connections_dropped", "api_429")
+PG_RESTART = ["pg_ctlcluster", "--skip-systemctl-redirect", "15", "main", "restart"]
+PG_START = ["pg_ctlcluster", "--skip-systemctl-redirect", "15", "main", "start"]
+
+
+StartWorker = Callable[..., WorkerProcess]
+
+
+@dataclass
+class Fleet:
+    """Workers and one beat, all with the short-lease settings of this module."""
+
+    workers: list[WorkerProcess]
+    beat: WorkerProcess
+
+    def logs(self) -> str:
+        return "".join(w.log() for w in self.workers)
+
+
+@pytest.fixture
+def short_leases(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """FLEET_ENV for this process (create_meeting computes the first lease) and for every
+    process started afterwards (start_worker and start_beat inherit os.environ)."""
+    for name, value in FLEET_ENV.items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    assert get_settings().JOB_LEASE_SECONDS == LEASE_S
+    return FLEET_ENV
+
+
+@pytest.fixture
+def fleet(
+    short_leases: dict[str, str],
+    start_worker: StartWorker,
+    start_beat: Callable[..., WorkerProcess],
+) -> Callable[..., Fleet]:
+    def start(*concurrencies: int) -> Fleet:
+        workers = [start_worker(concurrency=c) for c in concurrencies]
+        return Fleet(workers, start_beat())
+
+    return start
+
+
+def _body(n: int) -> dict[str, Any]:
+    return {
+        "topic": f"Durable meeting {n}",
+        "type": 2,
+        "start_time": "2026-12-01T10:00:00Z",
+        "duration": 30,
+        "agenda": f"Agenda {n}",
+    }
+
+
+def _create(count: int) -> list[uuid.UUID]:
+    return [jobs.create_meeting(f"host{n % HOSTS}@example.com", _body(n)) for n in range(count)]
+
+
+def _statuses() -> Counter[str] | None:
+    """Jobs per status (the test's database holds only this test's jobs); None while
+    PostgreSQL is unreachable."""
+    try:
+        return Counter(jobs.count_by_status())
+    except sqlalchemy.exc.DBAPIError:
+        return None
+
+
+def _poll(condition: Callable[[], Any], what: str, timeout: float) -> Any:
+    """Poll until ``condition`` is truthy; the failure names what was awaited and where the
+    jobs stand."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout:.0f}s; jobs {_statuses()}")
+        time.sleep(0.1)
+
+
+def _succeeded_at_least(count: int) -> Callable[[], Counter[str] | None]:
+    def check() -> Counter[str] | None:
+        statuses = _statuses()
+        return statuses if statuses and statuses["succeeded"] >= count else None
+
+    return check
+
+
+def _drain(ids: list[uuid.UUID], started: float, timeout: float) -> float:
+    """Wait until every job is final; returns seconds since ``started``."""
+
+    def final() -> bool:
+        try:
+            found = jobs.jobs_for(ids)
+        except sqlalchemy.exc.DBAPIError:  # PostgreSQL restarting
+            return False
+        return len(found) == len(ids) and all(j.status in FINAL_STATUSES for j in found)
+
+    _poll(final, f"{len(ids)} jobs final", timeout)
+    return time.monotonic() - started
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the ledger and the simulator say after a run."""
+
+    jobs: int
+    statuses: Counter[str]
+    meetings: int  # live meetings in the simulator
+    made: int  # meetings ever made (a duplicate deleted later would still count)
+    duplicates: int  # meetings beyond the first that carry the same job's marker
+    mismatched: int  # succeeded jobs whose meeting is not the one carrying their marker
+    faults: dict[str, int]
+    max_attempts: int
+
+    def line(self, name: str, drain_s: float, **extra: object) -> str:
+        faults = " ".join(f"{k}={v}" for k, v in self.faults.items())
+        more = "".join(f" {k}={v}" for k, v in extra.items())
+        return (
+            f"durability[{name}]: jobs={self.jobs} statuses={dict(self.statuses)} "
+            f"meetings={self.meetings} made={self.made} duplicates={self.duplicates} "
+            f"mismatched={self.mismatched} faults[{faults}] max_attempts={self.max_attempts}"
+            f"{more} drain={drain_s:.1f}s"
+        )
+
+
+def _outcome(ids: list[uuid.UUID], sim_client: SimulatorClient) -> Outcome:
+    done = jobs.jobs_for(ids)
+    meetings = [m for m in sim_client.meetings() if not m["foreign"]]
+    by_marker: dict[str, list[int]] = {}
+    for meeting in meetings:
+        if found := MARKER.search(meeting.get("agenda") or ""):
+            by_marker.setdefault(found.group(0), []).append(meeting["id"])
+    mismatched = sum(
+        1
+        for j in done
+        if j.status == "succeeded" and by_marker.get(f"[zw:{j.id.hex[:16]}]") != [j.meeting_id]
+    )
+    stats = sim_client.stats()
+    return Outcome(
+        jobs=len(done),
+        statuses=Counter(j.status for j in done),
+        meetings=stats["live_meetings"],
+        made=len(meetings),
+        duplicates=sum(len(found) - 1 for found in by_marker.values()),
+        mismatched=mismatched,
+        faults={name: stats[name] for name in FAULT_COUNTERS},
+        max_attempts=max((j.attempts for j in done), default=0),
+    )
+
+
+def _assert_exactly_once(outcome: Outcome, expected: int, summary: str) -> None:
+    assert outcome.jobs == expected, summary
+    assert outcome.statuses == Counter(succeeded=expected), summary
+    assert outcome.duplicates == 0, summary
+    assert outcome.meetings == outcome.made == expected, summary
+    assert outcome.mismatched == 0, summary
+
+
+def _redelivered(logs: str) -> int:
+    """Jobs claimed again after a claim that recorded no outcome (its process died)."""
+    return len(set(re.findall(r"job\.redelivered job_id=(\S+)", logs)))
+
+
+def _sweeps(logs: str) -> int:
+    return len(re.findall(r"job\.sweep_dispatch ", logs))
+
+
+def _children(pid: int) -> list[int]:
+    """The pool processes of a `celery worker` (psutil is not installed: read /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # exited meanwhile
+            continue
+        # The command name may hold spaces and parentheses: fields start after the last ")".
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.append(int(entry.name))
+    return sorted(found)
+
+
+def _kill_a_busy_child(worker: WorkerProcess) -> int:
+    """SIGKILL pool processes of ``worker`` one at a time until one dies in the middle of a
+    task (Celery then logs a WorkerLostError); returns how many were killed."""
+    for killed in range(1, 6):
+        children = _children(worker.process.pid)
+        assert children, f"{worker.name} has no pool processes"
+        victim = children[killed % len(children)]
+        lost_before = worker.log().count("WorkerLostError")
+        os.kill(victim, signal.SIGKILL)
+        reaped = f"pid:{victim} exited"
+        _poll(lambda: reaped in worker.log(), f"the pool reaps {victim}", 10)  # noqa: B023
+        deadline = time.monotonic() + 1  # logged right after the exit, if it ran a task
+        while time.monotonic() < deadline:
+            if worker.log().count("WorkerLostError") > lost_before:
+                return killed
+            time.sleep(0.05)
+        # That process was idle between tasks; the pool replaced it. Try another.
+    raise AssertionError(f"no pool process of {worker.name} died mid-task:\n{worker.log()[-3000:]}")
+
+
+# -- 1. processes and whole workers die -------------------------------------------------
+
+
+def test_durability__task_process_and_whole_worker_killed__all_succeed_once(
+    fleet: Callable[..., Fleet], sim_client: SimulatorClient
+) -> None:
+    # Each call holds its process 0.2 s: the pool is busy, and the run lasts long enough
+    # for both kills to land while most jobs are still to do.
+    sim_client.configure(latency_s=0.2)
+    run = fleet(3, 3, 2)
+    w1, w2, _w3 = run.workers
+    started = time.monotonic()
+    ids = _create(200)
+
+    at_child_kill = _poll(_succeeded_at_least(30), "30 jobs succeeded", 60)
+    children_killed = _kill_a_busy_child(w1)
+    at_worker_kill = _poll(_succeeded_at_least(90), "90 jobs succeeded", 60)
+    w2.kill()  # never restarted: its jobs must be swept to the survivors
+    assert w2.process.poll() is not None and not _children(w2.process.pid)
+    drain_s = _drain(ids, started, 120)
+
+    logs = run.logs()
+    outcome = _outcome(ids, sim_client)
+    unfinished_at_kills = (200 - at_child_kill["succeeded"], 200 - at_worker_kill["succeeded"])
+    summary = outcome.line(
+        "kills",
+        drain_s,
+        children_killed=children_killed,
+        unfinished_at_kills=unfinished_at_kills,
+        redelivered=_redelivered(logs),
+        sweep_dispatches=_sweeps(logs),
+    )
+    print(f"\n{summary}")
+    assert min(unfinished_at_kills) > 0, f"the kills must land mid-run: {summary}"
+    assert "Task meetings.create" in w2.log(), f"the killed worker took part: {summary}"
+    _assert_exactly_once(outcome, 200, summary)
+    assert _redelivered(logs) >= 1, f"a job whose process died was claimed again: {summary}"
+
+
+# -- 2. Zoom fails, drops the line, loses replies ------------------------------------------
+
+
+def test_durability__5xx_lost_replies_dropped_connections__no_meeting_twice(
+    fleet: Callable[..., Fleet], sim_client: SimulatorClient
+) -> None:
+    sim_client.configure(error_rate=0.10, reply_lost_rate=0.05, drop_rate=0.03, seed=3)
+    run = fleet(4, 4)
+    started = time.monotonic()
+    ids = _create(150)
+
+    drain_s = _drain(ids, started, 120)
+
+    outcome = _outcome(ids, sim_client)
+    summary = outcome.line("faults", drain_s, adopted=run.logs().count("meeting.adopted "))
+    print(f"\n{summary}")
+    faults = outcome.faults
+    assert faults["api_5xx"] and faults["replies_lost"] and faults["connections_dropped"], summary
+    _assert_exactly_once(outcome, 150, summary)
+    assert outcome.max_attempts > 1, summary
+
+
+# -- 4. one idempotency key, sent concurrently ---------------------------------------------
+
+
+def _concurrent_creates(key: str, callers: int) -> list[uuid.UUID]:
+    """``callers`` threads call create_meeting with the same key at the same moment."""
+    barrier = threading.Barrier(callers)
+
+    def call(_: int) -> uuid.UUID:
+        barrier.wait(timeout=10)
+        return jobs.create_meeting("host@example.com", _body(0), idempotency_key=key)
+
+    with ThreadPoolExecutor(max_workers=callers) as pool:
+        return list(pool.map(call, range(callers), timeout=30))
+
+
+def test_durability__same_idempotency_key_5_times_concurrently__one_job_one_meeting(
+    fleet: Callable[..., Fleet], sim_client: SimulatorClient
+) -> None:
+    fleet(2, 2)
+    rounds, callers = 10, 5
+    started = time.monotonic()
+
+    returned = {
+        key: _concurrent_creates(key, callers)
+        for key in ["same", *(f"same-{r}" for r in range(1, rounds))]
+    }
+
+    ids = sorted({job_id for results in returned.values() for job_id in results})
+    drain_s = _drain(ids, started, 60)
+    outcome = _outcome(ids, sim_client)
+    summary = outcome.line(
+        "idempotency", drain_s, calls=rounds * callers, keys=rounds, job_ids=len(ids)
+    )
+    print(f"\n{summary}")
+    assert all(len(results) == callers for results in returned.values()), summary
+    assert all(len(set(results)) == 1 for results in returned.values()), summary
+    assert len(ids) == rounds and sum((_statuses() or Counter()).values()) == rounds, summary
+    _assert_exactly_once(outcome, rounds, summary)
+
+
+# -- 3. the broker and the database restart ------------------------------------------------
+
+
+def test_durability__redis_flushed_mid_run__nothing_lost(
+    fleet: Callable[..., Fleet], sim_client: SimulatorClient
+) -> None:
+    sim_client.configure(latency_s=0.05)
+    fleet(3, 3)
+    broker = redis.Redis.from_url(BROKER_URL)
+    started = time.monotonic()
+    ids = _create(150)
+
+    def mid_run() -> bool:
+        statuses = _statuses()
+        return bool(statuses and statuses["succeeded"] >= 20 and broker.llen("celery"))
+
+    _poll(mid_run, "20 jobs succeeded, messages still queued", 60)
+    queued_messages = broker.llen("celery")
+    unacked_messages = broker.hlen("unacked")
+    unfinished = 150 - (_statuses() or Counter())["succeeded"]
+    broker.flushdb()
+    broker.close()
+    drain_s = _drain(ids, started, 120)
+
+    outcome = _outcome(ids, sim_client)
+    summary = outcome.line(
+        "redis-flush",
+        drain_s,
+        flushed_messages=queued_messages + unacked_messages,
+        unfinished_at_flush=unfinished,
+    )
+    print(f"\n{summary}")
+    assert queued_messages > 0 and unfinished > 0, f"the flush must land mid-run: {summary}"
+    _assert_exactly_once(outcome, 150, summary)
+
+
+def _pg_accepts() -> bool:
+    try:
+        with psycopg.connect(PG_ADMIN, connect_timeout=2) as conn:
+            conn.execute("SELECT 1")
+    except psycopg.OperationalError:
+        return False
+    return True
+
+
+@pytest.fixture
+def pg_restored(env: dict[str, str]) -> Iterator[None]:
+    """Whatever happens in the test, PostgreSQL accepts connections again afterwards (torn
+    down before the workers stop and the test's database is dropped: requested after them)."""
+    yield
+    if not _pg_accepts():
+        subprocess.run(PG_START, check=False, capture_output=True, timeout=60)
+    _poll(_pg_accepts, "PostgreSQL accepting connections after the test", 60)
+
+
+# Last in the module: restarting PostgreSQL cuts every connection to it.
+def test_durability__postgresql_restarted_mid_run__nothing_lost(
+    fleet: Callable[..., Fleet], pg_restored: None, sim_client: SimulatorClient
+) -> None:
+    sim_client.configure(latency_s=0.05)
+    run = fleet(3, 3)
+    started = time.monotonic()
+    ids = _create(150)
+
+    at_restart = _poll(_succeeded_at_least(20), "20 jobs succeeded", 60)
+    outage_started = time.monotonic()
+    subprocess.run(PG_RESTART, check=True, capture_output=True, timeout=60)
+    _poll(_pg_accepts, "PostgreSQL accepting connections after the restart", 60)
+    outage_s = time.monotonic() - outage_started
+    drain_s = _drain(ids, started, 120)
+
+    logs = run.logs()
+    outcome = _outcome(ids, sim_client)
+    summary = outcome.line(
+        "pg-restart",
+        drain_s,
+        restart_s=f"{outage_s:.1f}",
+        unfinished_at_restart=150 - at_restart["succeeded"],
+        tasks_failed_on_db=logs.count("raised unexpected: OperationalError"),
+        adopted=logs.count("meeting.adopted "),
+        redelivered=_redelivered(logs),
+        sweep_dispatches=_sweeps(logs),
+    )
+    print(f"\n{summary}")
+    assert at_restart["succeeded"] < 150, f"the restart must land mid-run: {summary}"
+    assert all(w.process.poll() is None for w in run.workers), f"workers survive: {summary}"
+    _assert_exactly_once(outcome, 150, summary)
