@@ -149,3 +149,20 @@ def test_fleet__delete_of_gone_meeting__succeeds(
     assert gone.status == again.status == "succeeded"
     assert again.error == "the meeting was already gone"
     assert sim_client.stats()["meetings_deleted"] == 1
+
+
+def test_fleet__delete_of_running_create__waits_then_deletes(
+    start_worker: Callable[..., WorkerProcess], sim_client: SimulatorClient
+) -> None:
+    sim_client.configure(latency_s=1.0)
+    start_worker(concurrency=2)
+    create = jobs.create_meeting("host@example.com", _body(1))
+    wait_for(lambda: (job := jobs.get_job(create)) is not None and job.status == "running")
+
+    delete = jobs.delete_meeting(create_job_id=create)
+    made, removed = _all_final([create, delete])
+
+    assert made.status == removed.status == "succeeded"
+    assert removed.meeting_id == made.meeting_id and removed.deferrals >= 1
+    stats = sim_client.stats()
+    assert stats["meetings_created"] == 1 and stats["live_meetings"] == 0

@@ -139,3 +139,57 @@ def test_claim__only_one_holder() -> None:
     assert first is not None and second is None
     assert jobs.record_failed(first, "test") is True
     assert jobs.claim(job_id) is None, "a finished job is never claimed again"
+
+
+def test_delete_by_create_job__create_not_started__cancelled() -> None:
+    create = jobs.create_meeting("host@example.com", BODY)
+    delete = jobs.delete_meeting(create_job_id=create)
+    claim = jobs.claim(delete)
+    assert claim is not None and claim.meeting_id is None and claim.after_job_id == create
+
+    assert jobs.resolve_create(claim) == ("cancelled", None)
+
+    cancelled = jobs.get_job(create)
+    assert cancelled is not None and cancelled.status == "failed"
+    assert cancelled.error == f"cancelled by delete job {delete} before it ran"
+    assert jobs.claim(create) is None, "a cancelled create never runs"
+
+
+def test_delete_by_create_job__create_running__waits() -> None:
+    create = jobs.create_meeting("host@example.com", BODY)
+    running = jobs.claim(create)
+    assert running is not None
+    delete = jobs.claim(jobs.delete_meeting(create_job_id=create))
+    assert delete is not None
+
+    assert jobs.resolve_create(delete) == ("pending", None)
+
+    jobs.record_created(running, 85746065432, "https://zoom.us/j/85746065432", adopted=False)
+    assert jobs.resolve_create(delete) == ("meeting", 85746065432)
+
+
+def test_delete_by_create_job__already_made__deletes_that_meeting(broker: redis.Redis) -> None:
+    create = jobs.create_meeting("host@example.com", BODY)
+    running = jobs.claim(create)
+    assert running is not None
+    jobs.record_created(running, 85746065432, None, adopted=False)
+
+    delete = jobs.delete_meeting(create_job_id=create)
+
+    claim = jobs.claim(delete)
+    assert claim is not None and claim.meeting_id == 85746065432
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({}, "meeting_id"),
+        ({"meeting_id": 1, "create_job_id": uuid.uuid4()}, "meeting_id"),
+        ({"create_job_id": uuid.uuid4()}, "create_job_id"),
+        ({"create_job_id": "nope"}, "create_job_id"),
+    ],
+)
+def test_delete_meeting__bad_target__names_field(kwargs: dict[str, Any], field: str) -> None:
+    with pytest.raises(errors.InvalidMeeting) as caught:
+        jobs.delete_meeting(**kwargs)
+    assert caught.value.field == field

@@ -5,7 +5,8 @@
     ├── InvalidMeeting            a body Zoom would reject (names the field); a ValueError
     ├── InfrastructureError       our own infrastructure failed, never "bad credentials"
     │   └── TokenStoreBusy        the token row lock was not granted in time
-    ├── Deferred                  the fleet's rate governor has no permit now (``retry_at``)
+    ├── Deferred                  the call must wait: no rate permit now, or the create
+    │                             a delete waits for is unfinished (``retry_at``)
     ├── TokenBudgetExhausted      the hourly token-request budget is spent: no more requests
     ├── CircuitOpen               the credential is known to be refused; calls are paused
     └── ZoomError                 Zoom did not do what we asked
@@ -62,7 +63,8 @@ class TokenStoreBusy(InfrastructureError):
 
 
 class Deferred(ZoomWorkerError):
-    """Raised before a call when the fleet's rate governor has no permit free now.
+    """Raised before a call that must wait: no rate permit is free now, or the create job a
+    delete depends on has not finished.
 
     ``retry_at`` is when to try again and ``slot_at`` the reserved slot (a Redis epoch time)
     that the retry may use without asking again, or None when nothing was reserved.

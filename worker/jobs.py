@@ -93,6 +93,8 @@ class Claim:
     marker: str | None
     meeting_id: int | None
     occurrence_id: str | None
+    # A delete that names its create job instead of a meeting id.
+    after_job_id: uuid.UUID | None
     attempts: int
     deferrals: int
     deliveries: int
@@ -117,13 +119,28 @@ def create_meeting(
 
 
 def delete_meeting(
-    meeting_id: int, occurrence_id: str | None = None, idempotency_key: str | None = None
+    meeting_id: int | None = None,
+    occurrence_id: str | None = None,
+    idempotency_key: str | None = None,
+    *,
+    create_job_id: uuid.UUID | str | None = None,
 ) -> uuid.UUID:
     """Record a delete job, then queue it; returns the job id.
 
     Only a meeting this service created can be deleted (InvalidMeeting otherwise). Deleting a
-    meeting that is already gone succeeds.
+    meeting that is already gone succeeds. Instead of ``meeting_id``, ``create_job_id`` names
+    the create job whose meeting to delete: a create that has not run yet is cancelled, one
+    that is running is waited for, so a delete and its create never race into an orphan.
     """
+    if (meeting_id is None) == (create_job_id is None):
+        raise errors.InvalidMeeting("meeting_id", "give either meeting_id or create_job_id")
+    if create_job_id is not None:
+        with db.sessions()() as session:
+            create = _create_job(session, create_job_id)
+            meeting_id, after = create.meeting_id, create.id
+        if meeting_id is None:
+            row = _new_delete(None, occurrence_id, idempotency_key, after_job_id=after)
+            return _record_and_dispatch(row)
     row = _new_delete(meeting_id, occurrence_id, idempotency_key)
     with db.sessions()() as session, session.begin():
         _check_created_here(session, row.meeting_id)
@@ -250,6 +267,7 @@ def claim(job_id: uuid.UUID) -> Claim | None:
             marker=row.marker,
             meeting_id=row.meeting_id,
             occurrence_id=row.occurrence_id,
+            after_job_id=row.after_job_id,
             attempts=row.attempts,
             deferrals=row.deferrals,
             deliveries=row.deliveries,
@@ -301,21 +319,52 @@ def record_created(job: Claim, meeting_id: int, join_url: str | None, *, adopted
     return done
 
 
-def record_deleted(job: Claim, *, already_gone: bool) -> bool:
-    """The delete succeeded (or the meeting was already gone): finish and mark the meeting."""
+def record_deleted(
+    job: Claim, *, already_gone: bool, meeting_id: int | None = None, note: str | None = None
+) -> bool:
+    """The delete succeeded (or the meeting was already gone): finish and mark the meeting.
+
+    ``meeting_id`` is the meeting found through the job's create job, when it had none."""
+    meeting_id = meeting_id or job.meeting_id
     with db.sessions()() as session, session.begin():
-        if not job.occurrence_id:
+        if not job.occurrence_id and meeting_id is not None:
             session.execute(
                 update(MeetingRow)
-                .where(MeetingRow.meeting_id == job.meeting_id, MeetingRow.state != models.DELETED)
+                .where(MeetingRow.meeting_id == meeting_id, MeetingRow.state != models.DELETED)
                 .values(state=models.DELETED, deleted_at=func.now())
             )
         return _finish(
             session,
             job,
             status=models.SUCCEEDED,
-            error="the meeting was already gone" if already_gone else None,
+            meeting_id=meeting_id,
+            error=note or ("the meeting was already gone" if already_gone else None),
         )
+
+
+def resolve_create(job: Claim) -> tuple[str, int | None]:
+    """For a delete that names its create job: what that create came to.
+
+    Returns ("meeting", id) once it succeeded, ("failed", None) when it failed, and
+    ("cancelled", None) when it had not started and is now cancelled (failed with the
+    reason). ("pending", None) while it runs or may have reached Zoom: the delete waits.
+    The create row is locked meanwhile, so a worker cannot claim it halfway.
+    """
+    with db.sessions()() as session, session.begin():
+        create = session.get(JobRow, job.after_job_id, with_for_update=True)
+        if create is None or create.status == models.FAILED:
+            return "failed", None
+        if create.status == models.SUCCEEDED:
+            return "meeting", create.meeting_id
+        startable = [models.QUEUED, models.RETRYING, models.WAITING]
+        if create.status in startable and create.claim_token is None and not create.maybe_sent:
+            create.status = models.FAILED
+            create.error = f"cancelled by delete job {job.job_id} before it ran"
+            create.finished_at = create.updated_at = datetime.now(UTC)
+            create.lease_expires_at = create.next_attempt_at = None
+            log.info("job.cancelled job_id=%s by delete job %s", create.id, job.job_id)
+            return "cancelled", None
+        return "pending", None
 
 
 def record_failed(job: Claim, reason: str, *, maybe_sent: bool = False) -> bool:
@@ -468,8 +517,14 @@ def _new_create(user_id: object, meeting: object, idempotency_key: object) -> Jo
     )
 
 
-def _new_delete(meeting_id: object, occurrence_id: object, idempotency_key: object) -> JobRow:
-    number = meeting_body.validate_meeting_id(meeting_id)
+def _new_delete(
+    meeting_id: object,
+    occurrence_id: object,
+    idempotency_key: object,
+    *,
+    after_job_id: uuid.UUID | None = None,
+) -> JobRow:
+    number = None if after_job_id else meeting_body.validate_meeting_id(meeting_id)
     if occurrence_id is not None and (not isinstance(occurrence_id, str) or not occurrence_id):
         raise errors.InvalidMeeting("occurrence_id", "must be a non-empty string or None")
     return JobRow(
@@ -478,7 +533,19 @@ def _new_delete(meeting_id: object, occurrence_id: object, idempotency_key: obje
         idempotency_key=_key(idempotency_key),
         meeting_id=number,
         occurrence_id=occurrence_id,
+        after_job_id=after_job_id,
     )
+
+
+def _create_job(session: Session, job_id: uuid.UUID | str) -> JobRow:
+    try:
+        key = job_id if isinstance(job_id, uuid.UUID) else uuid.UUID(str(job_id))
+    except ValueError:
+        raise errors.InvalidMeeting("create_job_id", "is not a job id") from None
+    row = session.get(JobRow, key)
+    if row is None or row.kind != CREATE:
+        raise errors.InvalidMeeting("create_job_id", f"no create job {job_id}")
+    return row
 
 
 def _key(value: object) -> str | None:
@@ -579,7 +646,7 @@ def _parse_start(body: Mapping[str, Any]) -> datetime | None:
 
 
 def jobs_for(ids: Sequence[uuid.UUID]) -> list[Job]:
-    """Several jobs at once (the demo and the tests)."""
+    """Several jobs at once, in the order of ``ids`` (the demo and the tests)."""
     with db.sessions()() as session:
-        rows = session.scalars(select(JobRow).where(JobRow.id.in_(ids)))
-        return [Job.from_row(row) for row in rows]
+        rows = {row.id: row for row in session.scalars(select(JobRow).where(JobRow.id.in_(ids)))}
+        return [Job.from_row(rows[job_id]) for job_id in ids if job_id in rows]

@@ -29,6 +29,8 @@ from worker.token_store import TokenStore
 log = logging.getLogger(__name__)
 
 LIST_AGENDA_LIMIT = 250
+# How often a delete looks again at a create job that is still running.
+CREATE_WAIT = timedelta(seconds=2)
 
 
 class Gate(Protocol):
@@ -128,16 +130,29 @@ class _Attempt:
 
     def delete(self) -> None:
         job = self.job
-        assert job.meeting_id is not None
+        meeting_id = job.meeting_id
+        if meeting_id is None:
+            outcome, meeting_id = jobs.resolve_create(job)
+            if outcome == "pending":
+                raise errors.Deferred(
+                    f"the create job {job.after_job_id} has not finished",
+                    retry_at=datetime.now(UTC) + CREATE_WAIT,
+                    slot_at=None,
+                )
+            if meeting_id is None:
+                note = f"nothing to delete: the create job {outcome}"
+                log.info("meeting.nothing_to_delete job_id=%s create %s", job.job_id, outcome)
+                jobs.record_deleted(job, already_gone=True, note=note)
+                return
         self._permit("delete")
         try:
-            self.client.delete_meeting(job.meeting_id, occurrence_id=job.occurrence_id)
+            self.client.delete_meeting(meeting_id, occurrence_id=job.occurrence_id)
         except errors.MeetingNotFound:
-            log.info("meeting.already_gone job_id=%s meeting_id=%s", job.job_id, job.meeting_id)
-            jobs.record_deleted(job, already_gone=True)
+            log.info("meeting.already_gone job_id=%s meeting_id=%s", job.job_id, meeting_id)
+            jobs.record_deleted(job, already_gone=True, meeting_id=meeting_id)
             return
-        log.info("meeting.deleted job_id=%s meeting_id=%s", job.job_id, job.meeting_id)
-        jobs.record_deleted(job, already_gone=False)
+        log.info("meeting.deleted job_id=%s meeting_id=%s", job.job_id, meeting_id)
+        jobs.record_deleted(job, already_gone=False, meeting_id=meeting_id)
 
     def _permit(self, operation: str, user_id: str | None = None) -> None:
         slot_at, self.slot_at = self.slot_at, None  # a reserved slot serves one call
@@ -254,9 +269,7 @@ def _decide(attempt: _Attempt, exc: Exception) -> _Decision:
 
 
 def _deferred(attempt: _Attempt, exc: errors.Deferred) -> _Decision:
-    return _Decision(
-        "waiting for a rate permit", exc.retry_at, counts_as_attempt=False, slot_at=exc.slot_at
-    )
+    return _Decision(f"waiting: {exc}", exc.retry_at, counts_as_attempt=False, slot_at=exc.slot_at)
 
 
 def _daily(attempt: _Attempt, exc: errors.DailyLimitReached) -> _Decision:

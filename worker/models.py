@@ -127,6 +127,10 @@ class Job(Base):
     marker: Mapped[str | None] = mapped_column(String(32))
     meeting_id: Mapped[int | None] = mapped_column(BigInteger)
     occurrence_id: Mapped[str | None] = mapped_column(String(64))
+    # A delete that names its create job: it waits for, or cancels, that create.
+    after_job_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("jobs.id", ondelete="SET NULL")
+    )
     join_url: Mapped[str | None] = mapped_column(Text)
     error: Mapped[str | None] = mapped_column(Text)
     # Real attempts (calls that failed); rate-limit deferrals are counted apart.
