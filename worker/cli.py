@@ -160,12 +160,23 @@ def create(
 
 
 @cli.command()
-@click.argument("meeting_id", type=int)
+@click.argument("meeting_id", type=int, required=False)
+@click.option(
+    "--create-job", help="Delete the meeting of this create job (waits for or cancels it)."
+)
 @click.option("--occurrence-id", help="Delete one occurrence of a recurring meeting.")
 @click.option("--idempotency-key", help="The same key always returns the same job.")
-def delete(meeting_id: int, occurrence_id: str | None, idempotency_key: str | None) -> None:
+def delete(
+    meeting_id: int | None,
+    create_job: str | None,
+    occurrence_id: str | None,
+    idempotency_key: str | None,
+) -> None:
     """Queue a job that deletes MEETING_ID (only meetings this service created); prints its id."""
-    click.echo(str(jobs.delete_meeting(meeting_id, occurrence_id, idempotency_key)))
+    job_id = jobs.delete_meeting(
+        meeting_id, occurrence_id, idempotency_key, create_job_id=create_job
+    )
+    click.echo(str(job_id))
 
 
 def _text(value: object) -> str:
