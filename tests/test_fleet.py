@@ -5,15 +5,16 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from conftest import WorkerProcess, wait_for
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from worker import db, jobs
 from worker.celery_app import app
-from worker.models import FINAL_STATUSES, TokenRequest
+from worker.models import FINAL_STATUSES, Meeting, TokenRequest
 from worker.simulator import SimulatorClient
 
 pytestmark = [pytest.mark.fleet, pytest.mark.usefixtures("env")]
@@ -166,3 +167,23 @@ def test_fleet__delete_of_running_create__waits_then_deletes(
     assert removed.meeting_id == made.meeting_id and removed.deferrals >= 1
     stats = sim_client.stats()
     assert stats["meetings_created"] == 1 and stats["live_meetings"] == 0
+
+
+def test_fleet__cleanup_task__deletes_stale_meeting_through_celery(
+    start_worker: Callable[..., WorkerProcess], sim_client: SimulatorClient
+) -> None:
+    start_worker(concurrency=2)
+    [made] = _all_final([jobs.create_meeting("host@example.com", _body(1))])
+    with db.sessions()() as session, session.begin():
+        session.execute(
+            update(Meeting)
+            .where(Meeting.meeting_id == made.meeting_id)
+            .values(scheduled_end=datetime.now(UTC) - timedelta(days=1))
+        )
+
+    app.send_task("meetings.cleanup_stale")
+
+    wait_for(lambda: sim_client.stats()["meetings_deleted"] == 1, timeout=60)
+    with db.sessions()() as session:
+        meeting = session.get(Meeting, made.meeting_id)
+        assert meeting is not None and meeting.state == "deleted"

@@ -1,7 +1,8 @@
 """The tables, typed with SQLAlchemy 2.0. Each table is written by one module:
 
 - ``credentials`` and ``token_requests``: :mod:`worker.token_store`
-- ``jobs`` and ``meetings``: :mod:`worker.jobs` (the ledger)
+- ``jobs`` and ``meetings``: :mod:`worker.jobs` (the ledger); the state of stale meetings and
+  the rows of orphans found in Zoom: :mod:`worker.cleanup`
 """
 
 from __future__ import annotations

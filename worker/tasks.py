@@ -7,6 +7,7 @@ countdown, so no worker process ever sleeps waiting.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -16,7 +17,7 @@ from typing import Any
 from celery import Task
 from celery.signals import worker_init, worker_ready
 
-from worker import db, gate, jobs, meetings, metrics, ratelimit, zoom
+from worker import cleanup, db, gate, jobs, meetings, metrics, ratelimit, zoom
 from worker.celery_app import CLEANUP_TASK, SWEEP_TASK, app
 from worker.config import Settings, get_settings
 from worker.token_store import TokenStore
@@ -117,9 +118,14 @@ def sweep() -> int:
 
 
 @app.task(name=CLEANUP_TASK, ignore_result=True)
-def cleanup_stale() -> int:
-    """Delete meetings this service created that ended long ago (not yet implemented)."""
-    return 0
+def cleanup_stale() -> dict[str, Any]:
+    """Delete meetings this service created whose scheduled end is long past, and the
+    orphans of failed creates (see worker.cleanup). Overlapping runs do nothing twice."""
+    settings = get_settings()
+    # End well before the next beat; what is left is picked up by the next run.
+    budget_s = settings.CLEANUP_INTERVAL_MINUTES * 60 * 0.8
+    report = cleanup.cleanup_stale(runtime(), time_budget_s=budget_s)
+    return dataclasses.asdict(report)
 
 
 def _run(

@@ -1,0 +1,389 @@
+"""Scheduled cleanup of stale meetings: delete what this service made and nobody needs.
+
+Protocol
+--------
+1. A run holds the PostgreSQL advisory lock :data:`LOCK_KEY`, taken with
+   ``pg_try_advisory_lock`` on a connection of its own in autocommit; without it (two beats
+   by mistake, a run overlapping the next) the run returns at once, ``skipped_locked``.
+2. Pages of live ledger rows whose ``scheduled_end`` is more than ``STALE_AFTER_MINUTES`` past
+   are claimed in one short transaction (``FOR UPDATE SKIP LOCKED``, ``cleanup_claimed_until
+   = now() + CLAIM_FOR``), keyset-ordered by ``(scheduled_end, meeting_id)``. The deletes run
+   with no transaction open; each outcome is recorded in its own short transaction, only
+   while the row still carries this run's claim (compare-and-swap on the claim's time).
+3. 204 or 404/3001 -> ``deleted``; 400/3007 "has ended" -> ``ended`` (final); 400/3002 "in
+   progress" -> stays ``live``, asked again after :data:`IN_PROGRESS_RETRY`; a 5xx or other
+   4xx -> ``last_error``, tried next run. A meeting Zoom refuses (4xx) :data:`MAX_ATTEMPTS`
+   times is given up: ``ended``, the reason in ``last_error``.
+4. Every call passes ``runtime.gate``; a slot under :data:`MAX_WAIT_S` away is waited for
+   in-process. A farther one, a 429, an open circuit, Zoom unreachable or the time budget
+   stops the run: unworked claims are released and the next scheduled run goes on.
+5. Orphans: a create whose reply was lost and whose job then failed may have made a meeting
+   the ledger never heard of. For recent (:data:`ORPHAN_WINDOW`) failed creates with a
+   marker, no meeting id and an unknown outcome (``maybe_sent``, or an error saying the job
+   gave up, since ``jobs.record_failed`` clears ``maybe_sent``), the hosts with the newest
+   (at most :data:`ORPHAN_HOSTS_PER_RUN`) are listed; a meeting whose agenda ends with such
+   a marker joins the ledger (linked to its job) and is deleted at once.
+
+Only ledger meetings, and meetings on a job's host carrying one of our failed jobs' markers,
+are ever deleted: foreign, future, recently ended and type 3 (no end) meetings are never
+touched. ``jobs`` stuck in a non-final state are the sweeper's (:func:`worker.jobs.sweep`).
+``meetings`` is otherwise written by :mod:`worker.jobs`; cleanup owns the state transitions
+of stale meetings and the orphan rows it adds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import logging
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, func, or_, select, tuple_, update
+from sqlalchemy.dialects.postgresql import insert
+
+from worker import db, errors, jobs, meeting_body, meetings, models, zoom
+from worker.models import Job as JobRow
+from worker.models import Meeting as MeetingRow
+
+log = logging.getLogger(__name__)
+
+# One key for the whole fleet: the first 8 bytes of a digest of the task's name.
+LOCK_KEY = int.from_bytes(
+    hashlib.blake2b(b"zoom-worker:meetings.cleanup_stale", digest_size=8).digest(), signed=True
+)
+# A claim outlives any sane run; if the run dies, the rows come back after this.
+CLAIM_FOR = timedelta(minutes=30)
+# A meeting in progress (3002) may go on for hours: ask again in an hour, not every run.
+IN_PROGRESS_RETRY = timedelta(hours=1)
+# Refusals (4xx) of one meeting before it is given up; 5xx never give a meeting up.
+MAX_ATTEMPTS = 5
+# A governor slot this close is waited for in-process; a farther one ends the run.
+MAX_WAIT_S = 1.0
+# Orphan search per run: one list call per host, only failed creates this recent.
+ORPHAN_HOSTS_PER_RUN = 50
+ORPHAN_WINDOW = timedelta(days=7)
+IN_PROGRESS, HAS_ENDED = 3002, 3007
+
+
+@dataclass(frozen=True)
+class CleanupReport:
+    """What one run did (counts of meetings). ``deferred``: claimed but left for the next run
+    because the run stopped (``stopped`` says why). Orphans are also counted by outcome;
+    ``given_up`` ones also in ``in_progress`` or ``failed``. ``skipped_locked``: another run
+    held the lock, nothing was done."""
+
+    deleted: int = 0
+    already_gone: int = 0
+    ended: int = 0
+    in_progress: int = 0
+    given_up: int = 0
+    deferred: int = 0
+    failed: int = 0
+    orphans_found: int = 0
+    orphans_deleted: int = 0
+    skipped_locked: bool = False
+    stopped: str | None = None
+
+
+def cleanup_stale(
+    runtime: meetings.Runtime, *, page_size: int = 200, time_budget_s: float | None = None
+) -> CleanupReport:
+    """Delete the stale meetings this service created, then the orphans of failed creates.
+
+    Safe to run concurrently (all but one run return ``skipped_locked``), never holds a
+    transaction across an API call, and returns early, releasing its claims, when the rate
+    governor has no permit soon, Zoom cannot be called, or ``time_budget_s`` is spent.
+    """
+    if page_size < 1:
+        raise ValueError("page_size must be at least 1")
+    with _advisory_lock(db.get_engine(runtime.settings.DATABASE_URL)) as held:
+        if not held:
+            log.info("cleanup.skipped_locked another run holds the cleanup lock")
+            return CleanupReport(skipped_locked=True)
+        run = _Run(runtime, time_budget_s)
+        try:
+            run.stale(page_size)
+            run.orphans()
+        except _Stop as stop:
+            run.stopped = str(stop)
+            log.warning("cleanup.stopped reason=%s", stop)
+    counts: dict[str, Any] = dict(run.counts)
+    log.info("cleanup.finished %s", " ".join(f"{k}={v}" for k, v in sorted(counts.items())))
+    return dataclasses.replace(CleanupReport(stopped=run.stopped), **counts)
+
+
+@contextlib.contextmanager
+def _advisory_lock(engine: Engine) -> Iterator[bool]:
+    # Autocommit: the session-level lock needs no transaction, so none stays open for the run.
+    conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+    held = False
+    try:
+        held = bool(conn.scalar(select(func.pg_try_advisory_lock(LOCK_KEY))))
+        yield held
+    finally:
+        try:
+            if held:
+                conn.scalar(select(func.pg_advisory_unlock(LOCK_KEY)))
+        except Exception:
+            # It may still hold the lock: never hand it back to the pool (closing frees it).
+            log.exception("cleanup.unlock_failed the connection is discarded")
+            conn.invalidate()
+        conn.close()
+
+
+class _Stop(Exception):
+    """Ends the run early; ``str(exc)`` says why."""
+
+
+@dataclass(frozen=True)
+class _Claimed:
+    meeting_id: int
+    attempts: int
+    until: datetime  # this run's claim: outcomes are recorded only while it is still there
+    end: datetime | None = None  # scheduled_end, the keyset of the pages
+
+
+@dataclass(frozen=True)
+class _Lost:
+    job_id: uuid.UUID
+    marker: str
+    expected_agenda: str
+    scheduled_end: datetime | None
+
+
+class _Run:
+    def __init__(self, runtime: meetings.Runtime, time_budget_s: float | None) -> None:
+        self.client, self.gate, self.settings = runtime.client, runtime.gate, runtime.settings
+        self.sessions = db.sessions(runtime.settings.DATABASE_URL)
+        self.deadline = None if time_budget_s is None else time.monotonic() + time_budget_s
+        self.counts: Counter[str] = Counter()
+        self.stopped: str | None = None
+
+    # -- stale meetings of the ledger ------------------------------------------------------
+
+    def stale(self, page_size: int) -> None:
+        page = self._claim_page(page_size, None)
+        while page:
+            self._work(page)
+            if len(page) < page_size:
+                return
+            page = self._claim_page(page_size, (page[-1].end, page[-1].meeting_id))
+
+    def _claim_page(self, page_size: int, cursor: tuple[Any, int] | None) -> list[_Claimed]:
+        m, now = MeetingRow, func.now()
+        stale_after = timedelta(minutes=self.settings.STALE_AFTER_MINUTES)
+        due = select(m.meeting_id).where(
+            m.state == models.LIVE,
+            m.scheduled_end < now - stale_after,
+            or_(m.cleanup_claimed_until.is_(None), m.cleanup_claimed_until < now),
+        )
+        if cursor is not None:
+            due = due.where(tuple_(m.scheduled_end, m.meeting_id) > tuple_(*cursor))
+        due = due.order_by(m.scheduled_end, m.meeting_id).limit(page_size)
+        statement = (
+            update(m)
+            .where(m.meeting_id.in_(due.with_for_update(skip_locked=True).scalar_subquery()))
+            .values(cleanup_claimed_until=now + CLAIM_FOR)
+            .returning(m.scheduled_end, m.meeting_id, m.cleanup_attempts, m.cleanup_claimed_until)
+        )
+        with self.sessions() as session, session.begin():
+            rows = sorted(session.execute(statement).all())
+        return [_Claimed(mid, n, until, end) for end, mid, n, until in rows if until]
+
+    def _work(self, page: list[_Claimed]) -> int:
+        """Delete each claimed meeting in turn; on the way out release what is left."""
+        gone = 0
+        for index, row in enumerate(page):
+            try:
+                self._check_budget()
+                gone += self._delete(row)
+            except BaseException as exc:
+                released = self._release(page[index:])
+                if isinstance(exc, _Stop):
+                    self.counts["deferred"] += released
+                raise
+        return gone
+
+    def _check_budget(self) -> None:
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise _Stop("the run's time budget is spent")
+
+    def _release(self, rows: list[_Claimed]) -> int:
+        m, claims = MeetingRow, [(row.meeting_id, row.until) for row in rows]
+        mine = tuple_(m.meeting_id, m.cleanup_claimed_until).in_(claims)
+        with self.sessions() as session, session.begin():
+            result = session.execute(update(m).where(mine).values(cleanup_claimed_until=None))
+        return int(result.rowcount)  # type: ignore[attr-defined]
+
+    # -- one delete and what Zoom's answer means -------------------------------------------
+
+    def _delete(self, row: _Claimed) -> bool:
+        """Delete one claimed meeting and record the outcome; True when it is gone."""
+        now, attempts = func.now(), row.attempts + 1
+        try:
+            self._permit("delete")
+            self.client.delete_meeting(row.meeting_id)
+        except errors.MeetingNotFound:
+            self._record(row, "already_gone", state=models.DELETED, deleted_at=now)
+            return True
+        except (errors.ZoomClientError, errors.ZoomServerError) as exc:
+            text = exc.describe()
+            if exc.code == HAS_ENDED:
+                self._record(row, "ended", state=models.ENDED, last_error=text)
+                return False
+            event = "in_progress" if exc.code == IN_PROGRESS else "failed"
+            if isinstance(exc, errors.ZoomClientError) and attempts >= MAX_ATTEMPTS:
+                self.counts[event] += 1
+                reason = f"gave up after {attempts} attempts: {text}"
+                self._record(row, "given_up", state=models.ENDED, last_error=reason)
+                return False
+            retry = now + IN_PROGRESS_RETRY if event == "in_progress" else None
+            self._record(row, event, cleanup_claimed_until=retry, last_error=text)
+            return False
+        except errors.ZoomWorkerError as exc:
+            raise self._call_failed("delete", exc) from exc
+        self._record(row, "deleted", state=models.DELETED, deleted_at=now)
+        return True
+
+    def _record(self, row: _Claimed, event: str, **values: Any) -> None:
+        m = MeetingRow
+        values.setdefault("cleanup_claimed_until", None)
+        with self.sessions() as session, session.begin():
+            result = session.execute(
+                update(m)
+                .where(m.meeting_id == row.meeting_id, m.cleanup_claimed_until == row.until)
+                .values(cleanup_attempts=m.cleanup_attempts + 1, **values)
+            )
+        if not result.rowcount:  # type: ignore[attr-defined]
+            log.warning("cleanup.claim_lost meeting_id=%s %s not recorded", row.meeting_id, event)
+        self.counts[event] += 1
+        error = values.get("last_error")
+        log.info("cleanup.%s meeting_id=%s%s", event, row.meeting_id, f" {error}" if error else "")
+
+    def _permit(self, operation: str) -> None:
+        try:
+            try:
+                self.gate.before_call(operation)
+            except errors.Deferred as exc:
+                wait_s = (exc.retry_at - datetime.now(UTC)).total_seconds()
+                if exc.slot_at is None or wait_s > MAX_WAIT_S:
+                    raise
+                time.sleep(max(0.0, wait_s))  # a slot this close is ours: use it
+                self.gate.before_call(operation, None, exc.slot_at)
+        except errors.ZoomWorkerError as exc:
+            raise _Stop(f"no {operation} permit: {exc}") from exc
+
+    def _call_failed(self, operation: str, exc: errors.ZoomWorkerError) -> _Stop:
+        if isinstance(exc, errors.RateLimited):
+            self.gate.rate_limited(operation, exc, None)
+        text = exc.describe() if isinstance(exc, errors.ZoomError) else str(exc)
+        return _Stop(f"Zoom could not be called ({operation}): {text}")
+
+    # -- orphans of failed creates ---------------------------------------------------------
+
+    def orphans(self) -> None:
+        for host, lost in self._orphan_candidates().items():
+            self._check_budget()
+            for meeting, job in self._find(host, lost):
+                self.counts["orphans_found"] += 1
+                log.warning("cleanup.orphan_found meeting_id=%s job_id=%s", meeting.id, job.job_id)
+                row = self._adopt(host, meeting, job)
+                if row is not None:
+                    self.counts["orphans_deleted"] += self._work([row])
+
+    def _orphan_candidates(self) -> dict[str, list[_Lost]]:
+        j, m = JobRow, MeetingRow
+        finished = func.coalesce(j.finished_at, j.updated_at)
+        known = select(m.meeting_id).where(m.job_id == j.id, m.state != models.LIVE).exists()
+        where = (
+            j.kind == jobs.CREATE,
+            j.status == models.FAILED,
+            j.marker.is_not(None),
+            j.meeting_id.is_(None),
+            j.user_id.is_not(None),
+            finished > func.now() - ORPHAN_WINDOW,
+            or_(j.maybe_sent, j.error.like("gave up%")),
+            ~known,
+        )
+        hosts = (
+            select(j.user_id)
+            .where(*where)
+            .group_by(j.user_id)
+            .order_by(func.max(finished).desc())
+            .limit(ORPHAN_HOSTS_PER_RUN)
+            .correlate(None)  # its own jobs, not the outer query's
+        )
+        query = select(j.id, j.user_id, j.marker, j.body, j.created_at).where(
+            *where, j.user_id.in_(hosts.scalar_subquery())
+        )
+        with self.sessions() as session, session.begin():
+            rows = session.execute(query).all()
+        found: dict[str, list[_Lost]] = {}
+        for job_id, host, marker, body, created_at in rows:
+            assert host is not None and marker is not None  # the query asked for both
+            agenda = (body or {}).get("agenda")
+            expected = f"{agenda}{jobs.MARKER_SEPARATOR}{marker}" if agenda else marker
+            end = meeting_body.scheduled_end(body or {}, created_at=created_at)
+            found.setdefault(host, []).append(_Lost(job_id, marker, expected, end))
+        return found
+
+    def _find(self, host: str, lost: list[_Lost]) -> list[tuple[zoom.Meeting, _Lost]]:
+        """Meetings of ``host`` carrying one of ``lost``'s markers (fetched whole when the
+        list call cut the agenda short, as :mod:`worker.meetings` does)."""
+        by_marker = {job.marker: job for job in lost}
+        limit = meetings.LIST_AGENDA_LIMIT
+        cut = {j.expected_agenda[:limit] for j in lost if len(j.expected_agenda) > limit}
+        found: list[tuple[zoom.Meeting, _Lost]] = []
+        # One permit per host: a host rarely has more than one page (300) of upcoming meetings.
+        self._permit("list")
+        try:
+            for listed in self.client.list_meetings(host):
+                meeting = listed
+                if listed.agenda in cut:  # the marker was cut off: fetch the whole agenda
+                    self._permit("get")
+                    meeting = self.client.get_meeting(listed.id)
+                job = by_marker.get((meeting.agenda or "")[-jobs.MARKER_LENGTH :])
+                if job is not None:
+                    found.append((meeting, job))
+        except (errors.ZoomClientError, errors.ZoomServerError) as exc:
+            self.counts["failed"] += 1
+            log.warning("cleanup.orphan_list_failed jobs=%d %s", len(lost), exc.describe())
+        except errors.ZoomWorkerError as exc:
+            raise self._call_failed("list", exc) from exc
+        return found
+
+    def _adopt(self, host: str, meeting: zoom.Meeting, job: _Lost) -> _Claimed | None:
+        """Add the orphan to the ledger, linked to its job, and claim it; None when the ledger
+        already knows the meeting under another job, or another claim holds it."""
+        m, now = MeetingRow, func.now()
+        add = insert(m).values(
+            meeting_id=meeting.id,
+            job_id=job.job_id,
+            user_id=host,
+            topic=(meeting.topic or "")[:200] or None,
+            duration_min=meeting.duration,
+            scheduled_end=job.scheduled_end,
+        )
+        claim = (
+            update(m)
+            .where(
+                m.meeting_id == meeting.id,
+                m.job_id == job.job_id,
+                m.state == models.LIVE,
+                or_(m.cleanup_claimed_until.is_(None), m.cleanup_claimed_until < now),
+            )
+            .values(cleanup_claimed_until=now + CLAIM_FOR)
+            .returning(m.cleanup_attempts, m.cleanup_claimed_until)
+        )
+        with self.sessions() as session, session.begin():
+            session.execute(add.on_conflict_do_nothing(index_elements=[m.meeting_id]))
+            claimed = session.execute(claim).one_or_none()
+        until = claimed[1] if claimed else None
+        return _Claimed(meeting.id, claimed[0], until) if claimed and until else None
