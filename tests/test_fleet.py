@@ -187,3 +187,16 @@ def test_fleet__cleanup_task__deletes_stale_meeting_through_celery(
     with db.sessions()() as session:
         meeting = session.get(Meeting, made.meeting_id)
         assert meeting is not None and meeting.state == "deleted"
+
+
+def test_fleet__missing_scopes__configuration_error_without_token_churn(
+    start_worker: Callable[..., WorkerProcess], sim_client: SimulatorClient
+) -> None:
+    sim_client.configure(missing_scopes=True)
+    start_worker(concurrency=2)
+
+    done = _all_final([jobs.create_meeting("host@example.com", _body(n)) for n in range(3)])
+
+    assert {j.status for j in done} == {"failed"}
+    assert all(j.error and j.error.startswith("configuration error") and "4711" in j.error for j in done)
+    assert sim_client.stats()["tokens_issued"] == 1, "a new token cannot add scopes"
