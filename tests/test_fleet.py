@@ -198,5 +198,7 @@ def test_fleet__missing_scopes__configuration_error_without_token_churn(
     done = _all_final([jobs.create_meeting("host@example.com", _body(n)) for n in range(3)])
 
     assert {j.status for j in done} == {"failed"}
-    assert all(j.error and j.error.startswith("configuration error") and "4711" in j.error for j in done)
+    assert all(
+        j.error and j.error.startswith("configuration error") and "4711" in j.error for j in done
+    )
     assert sim_client.stats()["tokens_issued"] == 1, "a new token cannot add scopes"

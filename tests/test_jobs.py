@@ -11,7 +11,7 @@ import pytest
 import redis
 from sqlalchemy import func, select
 
-from worker import db, errors, jobs
+from worker import db, errors, jobs, ledger
 from worker.models import Job as JobRow
 from worker.simulator import SimulatorClient
 
@@ -110,7 +110,7 @@ def test_create_meeting__broker_down__job_kept_for_sweeper(monkeypatch: pytest.M
     def refuse(*args: Any, **kwargs: Any) -> None:
         raise ConnectionError("broker down")
 
-    monkeypatch.setattr(jobs.app, "send_task", refuse)
+    monkeypatch.setattr(ledger.app, "send_task", refuse)
     job_id = jobs.create_meeting("host@example.com", BODY)
 
     job = jobs.get_job(job_id)
@@ -125,58 +125,58 @@ def test_sweep__lease_expired__dispatched_again_once(broker: redis.Redis) -> Non
         assert row is not None and row.lease_expires_at is not None
         row.lease_expires_at = row.lease_expires_at.replace(year=2000)
 
-    assert jobs.sweep() == 1
-    assert jobs.sweep() == 0, "the lease was pushed forward: no second dispatch"
+    assert ledger.sweep() == 1
+    assert ledger.sweep() == 0, "the lease was pushed forward: no second dispatch"
     assert [m["kwargs"]["job_id"] for m in _messages(broker)] == [str(job_id)]
 
 
 def test_claim__only_one_holder() -> None:
     job_id = jobs.create_meeting("host@example.com", BODY)
 
-    first = jobs.claim(job_id)
-    second = jobs.claim(job_id)
+    first = ledger.claim(job_id)
+    second = ledger.claim(job_id)
 
     assert first is not None and second is None
-    assert jobs.record_failed(first, "test") is True
-    assert jobs.claim(job_id) is None, "a finished job is never claimed again"
+    assert ledger.record_failed(first, "test") is True
+    assert ledger.claim(job_id) is None, "a finished job is never claimed again"
 
 
 def test_delete_by_create_job__create_not_started__cancelled() -> None:
     create = jobs.create_meeting("host@example.com", BODY)
     delete = jobs.delete_meeting(create_job_id=create)
-    claim = jobs.claim(delete)
+    claim = ledger.claim(delete)
     assert claim is not None and claim.meeting_id is None and claim.after_job_id == create
 
-    assert jobs.resolve_create(claim) == ("cancelled", None)
+    assert ledger.resolve_create(claim) == ("cancelled", None)
 
     cancelled = jobs.get_job(create)
     assert cancelled is not None and cancelled.status == "failed"
     assert cancelled.error == f"cancelled by delete job {delete} before it ran"
-    assert jobs.claim(create) is None, "a cancelled create never runs"
+    assert ledger.claim(create) is None, "a cancelled create never runs"
 
 
 def test_delete_by_create_job__create_running__waits() -> None:
     create = jobs.create_meeting("host@example.com", BODY)
-    running = jobs.claim(create)
+    running = ledger.claim(create)
     assert running is not None
-    delete = jobs.claim(jobs.delete_meeting(create_job_id=create))
+    delete = ledger.claim(jobs.delete_meeting(create_job_id=create))
     assert delete is not None
 
-    assert jobs.resolve_create(delete) == ("pending", None)
+    assert ledger.resolve_create(delete) == ("pending", None)
 
-    jobs.record_created(running, 85746065432, "https://zoom.us/j/85746065432", adopted=False)
-    assert jobs.resolve_create(delete) == ("meeting", 85746065432)
+    ledger.record_created(running, 85746065432, "https://zoom.us/j/85746065432", adopted=False)
+    assert ledger.resolve_create(delete) == ("meeting", 85746065432)
 
 
 def test_delete_by_create_job__already_made__deletes_that_meeting(broker: redis.Redis) -> None:
     create = jobs.create_meeting("host@example.com", BODY)
-    running = jobs.claim(create)
+    running = ledger.claim(create)
     assert running is not None
-    jobs.record_created(running, 85746065432, None, adopted=False)
+    ledger.record_created(running, 85746065432, None, adopted=False)
 
     delete = jobs.delete_meeting(create_job_id=create)
 
-    claim = jobs.claim(delete)
+    claim = ledger.claim(delete)
     assert claim is not None and claim.meeting_id == 85746065432
 
 

@@ -19,15 +19,15 @@ Protocol
    stops the run: unworked claims are released and the next scheduled run goes on.
 5. Orphans: a create whose reply was lost and whose job then failed may have made a meeting
    the ledger never heard of. For recent (:data:`ORPHAN_WINDOW`) failed creates with a
-   marker, no meeting id and an unknown outcome (``maybe_sent``, or an error saying the job
-   gave up, since ``jobs.record_failed`` clears ``maybe_sent``), the hosts with the newest
-   (at most :data:`ORPHAN_HOSTS_PER_RUN`) are listed; a meeting whose agenda ends with such
-   a marker joins the ledger (linked to its job) and is deleted at once.
+   marker, no meeting id and an unknown outcome (``maybe_sent``, kept by a failed create
+   whose last request may have reached Zoom, or an error saying the job gave up), the hosts
+   with the newest (at most :data:`ORPHAN_HOSTS_PER_RUN`) are listed; a meeting whose agenda
+   ends with such a marker joins the ledger (linked to its job) and is deleted at once.
 
 Only ledger meetings, and meetings on a job's host carrying one of our failed jobs' markers,
 are ever deleted: foreign, future, recently ended and type 3 (no end) meetings are never
-touched. ``jobs`` stuck in a non-final state are the sweeper's (:func:`worker.jobs.sweep`).
-``meetings`` is otherwise written by :mod:`worker.jobs`; cleanup owns the state transitions
+touched. ``jobs`` stuck in a non-final state are the sweeper's (:func:`worker.ledger.sweep`).
+``meetings`` is otherwise written by :mod:`worker.ledger`; cleanup owns the state transitions
 of stale meetings and the orphan rows it adds.
 """
 
@@ -48,7 +48,7 @@ from typing import Any
 from sqlalchemy import Engine, func, or_, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 
-from worker import db, errors, jobs, meeting_body, meetings, models, zoom
+from worker import db, errors, ledger, meeting_body, meetings, models, zoom
 from worker.models import Job as JobRow
 from worker.models import Meeting as MeetingRow
 
@@ -303,7 +303,7 @@ class _Run:
         finished = func.coalesce(j.finished_at, j.updated_at)
         known = select(m.meeting_id).where(m.job_id == j.id, m.state != models.LIVE).exists()
         where = (
-            j.kind == jobs.CREATE,
+            j.kind == ledger.CREATE,
             j.status == models.FAILED,
             j.marker.is_not(None),
             j.meeting_id.is_(None),
@@ -329,7 +329,7 @@ class _Run:
         for job_id, host, marker, body, created_at in rows:
             assert host is not None and marker is not None  # the query asked for both
             agenda = (body or {}).get("agenda")
-            expected = f"{agenda}{jobs.MARKER_SEPARATOR}{marker}" if agenda else marker
+            expected = f"{agenda}{ledger.MARKER_SEPARATOR}{marker}" if agenda else marker
             end = meeting_body.scheduled_end(body or {}, created_at=created_at)
             found.setdefault(host, []).append(_Lost(job_id, marker, expected, end))
         return found
@@ -349,7 +349,7 @@ class _Run:
                 if listed.agenda in cut:  # the marker was cut off: fetch the whole agenda
                     self._permit("get")
                     meeting = self.client.get_meeting(listed.id)
-                job = by_marker.get((meeting.agenda or "")[-jobs.MARKER_LENGTH :])
+                job = by_marker.get((meeting.agenda or "")[-ledger.MARKER_LENGTH :])
                 if job is not None:
                     found.append((meeting, job))
         except (errors.ZoomClientError, errors.ZoomServerError) as exc:

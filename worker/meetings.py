@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from worker import errors, jobs, models, zoom
+from worker import errors, ledger, models, zoom
 from worker.config import Settings
 from worker.token_store import TokenStore
 
@@ -80,13 +80,13 @@ class Reschedule:
     slot_at: float | None = None
 
 
-def run(job: jobs.Claim, runtime: Runtime, *, slot_at: float | None = None) -> Reschedule | None:
+def run(job: ledger.Claim, runtime: Runtime, *, slot_at: float | None = None) -> Reschedule | None:
     """Carry out the claimed job and record its outcome; a Reschedule asks for a retry.
 
     ``slot_at`` is a rate permit a previous run reserved; the first call uses it."""
     attempt = _Attempt(job, runtime, slot_at)
     try:
-        if job.kind == jobs.CREATE:
+        if job.kind == ledger.CREATE:
             attempt.create()
         else:
             attempt.delete()
@@ -96,7 +96,7 @@ def run(job: jobs.Claim, runtime: Runtime, *, slot_at: float | None = None) -> R
 
 
 class _Attempt:
-    def __init__(self, job: jobs.Claim, runtime: Runtime, slot_at: float | None) -> None:
+    def __init__(self, job: ledger.Claim, runtime: Runtime, slot_at: float | None) -> None:
         self.job = job
         self.slot_at = slot_at
         self.client = runtime.client
@@ -117,7 +117,7 @@ class _Attempt:
                     job.job_id,
                     found.id,
                 )
-                jobs.record_created(job, found.id, found.join_url, adopted=True)
+                ledger.record_created(job, found.id, found.join_url, adopted=True)
                 return
             log.info("meeting.reconciled job_id=%s no meeting made before; creating", job.job_id)
         body = dict(job.body or {})
@@ -126,13 +126,13 @@ class _Attempt:
         self.create_sent = True
         meeting = self.client.create_meeting(job.user_id, body)
         log.info("meeting.created job_id=%s meeting_id=%s", job.job_id, meeting.id)
-        jobs.record_created(job, meeting.id, meeting.join_url, adopted=False)
+        ledger.record_created(job, meeting.id, meeting.join_url, adopted=False)
 
     def delete(self) -> None:
         job = self.job
         meeting_id = job.meeting_id
         if meeting_id is None:
-            outcome, meeting_id = jobs.resolve_create(job)
+            outcome, meeting_id = ledger.resolve_create(job)
             if outcome == "pending":
                 raise errors.Deferred(
                     f"the create job {job.after_job_id} has not finished",
@@ -142,17 +142,17 @@ class _Attempt:
             if meeting_id is None:
                 note = f"nothing to delete: the create job {outcome}"
                 log.info("meeting.nothing_to_delete job_id=%s create %s", job.job_id, outcome)
-                jobs.record_deleted(job, already_gone=True, note=note)
+                ledger.record_deleted(job, already_gone=True, note=note)
                 return
         self._permit("delete")
         try:
             self.client.delete_meeting(meeting_id, occurrence_id=job.occurrence_id)
         except errors.MeetingNotFound:
             log.info("meeting.already_gone job_id=%s meeting_id=%s", job.job_id, meeting_id)
-            jobs.record_deleted(job, already_gone=True, meeting_id=meeting_id)
+            ledger.record_deleted(job, already_gone=True, meeting_id=meeting_id)
             return
         log.info("meeting.deleted job_id=%s meeting_id=%s", job.job_id, meeting_id)
-        jobs.record_deleted(job, already_gone=False, meeting_id=meeting_id)
+        ledger.record_deleted(job, already_gone=False, meeting_id=meeting_id)
 
     def _permit(self, operation: str, user_id: str | None = None) -> None:
         slot_at, self.slot_at = self.slot_at, None  # a reserved slot serves one call
@@ -178,7 +178,7 @@ class _Attempt:
 
 def _with_marker(agenda: object, marker: str) -> str:
     text = agenda if isinstance(agenda, str) else ""
-    return f"{text}{jobs.MARKER_SEPARATOR}{marker}" if text else marker
+    return f"{text}{ledger.MARKER_SEPARATOR}{marker}" if text else marker
 
 
 # -- what a failure means ------------------------------------------------------------------
@@ -212,13 +212,13 @@ def _on_failure(attempt: _Attempt, exc: Exception) -> Reschedule | None:
     )
     if decision.retry_at is None:
         log.warning("job.failed job_id=%s %s", job.job_id, decision.reason)
-        jobs.record_failed(job, decision.reason, maybe_sent=maybe_sent)
+        ledger.record_failed(job, decision.reason, maybe_sent=maybe_sent)
         return None
     delay_s = max(0.0, (decision.retry_at - datetime.now(UTC)).total_seconds())
     # A countdown longer than the broker's visibility timeout would be redelivered early
     # and run twice; such waits are parked in PostgreSQL for the sweeper instead.
     on_broker = delay_s <= settings.CELERY_VISIBILITY_TIMEOUT / 2
-    recorded = jobs.record_retry(
+    recorded = ledger.record_retry(
         job,
         decision.reason,
         retry_at=decision.retry_at,
@@ -285,7 +285,7 @@ def _daily(attempt: _Attempt, exc: errors.DailyLimitReached) -> _Decision:
 
 
 def _rate_limited(attempt: _Attempt, exc: errors.RateLimited) -> _Decision:
-    operation = "create" if attempt.job.kind == jobs.CREATE else "delete"
+    operation = "create" if attempt.job.kind == ledger.CREATE else "delete"
     attempt.gate.rate_limited(operation, exc, attempt.job.user_id)
     retry_at = exc.retry_at or _backoff(attempt, min(attempt.job.deferrals, 6))
     return _Decision(

@@ -17,7 +17,7 @@ from typing import Any
 from celery import Task
 from celery.signals import worker_init, worker_ready
 
-from worker import cleanup, db, gate, jobs, meetings, metrics, ratelimit, zoom
+from worker import cleanup, db, gate, jobs, ledger, meetings, metrics, ratelimit, zoom
 from worker.celery_app import CLEANUP_TASK, SWEEP_TASK, app
 from worker.config import Settings, get_settings
 from worker.token_store import TokenStore
@@ -113,8 +113,8 @@ def sweep() -> int:
     (a rotated secret is noticed here within one sweep interval)."""
     store = runtime().store
     if store.probe_due():
-        jobs.release_held("credentials")
-    return jobs.sweep()
+        ledger.release_held("credentials")
+    return ledger.sweep()
 
 
 @app.task(name=CLEANUP_TASK, ignore_result=True)
@@ -131,7 +131,7 @@ def cleanup_stale() -> dict[str, Any]:
 def _run(
     task: Task[Any, Any], job_id: str, retry_kwargs: dict[str, Any], slot_at: float | None
 ) -> None:
-    claim = jobs.claim(uuid.UUID(job_id))
+    claim = ledger.claim(uuid.UUID(job_id))
     if claim is None:
         log.info("job.not_claimed job_id=%s finished, held elsewhere or not due", job_id)
         return
