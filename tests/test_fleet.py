@@ -183,10 +183,13 @@ def test_fleet__cleanup_task__deletes_stale_meeting_through_celery(
 
     app.send_task("meetings.cleanup_stale")
 
-    wait_for(lambda: sim_client.stats()["meetings_deleted"] == 1, timeout=60)
-    with db.sessions()() as session:
-        meeting = session.get(Meeting, made.meeting_id)
-        assert meeting is not None and meeting.state == "deleted"
+    def state() -> str | None:
+        with db.sessions()() as session:
+            meeting = session.get(Meeting, made.meeting_id)
+            return meeting.state if meeting is not None else None
+
+    wait_for(lambda: state() == "deleted", timeout=60)
+    assert sim_client.stats()["meetings_deleted"] == 1
 
 
 def test_fleet__missing_scopes__configuration_error_without_token_churn(
