@@ -1,0 +1,66 @@
+"""A built-in Zoom simulator: a real HTTP server answering like Zoom's S2S OAuth and Meetings API.
+
+It serves tests, the demo and benchmarks, so it is standard library only
+(``http.server.ThreadingHTTPServer``, HTTP/1.1 keep-alive, one daemon thread per connection),
+keeps all state under one ``threading.Lock`` and never logs a request line.
+
+Zoom's side
+-----------
+``POST /oauth/token``
+    ``Authorization: Basic base64(client_id:client_secret)`` and the form body
+    ``grant_type=account_credentials&account_id=<id>``. Answers ``access_token``,
+    ``token_type``, ``expires_in``, ``scope`` and ``api_url`` (this server's own root).
+    Errors are ``{"reason", "error", "code"}``: parameters in the query string 400
+    ``invalid_request``; no Basic auth or no grant type 4706; another grant type 4705; bad
+    client id or secret 401 4702; another account id 400 4704; a disabled app 400 4717.
+``POST /v2/users/{userId}/meetings``, ``GET /v2/users/{userId}/meetings``,
+``GET|PATCH|DELETE /v2/meetings/{meetingId}``
+    Bearer token required. Every refusal is ``{"code", "message"}`` as Zoom sends it: 401
+    code 124 (unknown, invalidated or expired token), 401 4711 (missing scopes), 404 1001
+    (no such user), 404 3001 (no such meeting; legacy 300), 400 3002 / 3007 (deleting a
+    started / ended meeting), 400 300 (validation), 429 (per-second and per-user daily limits).
+
+Switches (:class:`SimulatorConfig`, also settable at run time with ``POST /_sim/config``)
+-----------------------------------------------------------------------------------------
+Credentials ``account_id``, ``client_id``, ``client_secret``. Tokens ``token_lifetime_s``,
+``scopes``, ``token_tolerance`` (N: a new token kills all but the newest N, as Zoom did before
+2023; None: tokens live until expiry, as today), ``token_error_codes``, ``token_latency_s``,
+``app_disabled``, ``refuse_fresh_tokens`` (tokens are issued but every API call is answered
+401 code 124: the "ownership transferred" state that only a secret rotation ends),
+``missing_scopes``. Meetings ``missing_users``, ``legacy_not_found_code``. Rate limits
+``rate_limits`` (per category, calls accepted in any sliding 1 s window), ``rate_limit_headers``,
+``categories`` and ``create_category`` (operation -> category; an explicit
+``categories["create"]`` wins over ``create_category``), ``daily_create_limit`` and
+``daily_limit_style`` ("429", or "400" with code 300 as in an older spec). Faults, drawn from
+``random.Random(seed)``: ``error_rate`` (500/502/503 before doing anything), ``drop_rate``
+(connection closed without an answer before doing anything), ``reply_lost_rate`` (creates
+only: the meeting is made, then the connection is closed without an answer) and
+``latency_s`` (a sleep before every API answer).
+
+Control API (no auth)
+---------------------
+``GET /_sim/stats``, ``GET /_sim/meetings`` (every meeting ever made, with ``deleted``, never
+``start_url``), ``GET|POST /_sim/config``, ``POST /_sim/reset`` (everything but the config),
+``POST /_sim/invalidate-tokens``, ``POST /_sim/rotate-secret`` ``{"client_secret"}`` (also
+ends ``refuse_fresh_tokens`` and kills every token), ``POST /_sim/meetings``
+``{"user_id", "body"}`` (a meeting made by another app) and ``POST /_sim/meetings/{id}/status``
+``{"status": "waiting" | "started" | "ended"}``. :class:`SimulatorClient` wraps them.
+"""
+
+from worker.simulator.behaviour import Simulator
+from worker.simulator.client import SimulatorClient
+from worker.simulator.config import RATE_CATEGORIES, SimulatorConfig
+from worker.simulator.server import RunningSimulator, serve_forever, start_simulator
+from worker.simulator.wire import Reply, Request
+
+__all__ = [
+    "RATE_CATEGORIES",
+    "Reply",
+    "Request",
+    "RunningSimulator",
+    "Simulator",
+    "SimulatorClient",
+    "SimulatorConfig",
+    "serve_forever",
+    "start_simulator",
+]

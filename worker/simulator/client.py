@@ -1,0 +1,72 @@
+"""The control API (``/_sim/...``) of a running simulator, over HTTP."""
+
+from __future__ import annotations
+
+import typing
+from typing import Any
+
+import httpx
+
+
+class SimulatorClient:
+    """The control API over HTTP; errors raise ``httpx.HTTPStatusError``.
+
+    ``base_url`` is the simulator's root (``RunningSimulator.url``), not its ``/v2`` API.
+    """
+
+    def __init__(self, base_url: str, *, timeout_s: float = 10.0) -> None:
+        # Plain HTTP to a local simulator: skip loading the CA bundle (about 90 ms a client).
+        self._http = httpx.Client(
+            base_url=f"{base_url.rstrip('/')}/_sim",
+            timeout=timeout_s,
+            verify=False,  # noqa: S501
+        )
+
+    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        response = self._http.request(method, path, json=body)
+        response.raise_for_status()
+        return response.json()
+
+    def configure(self, **switches: Any) -> dict[str, Any]:
+        """Change switches; returns the whole config in force (without the secret)."""
+        return typing.cast(dict[str, Any], self._call("POST", "/config", switches))
+
+    def stats(self) -> dict[str, Any]:
+        """The counters of ``GET /_sim/stats``."""
+        return typing.cast(dict[str, Any], self._call("GET", "/stats"))
+
+    def meetings(self) -> list[dict[str, Any]]:
+        """Every meeting ever made, deleted ones included; never ``start_url``."""
+        return typing.cast(list[dict[str, Any]], self._call("GET", "/meetings"))
+
+    def reset(self) -> None:
+        """Forget meetings, tokens and counters; keep the config."""
+        self._call("POST", "/reset")
+
+    def invalidate_tokens(self) -> None:
+        """Kill every access token now."""
+        self._call("POST", "/invalidate-tokens")
+
+    def rotate_secret(self, new_secret: str) -> None:
+        """Rotate the client secret; also ends ``refuse_fresh_tokens`` and kills every token."""
+        self._call("POST", "/rotate-secret", {"client_secret": new_secret})
+
+    def seed_meeting(self, user_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Make a meeting as another app would (no token, not in the API stats)."""
+        return typing.cast(
+            dict[str, Any], self._call("POST", "/meetings", {"user_id": user_id, "body": body})
+        )
+
+    def set_meeting_status(self, meeting_id: int, status: str) -> None:
+        """Mark a meeting "waiting", "started" or "ended"."""
+        self._call("POST", f"/meetings/{meeting_id}/status", {"status": status})
+
+    def close(self) -> None:
+        """Close the HTTP connection pool."""
+        self._http.close()
+
+    def __enter__(self) -> SimulatorClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -1,0 +1,114 @@
+"""The simulator's switches: :class:`SimulatorConfig` and the checks run when one is made."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+DEFAULT_SCOPES = (
+    "meeting:write:meeting:admin meeting:read:meeting:admin "
+    "meeting:delete:meeting:admin meeting:read:list_meetings:admin"
+)
+RATE_CATEGORIES = ("light", "medium", "heavy")
+OPERATIONS = ("create", "delete", "get", "list", "update")
+
+
+def _default_categories() -> dict[str, str]:
+    # "create" is absent on purpose: it follows ``create_category`` unless set here.
+    return {"delete": "light", "get": "light", "list": "medium", "update": "light"}
+
+
+@dataclass
+class SimulatorConfig:
+    """Every switch of the simulator; the defaults behave like a healthy Zoom Pro account.
+
+    Instances are validated on creation (``ValueError`` names the switch) and never changed
+    in place by the simulator: :meth:`Simulator.configure` swaps in a new one.
+    """
+
+    account_id: str = "sim-account"
+    client_id: str = "sim-client"
+    # A well-known default of a local simulator, not a credential.
+    client_secret: str = field(default="sim-secret", repr=False)
+    token_lifetime_s: int = 3600
+    scopes: str = DEFAULT_SCOPES
+    token_tolerance: int | None = None
+    token_error_codes: bool = True
+    token_latency_s: float = 0.0
+    app_disabled: bool = False
+    refuse_fresh_tokens: bool = False
+    missing_scopes: bool = False
+    missing_users: set[str] = field(default_factory=set)
+    legacy_not_found_code: bool = False
+    rate_limits: dict[str, int] | None = None
+    rate_limit_headers: bool = True
+    create_category: str = "light"
+    categories: dict[str, str] = field(default_factory=_default_categories)
+    daily_create_limit: int = 100
+    daily_limit_style: Literal["429", "400"] = "429"
+    error_rate: float = 0.0
+    reply_lost_rate: float = 0.0
+    drop_rate: float = 0.0
+    latency_s: float = 0.0
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(SimulatorConfig)
+        for f in dataclasses.fields(self):  # JSON from /_sim/config may carry anything
+            if not _conforms(getattr(self, f.name), hints[f.name]):
+                raise ValueError(f"{f.name}: {getattr(self, f.name)!r} is not a {f.type}")
+        for name in ("error_rate", "reply_lost_rate", "drop_rate"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name}: a probability in [0, 1]")
+        for name in ("token_lifetime_s", "token_latency_s", "daily_create_limit", "latency_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}: must not be negative")
+        if self.token_tolerance is not None and self.token_tolerance < 1:
+            raise ValueError("token_tolerance: at least 1, or None")
+        if any(k not in RATE_CATEGORIES or v < 0 for k, v in (self.rate_limits or {}).items()):
+            raise ValueError(f"rate_limits: keys in {RATE_CATEGORIES}, values at least 0")
+        if any(k not in OPERATIONS or v not in RATE_CATEGORIES for k, v in self.categories.items()):
+            raise ValueError(f"categories: maps {OPERATIONS} to {RATE_CATEGORIES}")
+        if self.create_category not in RATE_CATEGORIES:
+            raise ValueError(f"create_category: one of {RATE_CATEGORIES}")
+
+    def category_for(self, operation: str) -> str:
+        """The rate-limit category of an operation ("create", "delete", "get", ...)."""
+        if operation == "create":
+            return self.categories.get("create", self.create_category)
+        return self.categories.get(operation, "light")
+
+    def public_dict(self) -> dict[str, Any]:
+        """The switches as JSON-ready data, without the client secret."""
+        data = dataclasses.asdict(self)
+        del data["client_secret"]
+        data["missing_users"] = sorted(self.missing_users)
+        return data
+
+
+SWITCHES = frozenset(f.name for f in dataclasses.fields(SimulatorConfig))
+
+
+def _conforms(value: object, hint: object) -> bool:
+    """Whether ``value`` fits a type hint of SimulatorConfig (the few forms it uses)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (types.UnionType, typing.Union):
+        return any(_conforms(value, arg) for arg in args)
+    if origin is Literal:
+        return value in args
+    if origin is dict:
+        return isinstance(value, dict) and all(
+            _conforms(k, args[0]) and _conforms(v, args[1]) for k, v in value.items()
+        )
+    if origin is set:
+        return isinstance(value, set) and all(_conforms(v, args[0]) for v in value)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is type(None):
+        return value is None
+    return isinstance(hint, type) and isinstance(value, hint)
