@@ -16,6 +16,16 @@ from worker.config import get_settings
 
 _lock = threading.Lock()
 _engines: dict[str, tuple[int, Engine, sessionmaker[Session]]] = {}
+# Pre-ping makes a restarted database invisible to application code, at the cost of one
+# extra transaction per checkout. Worker processes turn it off (see worker.tasks): a job
+# whose step meets a dropped connection is finished by the sweeper after its lease.
+_pre_ping = True
+
+
+def set_pre_ping(enabled: bool) -> None:
+    """Choose whether engines built from now on in this process ping on checkout."""
+    global _pre_ping  # noqa: PLW0603 - a per-process switch, set once at process start
+    _pre_ping = enabled
 
 
 def get_engine(url: str | None = None) -> Engine:
@@ -36,7 +46,7 @@ def _get(url: str | None) -> tuple[Engine, sessionmaker[Session]]:
             if entry is not None:
                 # Inherited from the parent across a fork: its sockets are the parent's.
                 entry[1].dispose(close=False)
-            engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+            engine = create_engine(url, pool_pre_ping=_pre_ping, pool_size=5, max_overflow=10)
             entry = (os.getpid(), engine, sessionmaker(engine, expire_on_commit=False))
             _engines[url] = entry
         return entry[1], entry[2]

@@ -55,7 +55,7 @@ from redis.commands.core import Script
 from worker import errors
 
 # Use a reservation within this long of its slot; a later call crowds the slots after it.
-USE_WITHIN_S = 0.1
+USE_WITHIN_S = 0.25
 # How long a rate learned from X-RateLimit-Limit is believed.
 LEARNED_RATE_TTL_S = 3600
 # The daily counter outlives 00:00 UTC by this much: the day is decided by its ``day`` field,

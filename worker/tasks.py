@@ -15,7 +15,7 @@ import uuid
 from typing import Any
 
 from celery import Task
-from celery.signals import worker_init, worker_ready
+from celery.signals import worker_init, worker_process_init, worker_ready
 
 from worker import cleanup, db, gate, jobs, ledger, meetings, metrics, ratelimit, zoom
 from worker.celery_app import CLEANUP_TASK, SWEEP_TASK, app
@@ -61,6 +61,14 @@ def _make_gate(settings: Settings) -> meetings.Gate:
 def _check_settings(**_: Any) -> None:
     """Refuse to start a worker whose settings are invalid, naming the variable."""
     get_settings().require_credentials()
+
+
+@worker_process_init.connect
+def _prepare_process(**_: Any) -> None:
+    """Build the process's client and gate before its first job, and skip the pool's
+    pre-ping: it costs a transaction per checkout, and the lease covers a dropped connection."""
+    db.set_pre_ping(False)
+    runtime()
 
 
 @worker_ready.connect
