@@ -4,28 +4,27 @@ from __future__ import annotations
 
 import os
 import threading
+import time
+from typing import Any
 
 import psycopg
 from psycopg import sql
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import ConnectionPoolEntry
 
 from worker import errors
 from worker.config import get_settings
 
 _lock = threading.Lock()
 _engines: dict[str, tuple[int, Engine, sessionmaker[Session]]] = {}
-# Pre-ping makes a restarted database invisible to application code, at the cost of one
-# extra transaction per checkout. Worker processes turn it off (see worker.tasks): a job
-# whose step meets a dropped connection is finished by the sweeper after its lease.
-_pre_ping = True
-
-
-def set_pre_ping(enabled: bool) -> None:
-    """Choose whether engines built from now on in this process ping on checkout."""
-    global _pre_ping  # noqa: PLW0603 - a per-process switch, set once at process start
-    _pre_ping = enabled
+# A pooled connection idle longer than this is pinged before use. SQLAlchemy's pool_pre_ping
+# pings on every checkout, and each ping is a transaction: it would double the database
+# work of a job. A connection that breaks while busy fails one step, which the job's lease
+# and the sweeper recover.
+PING_AFTER_IDLE_S = 5.0
 
 
 def get_engine(url: str | None = None) -> Engine:
@@ -46,10 +45,29 @@ def _get(url: str | None) -> tuple[Engine, sessionmaker[Session]]:
             if entry is not None:
                 # Inherited from the parent across a fork: its sockets are the parent's.
                 entry[1].dispose(close=False)
-            engine = create_engine(url, pool_pre_ping=_pre_ping, pool_size=5, max_overflow=10)
+            engine = create_engine(url, pool_size=5, max_overflow=10)
+            event.listen(engine, "checkout", _ping_if_idle)
+            event.listen(engine, "checkin", _mark_used)
+            event.listen(engine, "connect", _mark_used)  # a new connection needs no ping
             entry = (os.getpid(), engine, sessionmaker(engine, expire_on_commit=False))
             _engines[url] = entry
         return entry[1], entry[2]
+
+
+def _ping_if_idle(dbapi_connection: Any, record: ConnectionPoolEntry, proxy: Any) -> None:
+    if time.monotonic() - record.info.get("used_at", 0.0) < PING_AFTER_IDLE_S:
+        return
+    try:
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        dbapi_connection.rollback()
+    except psycopg.Error as exc:
+        # The pool discards this connection and checks out another one.
+        raise DisconnectionError(str(exc)) from exc
+
+
+def _mark_used(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+    record.info["used_at"] = time.monotonic()
 
 
 def dispose_all() -> None:

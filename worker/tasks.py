@@ -65,9 +65,7 @@ def _check_settings(**_: Any) -> None:
 
 @worker_process_init.connect
 def _prepare_process(**_: Any) -> None:
-    """Build the process's client and gate before its first job, and skip the pool's
-    pre-ping: it costs a transaction per checkout, and the lease covers a dropped connection."""
-    db.set_pre_ping(False)
+    """Build the process's client, token store and gate before its first job."""
     runtime()
 
 
