@@ -93,7 +93,7 @@ class DemoResult:
 
 
 @dataclass
-class _Process:
+class ManagedProcess:
     name: str
     process: subprocess.Popen[bytes]
     log_path: Path
@@ -120,17 +120,17 @@ def run(options: DemoOptions, out: Console) -> DemoResult:
     with (
         simulator.start_simulator(config) as sim,
         tempfile.TemporaryDirectory(prefix="zoom-worker-demo-") as tmp,
-        _environment(_settings_env(options, sim)),
+        environment(_settings_env(options, sim)),
     ):
         revision = cli.upgrade_database(options.database_url)
         out.print(f"simulator at {sim.url}; database migrated to {revision}")
-        processes: list[_Process] = []
+        processes: list[ManagedProcess] = []
         error: str | None = None
         create_ids: list[uuid.UUID] = []
         delete_ids: list[uuid.UUID] = []
         create_s = 0.0
         try:
-            _start_processes(options, Path(tmp), processes, out)
+            start_processes(options, Path(tmp), processes, out)
             create_started = time.monotonic()
             create_ids = [_create(run_id, n) for n in range(1, options.jobs + 1)]
             created = _wait(create_ids, "creating", options, processes, out)
@@ -145,7 +145,7 @@ def run(options: DemoOptions, out: Console) -> DemoResult:
         except DemoFailed as exc:
             error = str(exc)
         finally:
-            _stop(processes)
+            stop_processes(processes)
         result = _result(sim.url, create_ids + delete_ids, time.monotonic() - started, create_s)
     result = dataclasses.replace(result, error=error)
     _print_summary(result, len(create_ids), out)
@@ -175,7 +175,7 @@ def _settings_env(options: DemoOptions, sim: simulator.RunningSimulator) -> dict
 
 
 @contextmanager
-def _environment(values: dict[str, str]) -> Iterator[None]:
+def environment(values: dict[str, str]) -> Iterator[None]:
     """Set the demo's settings in this process (inherited by the workers), then restore.
 
     Every other setting is unset for the run, so nothing of a real deployment (a secret
@@ -203,8 +203,8 @@ def _forget_settings() -> None:
     token_store.forget_process_tokens()
 
 
-def _start_processes(
-    options: DemoOptions, tmp: Path, processes: list[_Process], out: Console
+def start_processes(
+    options: DemoOptions, tmp: Path, processes: list[ManagedProcess], out: Console
 ) -> None:
     """Start the workers and beat into ``processes`` (so a failure still stops them all);
     return once every worker logged that it is ready."""
@@ -230,18 +230,18 @@ def _start_processes(
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        processes.append(_Process(name, process, log_path))
+        processes.append(ManagedProcess(name, process, log_path))
     deadline = time.monotonic() + READY_DEADLINE_S
     for worker in processes[:-1]:
         while "ready." not in worker.log_path.read_text(encoding="utf-8", errors="replace"):
-            _check_alive(processes)
+            check_alive(processes)
             if time.monotonic() > deadline:
                 raise DemoFailed(f"worker {worker.name} not ready after {READY_DEADLINE_S:.0f}s")
             time.sleep(POLL_INTERVAL_S)
     out.print(f"{options.workers} worker(s) x {options.concurrency} processes and beat are up")
 
 
-def _check_alive(processes: list[_Process]) -> None:
+def check_alive(processes: list[ManagedProcess]) -> None:
     for item in processes:
         if item.process.poll() is not None:
             raise DemoFailed(
@@ -269,7 +269,7 @@ def _wait(
     ids: list[uuid.UUID],
     phase: str,
     options: DemoOptions,
-    processes: list[_Process],
+    processes: list[ManagedProcess],
     out: Console,
 ) -> list[jobs.Job]:
     """Poll the ledger until every job is final, with a progress bar and a deadline."""
@@ -283,7 +283,7 @@ def _wait(
             progress.update(bar, completed=done)
             if done == len(ids):
                 return found
-            _check_alive(processes)
+            check_alive(processes)
             if time.monotonic() > deadline:
                 counts = collections.Counter(job.status for job in found)
                 raise DemoFailed(
@@ -293,7 +293,7 @@ def _wait(
             time.sleep(POLL_INTERVAL_S)
 
 
-def _stop(processes: list[_Process]) -> None:
+def stop_processes(processes: list[ManagedProcess]) -> None:
     """SIGTERM every process group, then SIGKILL what is left after the deadline."""
     _signal_all(processes, signal.SIGTERM)
     deadline = time.monotonic() + STOP_DEADLINE_S
@@ -305,7 +305,7 @@ def _stop(processes: list[_Process]) -> None:
         item.process.wait()
 
 
-def _signal_all(processes: list[_Process], signum: signal.Signals) -> None:
+def _signal_all(processes: list[ManagedProcess], signum: signal.Signals) -> None:
     for item in processes:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(item.process.pid, signum)
