@@ -227,13 +227,22 @@ def start_beat(env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., Wo
         beat.stop()
 
 
-def wait_for(condition: Callable[[], Any], *, timeout: float = 30.0, interval: float = 0.05) -> Any:
-    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
+def wait_for(
+    condition: Callable[[], Any],
+    *,
+    timeout: float = 30.0,
+    interval: float = 0.05,
+    what: str | None = None,
+    details: Callable[[], object] | None = None,
+) -> Any:
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds,
+    naming ``what`` was awaited and, from ``details``, where things stand."""
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s: {condition}")
+            state = f"; {details()}" if details else ""
+            raise AssertionError(f"{what or condition}: not within {timeout:.0f}s{state}")
         time.sleep(interval)

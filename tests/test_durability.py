@@ -26,7 +26,7 @@ import psycopg
 import pytest
 import redis
 import sqlalchemy.exc
-from conftest import BROKER_URL, PG_ADMIN, WorkerProcess
+from conftest import BROKER_URL, PG_ADMIN, WorkerProcess, wait_for
 
 from worker import jobs
 from worker.config import get_settings
@@ -114,16 +114,10 @@ def _statuses() -> Counter[str] | None:
 
 
 def _poll(condition: Callable[[], Any], what: str, timeout: float) -> Any:
-    """Poll until ``condition`` is truthy; the failure names what was awaited and where the
-    jobs stand."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout:.0f}s; jobs {_statuses()}")
-        time.sleep(0.1)
+    """Poll until ``condition`` is truthy; the failure says where the jobs stand."""
+    return wait_for(
+        condition, timeout=timeout, interval=0.1, what=what, details=lambda: f"jobs {_statuses()}"
+    )
 
 
 def _succeeded_at_least(count: int) -> Callable[[], Counter[str] | None]:
