@@ -35,6 +35,7 @@ import redis
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from sqlalchemy import delete
 
 from worker import cli, db, errors, jobs, models, simulator, token_store
 from worker.config import Settings, get_settings
@@ -123,6 +124,7 @@ def run(options: DemoOptions, out: Console) -> DemoResult:
         environment(_settings_env(options, sim)),
     ):
         revision = cli.upgrade_database(options.database_url)
+        _forget_stored_token()
         out.print(f"simulator at {sim.url}; database migrated to {revision}")
         processes: list[ManagedProcess] = []
         error: str | None = None
@@ -195,6 +197,13 @@ def environment(values: dict[str, str]) -> Iterator[None]:
             else:
                 os.environ[name] = value
         _forget_settings()
+
+
+def _forget_stored_token() -> None:
+    """Drop a token a previous demo stored: each run has a new simulator that never issued it
+    (the worker would survive it with one 401 and one renewal, but the demo's count is clearer)."""
+    with db.sessions()() as session, session.begin():
+        session.execute(delete(models.Credential))
 
 
 def _forget_settings() -> None:
