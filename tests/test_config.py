@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from worker import errors
@@ -83,3 +88,19 @@ def test_settings__backoff_above_visibility_timeout__refused(
     with pytest.raises(errors.ConfigurationError) as caught:
         load_settings()
     assert "CELERY_VISIBILITY_TIMEOUT" in str(caught.value)
+
+
+def test_worker__missing_credentials__refuses_to_start_naming_variable() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ZOOM_")}
+    env["ZOOM_ACCOUNT_ID"] = ""
+    result = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "worker", "worker", "--concurrency", "1"],
+        cwd=Path(__file__).resolve().parent.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "invalid configuration: ZOOM_ACCOUNT_ID: is not set" in result.stderr

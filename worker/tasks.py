@@ -17,7 +17,7 @@ from typing import Any
 from celery import Task
 from celery.signals import worker_init, worker_process_init, worker_ready
 
-from worker import cleanup, db, gate, jobs, ledger, meetings, metrics, ratelimit, zoom
+from worker import cleanup, db, errors, gate, jobs, ledger, meetings, metrics, ratelimit, zoom
 from worker.celery_app import CLEANUP_TASK, SWEEP_TASK, app
 from worker.config import Settings, get_settings
 from worker.token_store import TokenStore
@@ -60,7 +60,10 @@ def _make_gate(settings: Settings) -> meetings.Gate:
 @worker_init.connect
 def _check_settings(**_: Any) -> None:
     """Refuse to start a worker whose settings are invalid, naming the variable."""
-    get_settings().require_credentials()
+    try:
+        get_settings().require_credentials()
+    except errors.ConfigurationError as exc:
+        raise SystemExit(f"zoom-worker: invalid configuration: {exc}") from None
 
 
 @worker_process_init.connect
