@@ -129,7 +129,10 @@ def claim(job_id: uuid.UUID) -> Claim | None:
                 f"gave up: delivered {job.deliveries} times in a row without finishing "
                 "(the worker died each time)"
             )
-            _finish(session, job, status=models.FAILED, error=reason)
+            # A create that died mid-call each time may have made a meeting: keep the mark.
+            _finish(
+                session, job, status=models.FAILED, error=reason, maybe_sent=job.kind == CREATE
+            )
             log.error("job.poison job_id=%s %s", job.job_id, reason)
             return None
     if job.deliveries > 1:
