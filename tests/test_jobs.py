@@ -12,6 +12,7 @@ import redis
 from sqlalchemy import func, select
 
 from worker import db, errors, jobs, ledger
+from worker.config import get_settings
 from worker.models import Job as JobRow
 from worker.simulator import SimulatorClient
 
@@ -193,3 +194,29 @@ def test_delete_meeting__bad_target__names_field(kwargs: dict[str, Any], field: 
     with pytest.raises(errors.InvalidMeeting) as caught:
         jobs.delete_meeting(**kwargs)
     assert caught.value.field == field
+
+
+def test_claim__worker_dies_every_time__failed_as_poison_keeping_the_mark(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("JOB_MAX_DELIVERIES", "2")
+    get_settings.cache_clear()
+    job_id = jobs.create_meeting("host@example.com", BODY)
+
+    def expire_lease() -> None:
+        with db.sessions()() as session, session.begin():
+            row = session.get(JobRow, job_id)
+            assert row is not None and row.lease_expires_at is not None
+            row.lease_expires_at = row.lease_expires_at.replace(year=2000)
+
+    for _ in range(2):
+        assert ledger.claim(job_id) is not None  # ... and the worker dies mid-call
+        expire_lease()
+    assert ledger.claim(job_id) is None
+
+    job = jobs.get_job(job_id)
+    assert job is not None and job.status == "failed"
+    assert job.error and job.error.startswith("gave up: delivered 3 times")
+    with db.sessions()() as session:
+        row = session.get(JobRow, job_id)
+        assert row is not None and row.maybe_sent is True
