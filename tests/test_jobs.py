@@ -5,13 +5,14 @@ from __future__ import annotations
 import base64
 import json
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 import redis
 from sqlalchemy import func, select
 
-from worker import db, errors, jobs, ledger
+from worker import db, errors, jobs, ledger, meetings
 from worker.config import get_settings
 from worker.models import Job as JobRow
 from worker.simulator import SimulatorClient
@@ -220,3 +221,42 @@ def test_claim__worker_dies_every_time__failed_as_poison_keeping_the_mark(
     with db.sessions()() as session:
         row = session.get(JobRow, job_id)
         assert row is not None and row.maybe_sent is True
+
+
+class _RefusingClient:
+    """Stands in for ZoomClient: every create is answered with one chosen error."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def create_meeting(self, user_id: str, body: dict[str, Any]) -> Any:
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    ("wait", "on_broker"), [(timedelta(seconds=30), True), (timedelta(hours=2), False)]
+)
+def test_retry__wait_beyond_visibility_timeout__parked_in_postgres_not_on_broker(
+    broker: redis.Redis, wait: timedelta, on_broker: bool
+) -> None:
+    job_id = jobs.create_meeting("host@example.com", BODY)
+    broker.delete("celery")
+    claim = ledger.claim(job_id)
+    assert claim is not None
+    retry_at = datetime.now(UTC) + wait
+    limited = errors.RateLimited("429", retry_at=retry_at)
+    runtime = meetings.Runtime(
+        settings=get_settings(),
+        client=_RefusingClient(limited),  # type: ignore[arg-type]
+        gate=meetings.OpenGate(),
+        store=None,  # type: ignore[arg-type]
+    )
+
+    reschedule = meetings.run(claim, runtime)
+
+    job = jobs.get_job(job_id)
+    assert job is not None and job.status == "retrying" and job.attempts == 0
+    assert job.next_attempt_at == retry_at and job.deferrals == 1
+    assert (reschedule is not None) is on_broker, "a long wait must never be a broker countdown"
+    if reschedule is not None:
+        assert reschedule.countdown_s <= get_settings().CELERY_VISIBILITY_TIMEOUT / 2
