@@ -401,6 +401,10 @@ def pg_restored(env: dict[str, str]) -> Iterator[None]:
 
 
 # Last in the module: restarting PostgreSQL cuts every connection to it.
+@pytest.mark.skipif(
+    not (os.environ.get("CI") or os.environ.get("ZW_TEST_RESTART_POSTGRES")),
+    reason="restarts this machine's PostgreSQL server; CI runs it, or set ZW_TEST_RESTART_POSTGRES=1",
+)
 def test_durability__postgresql_restarted_mid_run__nothing_lost(
     fleet: Callable[..., Fleet], pg_restored: None, sim_client: SimulatorClient
 ) -> None:
