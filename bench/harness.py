@@ -29,7 +29,7 @@ import redis
 from rich.console import Console
 
 from bench import workload
-from worker import cli, db, jobs, models, simulator
+from worker import db, jobs, models, schema, simulator
 from worker.demo import (
     DemoFailed,
     DemoOptions,
@@ -250,7 +250,7 @@ def reset_database() -> None:
     db.dispose_all()
     with psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=10) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{BENCH_DB}" WITH (FORCE)')
-    cli.upgrade_database(DATABASE_URL)
+    schema.upgrade_database(DATABASE_URL)
 
 
 def machine() -> dict[str, Any]:

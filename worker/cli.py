@@ -11,33 +11,24 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
 from dataclasses import asdict
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import click
 import httpx
-import psycopg
-import redis
-from alembic import command
-from alembic.config import Config
-from alembic.script import ScriptDirectory
 from rich.console import Console
 from rich.table import Table
-from rich.text import Text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError
+from sqlalchemy.exc import DBAPIError
 
-import worker
-from worker import db, errors, jobs, models, simulator, zoom
-from worker.config import Settings, get_settings, parse_rate_limits
+from worker import db, errors, jobs, models, schema, simulator
+from worker import doctor as checks
+from worker.config import get_settings, parse_rate_limits
 from worker.token_store import TokenStore
 
 STATUSES = (models.QUEUED, models.RUNNING, models.RETRYING, models.WAITING, *models.FINAL_STATUSES)
-# A stopped database or broker must fail `doctor` in seconds, not after the OS's TCP timeout.
-CONNECT_TIMEOUT_S = 3
 # The demo's own database and Redis database, so it never touches a real deployment.
 DEMO_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/zoom_worker_demo"
 DEMO_BROKER_URL = "redis://127.0.0.1:6379/9"
@@ -81,48 +72,11 @@ def console() -> Console:
     return out if out.is_terminal else Console(width=200)
 
 
-# -- the schema ------------------------------------------------------------------------
-
-
-def alembic_config(url: str) -> Config:
-    """Alembic's config for the repository's migrations, pointed at ``url``."""
-    config = Config(str(Path(worker.__file__).resolve().parent.parent / "alembic.ini"))
-    config.attributes["database_url"] = url
-    config.attributes["configure_logger"] = False
-    return config
-
-
-def upgrade_database(url: str) -> str:
-    """Create the database if missing and migrate it to head; returns the head revision."""
-    db.ensure_database(url)
-    config = alembic_config(url)
-    command.upgrade(config, "head")
-    return _head_revision(config)
-
-
-def _head_revision(config: Config) -> str:
-    return ScriptDirectory.from_config(config).get_current_head() or "base"
-
-
-def _conninfo(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-def _where(url: str) -> str:
-    """Host and port of a database or Redis URL, never its password."""
-    try:
-        parsed = make_url(url)
-    except (ArgumentError, ValueError):
-        return "(an unparsable URL)"
-    port = parsed.port or (6379 if parsed.drivername.startswith("redis") else 5432)
-    return f"{parsed.host or 'localhost'}:{port}"
-
-
 @cli.command()
 def migrate() -> None:
     """Create the database if it is missing and upgrade its schema to head."""
     url = get_settings().DATABASE_URL
-    revision = upgrade_database(url)
+    revision = schema.upgrade_database(url)
     click.echo(f"database {make_url(url).database} is at revision {revision} (head)")
 
 
@@ -256,149 +210,12 @@ def _print_fields(rows: list[tuple[str, str]]) -> None:
         click.echo(f"{name:<{width}}  {value}")
 
 
-# -- doctor ----------------------------------------------------------------------------------
-
-
-class CheckFailed(Exception):
-    """Raised by a doctor check; the message is the cause, in words."""
-
-
-class _Doctor:
-    """The checks, in order; each returns what it found or raises CheckFailed."""
-
-    def __init__(self) -> None:
-        self.settings: Settings | None = None
-        self.store: TokenStore | None = None
-        self.fetched: zoom.AccessToken | None = None
-        self.http = httpx.Client()
-
-    def settings_load(self) -> str:
-        get_settings.cache_clear()
-        self.settings = get_settings()
-        return "every setting is valid"
-
-    def database(self) -> str:
-        url = self._settings().DATABASE_URL
-        try:
-            with psycopg.connect(_conninfo(url), connect_timeout=CONNECT_TIMEOUT_S) as conn:
-                version = conn.info.server_version
-        except psycopg.OperationalError as exc:
-            # psycopg says 'connection failed: connection to server at "h", port p failed: X'.
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            cause = first.rsplit("failed: ", 1)[-1].removeprefix("FATAL:").strip()
-            raise CheckFailed(f"PostgreSQL at {_where(url)} is not reachable: {cause}") from None
-        return f"PostgreSQL {version // 10000}.{version % 100} at {_where(url)}"
-
-    def migrations(self) -> str:
-        url = self._settings().DATABASE_URL
-        head = _head_revision(alembic_config(url))
-        with psycopg.connect(_conninfo(url), connect_timeout=CONNECT_TIMEOUT_S) as conn:
-            try:
-                rows = conn.execute("SELECT version_num FROM alembic_version").fetchall()
-            except psycopg.errors.UndefinedTable:
-                raise CheckFailed("the schema is missing: run `zoom-worker migrate`") from None
-        current = ", ".join(row[0] for row in rows) or "none"
-        if current != head:
-            raise CheckFailed(f"at revision {current}, head is {head}: run `zoom-worker migrate`")
-        return f"at head ({head})"
-
-    def broker(self) -> str:
-        settings = self._settings()
-        urls = dict.fromkeys([settings.CELERY_BROKER_URL, settings.redis_url])
-        timeouts = {
-            "socket_connect_timeout": CONNECT_TIMEOUT_S,
-            "socket_timeout": CONNECT_TIMEOUT_S,
-        }
-        for url in urls:
-            try:
-                with redis.Redis.from_url(url, **timeouts) as client:
-                    client.ping()
-            except (redis.RedisError, ValueError) as exc:
-                raise CheckFailed(f"Redis at {_where(url)} is not reachable: {exc}") from None
-        return "Redis at " + ", ".join(_where(url) for url in urls)
-
-    def credentials(self) -> str:
-        settings = self._settings()
-        account_id, client_id = settings.require_credentials()
-        settings.read_client_secret()  # a secret file that cannot be read fails here
-        return f"account {account_id}, client {client_id}"
-
-    def token(self) -> str:
-        self.store = TokenStore(self._settings(), db.sessions(), http=self.http)
-        try:
-            self.fetched = got = self.store.get()
-        except errors.CircuitOpen as exc:
-            raise CheckFailed(_refused(exc)) from None
-        except errors.CredentialsRejected as exc:
-            raise CheckFailed(f"Zoom refused the credentials: {exc.describe()}") from None
-        except errors.ZoomError as exc:
-            raise CheckFailed(f"no token: {exc.describe()}") from None
-        left = timedelta(seconds=int(got.seconds_left()))
-        return f"a token valid for {left} more (shared store)"
-
-    def api(self) -> str:
-        settings = self._settings()
-        assert self.store is not None
-        client = zoom.ZoomClient(
-            settings.ZOOM_API_URL, zoom.ZoomAuth(self.store), timeout_s=CONNECT_TIMEOUT_S * 3
-        )
-        try:
-            # Meeting 0 never exists: "not found" proves the API is reachable and authorized.
-            client.get_meeting(0)
-        except (errors.RateLimited, errors.ZoomClientError) as exc:
-            if self.fetched is not None and self.fetched.fetched_here:
-                # The token check fetched it, so ZoomAuth saw a stored copy: closing a
-                # half-open circuit is up to us.
-                self.store.accepted(self.fetched)
-            return f"{settings.ZOOM_API_URL} answered ({type(exc).__name__}, as expected)"
-        except errors.CircuitOpen as exc:
-            raise CheckFailed(_refused(exc)) from None
-        except errors.ZoomError as exc:
-            raise CheckFailed(f"{settings.ZOOM_API_URL}: {exc.describe()}") from None
-        finally:
-            client.close()
-        return f"{settings.ZOOM_API_URL} answered"
-
-    def _settings(self) -> Settings:
-        if self.settings is None:
-            raise CheckFailed("skipped: the settings did not load")
-        return self.settings
-
-
-def _refused(exc: errors.CircuitOpen) -> str:
-    reason = exc.reason.removeprefix("Zoom refused the credential: ")
-    return f"Zoom refused the credentials: {reason} (next probe {_text(exc.retry_at)})"
-
-
 @cli.command()
 def doctor() -> None:
     """Check settings, database, schema, broker, credentials, token and API, in that order."""
-    doc = _Doctor()
-    checks: list[tuple[str, Callable[[], str], tuple[str, ...]]] = [
-        ("settings load", doc.settings_load, ()),
-        ("database reachable", doc.database, ("settings load",)),
-        ("migrations at head", doc.migrations, ("database reachable",)),
-        ("broker reachable", doc.broker, ("settings load",)),
-        ("credentials configured", doc.credentials, ("settings load",)),
-        ("token fetched", doc.token, ("migrations at head", "credentials configured")),
-        ("API reachable and authorized", doc.api, ("token fetched",)),
-    ]
-    out = console()
-    failed: set[str] = set()
-    for name, check, needs in checks:
-        missing = [need for need in needs if need in failed]
-        try:
-            if missing:
-                raise CheckFailed(f"skipped: {missing[0]} failed")
-            found = check()
-        except (CheckFailed, errors.ZoomWorkerError) as exc:
-            failed.add(name)
-            out.print(Text.assemble(("FAIL", "bold red"), f" {name}: {exc}"))
-        else:
-            out.print(Text.assemble(("OK", "bold green"), f"   {name}: {found}"))
-    doc.http.close()
+    failed, total = checks.run_checks(console())
     if failed:
-        raise click.ClickException(f"{len(failed)} of {len(checks)} checks failed")
+        raise click.ClickException(f"{failed} of {total} checks failed")
 
 
 # -- the simulator and the demo ----------------------------------------------------------------

@@ -37,7 +37,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from sqlalchemy import delete
 
-from worker import cli, db, errors, jobs, models, simulator, token_store
+from worker import db, errors, jobs, models, schema, simulator, token_store
 from worker.config import Settings, get_settings
 
 POLL_INTERVAL_S = 0.2
@@ -123,7 +123,7 @@ def run(options: DemoOptions, out: Console) -> DemoResult:
         tempfile.TemporaryDirectory(prefix="zoom-worker-demo-") as tmp,
         environment(_settings_env(options, sim)),
     ):
-        revision = cli.upgrade_database(options.database_url)
+        revision = schema.upgrade_database(options.database_url)
         _forget_stored_token()
         out.print(f"simulator at {sim.url}; database migrated to {revision}")
         processes: list[ManagedProcess] = []

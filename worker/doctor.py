@@ -1,0 +1,183 @@
+"""``zoom-worker doctor``: the checks an operator runs first, in order, each in words.
+
+Settings, database, migrations at head, broker, credentials, a token through the shared
+store, and the API. A check whose prerequisite failed is skipped, naming it. Nothing shown
+holds a secret or a token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import psycopg
+import redis
+from rich.console import Console
+from rich.text import Text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from worker import db, errors, schema, zoom
+from worker.config import Settings, get_settings
+from worker.token_store import TokenStore
+
+# A stopped database or broker must fail in seconds, not after the OS's TCP timeout.
+CONNECT_TIMEOUT_S = 3
+
+
+def _conninfo(url: str) -> str:
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def _where(url: str) -> str:
+    """Host and port of a database or Redis URL, never its password."""
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        return "(an unparsable URL)"
+    port = parsed.port or (6379 if parsed.drivername.startswith("redis") else 5432)
+    return f"{parsed.host or 'localhost'}:{port}"
+
+
+class CheckFailed(Exception):
+    """Raised by a doctor check; the message is the cause, in words."""
+
+
+class _Doctor:
+    """The checks, in order; each returns what it found or raises CheckFailed."""
+
+    def __init__(self) -> None:
+        self.settings: Settings | None = None
+        self.store: TokenStore | None = None
+        self.fetched: zoom.AccessToken | None = None
+        self.http = httpx.Client()
+
+    def settings_load(self) -> str:
+        get_settings.cache_clear()
+        self.settings = get_settings()
+        return "every setting is valid"
+
+    def database(self) -> str:
+        url = self._settings().DATABASE_URL
+        try:
+            with psycopg.connect(_conninfo(url), connect_timeout=CONNECT_TIMEOUT_S) as conn:
+                version = conn.info.server_version
+        except psycopg.OperationalError as exc:
+            # psycopg says 'connection failed: connection to server at "h", port p failed: X'.
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            cause = first.rsplit("failed: ", 1)[-1].removeprefix("FATAL:").strip()
+            raise CheckFailed(f"PostgreSQL at {_where(url)} is not reachable: {cause}") from None
+        return f"PostgreSQL {version // 10000}.{version % 100} at {_where(url)}"
+
+    def migrations(self) -> str:
+        url = self._settings().DATABASE_URL
+        head = schema.head_revision(schema.alembic_config(url))
+        with psycopg.connect(_conninfo(url), connect_timeout=CONNECT_TIMEOUT_S) as conn:
+            try:
+                rows = conn.execute("SELECT version_num FROM alembic_version").fetchall()
+            except psycopg.errors.UndefinedTable:
+                raise CheckFailed("the schema is missing: run `zoom-worker migrate`") from None
+        current = ", ".join(row[0] for row in rows) or "none"
+        if current != head:
+            raise CheckFailed(f"at revision {current}, head is {head}: run `zoom-worker migrate`")
+        return f"at head ({head})"
+
+    def broker(self) -> str:
+        settings = self._settings()
+        urls = dict.fromkeys([settings.CELERY_BROKER_URL, settings.redis_url])
+        timeouts = {
+            "socket_connect_timeout": CONNECT_TIMEOUT_S,
+            "socket_timeout": CONNECT_TIMEOUT_S,
+        }
+        for url in urls:
+            try:
+                with redis.Redis.from_url(url, **timeouts) as client:
+                    client.ping()
+            except (redis.RedisError, ValueError) as exc:
+                raise CheckFailed(f"Redis at {_where(url)} is not reachable: {exc}") from None
+        return "Redis at " + ", ".join(_where(url) for url in urls)
+
+    def credentials(self) -> str:
+        settings = self._settings()
+        account_id, client_id = settings.require_credentials()
+        settings.read_client_secret()  # a secret file that cannot be read fails here
+        return f"account {account_id}, client {client_id}"
+
+    def token(self) -> str:
+        self.store = TokenStore(self._settings(), db.sessions(), http=self.http)
+        try:
+            self.fetched = got = self.store.get()
+        except errors.CircuitOpen as exc:
+            raise CheckFailed(_refused(exc)) from None
+        except errors.CredentialsRejected as exc:
+            raise CheckFailed(f"Zoom refused the credentials: {exc.describe()}") from None
+        except errors.ZoomError as exc:
+            raise CheckFailed(f"no token: {exc.describe()}") from None
+        left = timedelta(seconds=int(got.seconds_left()))
+        return f"a token valid for {left} more (shared store)"
+
+    def api(self) -> str:
+        settings = self._settings()
+        assert self.store is not None
+        client = zoom.ZoomClient(
+            settings.ZOOM_API_URL, zoom.ZoomAuth(self.store), timeout_s=CONNECT_TIMEOUT_S * 3
+        )
+        try:
+            # Meeting 0 never exists: "not found" proves the API is reachable and authorized.
+            client.get_meeting(0)
+        except (errors.RateLimited, errors.ZoomClientError) as exc:
+            if self.fetched is not None and self.fetched.fetched_here:
+                # The token check fetched it, so ZoomAuth saw a stored copy: closing a
+                # half-open circuit is up to us.
+                self.store.accepted(self.fetched)
+            return f"{settings.ZOOM_API_URL} answered ({type(exc).__name__}, as expected)"
+        except errors.CircuitOpen as exc:
+            raise CheckFailed(_refused(exc)) from None
+        except errors.ZoomError as exc:
+            raise CheckFailed(f"{settings.ZOOM_API_URL}: {exc.describe()}") from None
+        finally:
+            client.close()
+        return f"{settings.ZOOM_API_URL} answered"
+
+    def _settings(self) -> Settings:
+        if self.settings is None:
+            raise CheckFailed("skipped: the settings did not load")
+        return self.settings
+
+
+def _refused(exc: errors.CircuitOpen) -> str:
+    reason = exc.reason.removeprefix("Zoom refused the credential: ")
+    return f"Zoom refused the credentials: {reason} (next probe {_when(exc.retry_at)})"
+
+
+def _when(value: datetime | None) -> str:
+    return value.astimezone(UTC).isoformat(timespec="seconds") if value else "-"
+
+
+def run_checks(out: Console) -> tuple[int, int]:
+    """Run every check, printing OK or FAIL with the cause; returns (failed, total)."""
+    doc = _Doctor()
+    checks: list[tuple[str, Callable[[], str], tuple[str, ...]]] = [
+        ("settings load", doc.settings_load, ()),
+        ("database reachable", doc.database, ("settings load",)),
+        ("migrations at head", doc.migrations, ("database reachable",)),
+        ("broker reachable", doc.broker, ("settings load",)),
+        ("credentials configured", doc.credentials, ("settings load",)),
+        ("token fetched", doc.token, ("migrations at head", "credentials configured")),
+        ("API reachable and authorized", doc.api, ("token fetched",)),
+    ]
+    failed: set[str] = set()
+    for name, check, needs in checks:
+        missing = [need for need in needs if need in failed]
+        try:
+            if missing:
+                raise CheckFailed(f"skipped: {missing[0]} failed")
+            found = check()
+        except (CheckFailed, errors.ZoomWorkerError) as exc:
+            failed.add(name)
+            out.print(Text.assemble(("FAIL", "bold red"), f" {name}: {exc}"))
+        else:
+            out.print(Text.assemble(("OK", "bold green"), f"   {name}: {found}"))
+    doc.http.close()
+    return len(failed), len(checks)
