@@ -223,11 +223,7 @@ def _settings_env(sim: simulator.RunningSimulator, overrides: dict[str, str]) ->
         "DATABASE_URL": DATABASE_URL,
         "CELERY_BROKER_URL": BROKER_URL,
         "REDIS_URL": GOVERNOR_URL,
-        "ZOOM_ACCOUNT_ID": "sim-account",
-        "ZOOM_CLIENT_ID": "sim-client",
-        "ZOOM_CLIENT_SECRET": "sim-secret",
-        "ZOOM_API_URL": sim.api_url,
-        "ZOOM_OAUTH_URL": sim.oauth_url,
+        **sim.worker_env(),
         "ZOOM_DAILY_CREATE_LIMIT": str(DAILY_LIMIT),
         # Celery's own retry_backoff starts at 1 s too.
         "RETRY_BACKOFF_BASE": "1",

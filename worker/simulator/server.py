@@ -127,6 +127,17 @@ class RunningSimulator:
         self.api_url = f"{self.url}/v2"
         self.oauth_url = f"{self.url}/oauth/token"
 
+    def worker_env(self) -> dict[str, str]:
+        """The settings that point zoom-worker at this simulator, with its credentials."""
+        config = self.simulator.config
+        return {
+            "ZOOM_ACCOUNT_ID": config.account_id,
+            "ZOOM_CLIENT_ID": config.client_id,
+            "ZOOM_CLIENT_SECRET": config.client_secret,
+            "ZOOM_API_URL": self.api_url,
+            "ZOOM_OAUTH_URL": self.oauth_url,
+        }
+
     def stop(self) -> None:
         """Stop serving and close every connection; safe to call twice."""
         if self._stopped:
