@@ -328,8 +328,7 @@ class _Run:
         found: dict[str, list[_Lost]] = {}
         for job_id, host, marker, body, created_at in rows:
             assert host is not None and marker is not None  # the query asked for both
-            agenda = (body or {}).get("agenda")
-            expected = f"{agenda}{ledger.MARKER_SEPARATOR}{marker}" if agenda else marker
+            expected = ledger.agenda_with_marker((body or {}).get("agenda"), marker)
             end = meeting_body.scheduled_end(body or {}, created_at=created_at)
             found.setdefault(host, []).append(_Lost(job_id, marker, expected, end))
         return found

@@ -40,6 +40,12 @@ MARKER_LENGTH = len("[zw:0123456789abcdef]")
 RESERVED_AGENDA_CHARS = len(MARKER_SEPARATOR) + MARKER_LENGTH
 
 
+def agenda_with_marker(agenda: object, marker: str) -> str:
+    """The agenda a create sends: the caller's agenda, a blank line, then the job's marker."""
+    text = agenda if isinstance(agenda, str) else ""
+    return f"{text}{MARKER_SEPARATOR}{marker}" if text else marker
+
+
 @dataclass(frozen=True)
 class Claim:
     """A job claimed by this worker: what the work needs, and the token to record with."""
@@ -130,9 +136,7 @@ def claim(job_id: uuid.UUID) -> Claim | None:
                 "(the worker died each time)"
             )
             # A create that died mid-call each time may have made a meeting: keep the mark.
-            _finish(
-                session, job, status=models.FAILED, error=reason, maybe_sent=job.kind == CREATE
-            )
+            _finish(session, job, status=models.FAILED, error=reason, maybe_sent=job.kind == CREATE)
             log.error("job.poison job_id=%s %s", job.job_id, reason)
             return None
     if job.deliveries > 1:
@@ -144,8 +148,11 @@ def record_created(job: Claim, meeting_id: int, join_url: str | None, *, adopted
     """The create succeeded (or a lost reply's meeting was adopted): finish the job and add
     the meeting to the service's ledger. False when this worker no longer holds the claim."""
     body = job.body or {}
-    start = _parse_start(body)
     end = meeting_body.scheduled_end(body, created_at=datetime.now(UTC))
+    duration = body.get("duration")
+    minutes = duration if isinstance(duration, int) else meeting_body.DEFAULT_DURATION
+    has_start = isinstance(body.get("start_time"), str)
+    start = end - timedelta(minutes=minutes) if end is not None and has_start else None
     with db.sessions()() as session, session.begin():
         session.execute(
             pg_insert(MeetingRow)
@@ -155,9 +162,7 @@ def record_created(job: Claim, meeting_id: int, join_url: str | None, *, adopted
                 user_id=job.user_id or "",
                 topic=topic_of(body),
                 start_time=start,
-                duration_min=body.get("duration")
-                if isinstance(body.get("duration"), int)
-                else None,
+                duration_min=duration if isinstance(duration, int) else None,
                 scheduled_end=end,
             )
             .on_conflict_do_nothing()
@@ -409,14 +414,3 @@ def topic_of(body: Mapping[str, Any]) -> str | None:
     """The topic of a create body, when it has one."""
     topic = body.get("topic")
     return topic if isinstance(topic, str) else None
-
-
-def _parse_start(body: Mapping[str, Any]) -> datetime | None:
-    start = body.get("start_time")
-    if not isinstance(start, str):
-        return None
-    end = meeting_body.scheduled_end(body, created_at=datetime.now(UTC))
-    duration = body.get("duration")
-    if end is not None:
-        return end - timedelta(minutes=duration if isinstance(duration, int) else 60)
-    return None

@@ -121,7 +121,7 @@ class _Attempt:
                 return
             log.info("meeting.reconciled job_id=%s no meeting made before; creating", job.job_id)
         body = dict(job.body or {})
-        body["agenda"] = _with_marker(body.get("agenda"), job.marker)
+        body["agenda"] = ledger.agenda_with_marker(body.get("agenda"), job.marker)
         self._permit("create", job.user_id)
         self.create_sent = True
         meeting = self.client.create_meeting(job.user_id, body)
@@ -161,7 +161,7 @@ class _Attempt:
     def _find_lost_meeting(self) -> zoom.Meeting | None:
         job = self.job
         assert job.user_id is not None and job.marker is not None
-        expected = _with_marker((job.body or {}).get("agenda"), job.marker)
+        expected = ledger.agenda_with_marker((job.body or {}).get("agenda"), job.marker)
         self._permit("list")
         for meeting in self.client.list_meetings(job.user_id):
             agenda = meeting.agenda or ""
@@ -174,11 +174,6 @@ class _Attempt:
                 if (whole.agenda or "").endswith(job.marker):
                     return whole
         return None
-
-
-def _with_marker(agenda: object, marker: str) -> str:
-    text = agenda if isinstance(agenda, str) else ""
-    return f"{text}{ledger.MARKER_SEPARATOR}{marker}" if text else marker
 
 
 # -- what a failure means ------------------------------------------------------------------
