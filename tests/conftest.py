@@ -73,7 +73,8 @@ def database_url(pg_template: str) -> Iterator[str]:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def _flushed(url: str) -> redis.Redis:
+def flushed_redis(url: str) -> redis.Redis:
+    """A client for ``url`` with its database emptied; fails the test naming Redis if down."""
     client = redis.Redis.from_url(url)
     try:
         client.flushdb()
@@ -85,7 +86,7 @@ def _flushed(url: str) -> redis.Redis:
 @pytest.fixture
 def broker() -> Iterator[redis.Redis]:
     """The broker's Redis database, flushed."""
-    client = _flushed(BROKER_URL)
+    client = flushed_redis(BROKER_URL)
     yield client
     client.close()
 
@@ -108,7 +109,7 @@ def env(
     database_url: str, broker: redis.Redis, sim: RunningSimulator, monkeypatch: pytest.MonkeyPatch
 ) -> dict[str, str]:
     """Settings for this test (also handed to worker processes), pointed at the simulator."""
-    _flushed(GOVERNOR_URL).close()
+    flushed_redis(GOVERNOR_URL).close()
     values = {
         "DATABASE_URL": database_url,
         "CELERY_BROKER_URL": BROKER_URL,

@@ -7,13 +7,13 @@ import math
 import multiprocessing
 import os
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 import redis
+from conftest import flushed_redis, wait_for
 
 from worker import errors
 from worker.ratelimit import USE_WITHIN_S, Permit, RateGovernor
@@ -26,11 +26,7 @@ EPSILON = 1e-6
 @pytest.fixture
 def client() -> Iterator[redis.Redis]:
     """Redis database 14, flushed for this test."""
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        client.flushdb()
-    except redis.ConnectionError as exc:
-        pytest.fail(f"Redis is not reachable at {REDIS_URL}: {exc}")
+    client = flushed_redis(REDIS_URL)
     yield client
     client.close()
 
@@ -38,16 +34,6 @@ def client() -> Iterator[redis.Redis]:
 @pytest.fixture
 def governor(client: redis.Redis) -> RateGovernor:
     return RateGovernor(client, LIMITS)
-
-
-def wait_for(condition: Callable[[], Any], *, timeout: float = 10.0) -> Any:
-    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(0.02)
-    return value
 
 
 def assert_spaced(slots: list[float], interval: float) -> None:
@@ -226,7 +212,7 @@ def test_rate_governor__block_host__lifts_at_until(governor: RateGovernor) -> No
 
     assert governor.host_blocked_until("u1") == until
     assert governor.host_blocked_until("u2") is None
-    wait_for(lambda: governor.host_blocked_until("u1") is None, timeout=5)
+    wait_for(lambda: governor.host_blocked_until("u1") is None, timeout=5, interval=0.02)
     assert governor.now() >= until.timestamp() - 0.001
 
 
