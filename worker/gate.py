@@ -58,9 +58,9 @@ class FleetGate:
         self, operation: str, user_id: str | None = None, slot_at: float | None = None
     ) -> None:
         """Return when the call may go now; raise Deferred or DailyLimitReached otherwise."""
-        capped = operation in HOST_CAPPED and user_id is not None
-        if capped and user_id is not None:
-            until = self._governor.host_blocked_until(user_id)
+        host = user_id if operation in HOST_CAPPED else None
+        if host is not None:
+            until = self._governor.host_blocked_until(host)
             if until is not None:
                 raise errors.DailyLimitReached(
                     "the host's daily meeting create/update limit is reached", retry_at=until
@@ -77,11 +77,11 @@ class FleetGate:
             )
         if permit.delay_s > 0:
             time.sleep(permit.delay_s)
-        if capped and user_id is not None:
-            calls = self._governor.count_host_call(user_id)
+        if host is not None:
+            calls = self._governor.count_host_call(host)
             if calls > self._settings.ZOOM_DAILY_CREATE_LIMIT:
                 midnight = zoom.next_utc_midnight()
-                self._governor.block_host(user_id, midnight)
+                self._governor.block_host(host, midnight)
                 raise errors.DailyLimitReached(
                     f"the host made {calls - 1} meeting creates/updates today "
                     f"(ZOOM_DAILY_CREATE_LIMIT={self._settings.ZOOM_DAILY_CREATE_LIMIT})",

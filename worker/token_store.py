@@ -319,7 +319,7 @@ class TokenStore:
     def _open_circuit(self, row: Credential, error: errors.ZoomError) -> None:
         now = datetime.now(UTC)
         probes = row.circuit_probes if row.circuit_state == HALF_OPEN else 0
-        backoff = min(PROBE_BACKOFF_MIN * (2**probes), PROBE_BACKOFF_MAX)
+        backoff = _probe_backoff(probes)
         row.circuit_reason = f"Zoom refused the credential: {error.describe()}. {OPERATOR_ADVICE}"
         if row.circuit_state == CLOSED:
             row.circuit_opened_at = now
@@ -344,9 +344,7 @@ class TokenStore:
             # This process probes; the others keep waiting until the probe's outcome.
             row.circuit_state = HALF_OPEN
             row.circuit_probes += 1
-            row.circuit_next_probe_at = datetime.now(UTC) + min(
-                PROBE_BACKOFF_MIN * (2**row.circuit_probes), PROBE_BACKOFF_MAX
-            )
+            row.circuit_next_probe_at = datetime.now(UTC) + _probe_backoff(row.circuit_probes)
             row.circuit_secret_digest = self._secret_digest()
 
     def _probe_due(self, row: Credential) -> bool:
@@ -454,6 +452,12 @@ class TokenStore:
         except errors.ConfigurationError:
             return ""
         return hashlib.sha256(b"zoom-worker secret digest:" + secret.encode()).hexdigest()[:32]
+
+
+def _probe_backoff(probes: int) -> timedelta:
+    """The wait before the next probe: a minute, doubling per failed probe, at most 15."""
+    backoff: timedelta = min(PROBE_BACKOFF_MIN * (2**probes), PROBE_BACKOFF_MAX)
+    return backoff
 
 
 def _clear_token(row: Credential) -> None:
