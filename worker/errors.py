@@ -3,12 +3,15 @@
     ZoomWorkerError
     ├── ConfigurationError        a setting is missing or invalid (names the variable)
     ├── InvalidMeeting            a body Zoom would reject (names the field); a ValueError
+    ├── IdempotencyConflict       a key reused with another body or host; a ValueError
     ├── InfrastructureError       our own infrastructure failed, never "bad credentials"
     │   └── TokenStoreBusy        the token row lock was not granted in time
     ├── Deferred                  the call must wait: no rate permit now, or the create
     │                             a delete waits for is unfinished (``retry_at``)
     ├── TokenBudgetExhausted      the hourly token-request budget is spent: no more requests
     ├── CircuitOpen               the credential is known to be refused; calls are paused
+    ├── ClaimLost                 this worker no longer holds the job's claim (fencing)
+    ├── OutcomeUnknown            a create may have reached Zoom and cannot be looked for
     └── ZoomError                 Zoom did not do what we asked
         ├── ZoomUnreachable       no HTTP answer: timeout, reset, refused (``maybe_sent`` says
         │                         whether the request may have reached Zoom)
@@ -54,6 +57,17 @@ class InvalidMeeting(ZoomWorkerError, ValueError):
         super().__init__(f"{field}: {message}")
 
 
+class IdempotencyConflict(ZoomWorkerError, ValueError):
+    """Raised when an idempotency key is reused with another body, host or kind of job.
+
+    ``key`` is the key and ``job_id`` the job it already names."""
+
+    def __init__(self, key: str, job_id: object, message: str) -> None:
+        self.key = key
+        self.job_id = job_id
+        super().__init__(f"idempotency_key {key!r}: {message} (job {job_id})")
+
+
 class InfrastructureError(ZoomWorkerError):
     """Raised when PostgreSQL, Redis or the token store fail; never a credential problem."""
 
@@ -93,6 +107,22 @@ class CircuitOpen(ZoomWorkerError):
     def __init__(self, reason: str, *, retry_at: datetime | None) -> None:
         self.reason = reason
         self.retry_at = retry_at
+        super().__init__(reason)
+
+
+class ClaimLost(ZoomWorkerError):
+    """Raised when a worker finds, before a call that changes Zoom, that it no longer holds
+    the job's claim (its lease ran out and the job went elsewhere): it stops without calling."""
+
+
+class OutcomeUnknown(ZoomWorkerError):
+    """Raised when a create may have made a meeting that no search can find (an instant
+    meeting is never listed by Zoom): the job fails with this reason instead of creating again.
+
+    ``reason`` says what is unknown and what an operator should check."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
         super().__init__(reason)
 
 
