@@ -33,7 +33,7 @@ BODY = {"topic": "Cleanup", "type": 2, "duration": 30, "agenda": "Weekly plannin
 def _runtime(gate_: meetings.Gate | None = None) -> Iterator[meetings.Runtime]:
     """A Runtime built as worker.tasks.runtime() builds it, with an open gate by default."""
     settings = get_settings()
-    store = TokenStore(settings, db.sessions())
+    store = TokenStore(settings, db.sessions(get_settings()))
     client = zoom.ZoomClient(settings.ZOOM_API_URL, zoom.ZoomAuth(store), timeout_s=5)
     try:
         yield meetings.Runtime(
@@ -56,13 +56,13 @@ def _ours(runtime: meetings.Runtime, ends_in: timedelta, n: int = 1) -> list[int
     ids = [runtime.client.create_meeting(f"host{i % 5}@example.com", BODY).id for i in range(n)]
     end = datetime.now(UTC) + ends_in
     rows = [{"meeting_id": i, "user_id": "host@example.com", "scheduled_end": end} for i in ids]
-    with db.sessions()() as session, session.begin():
+    with db.sessions(get_settings())() as session, session.begin():
         session.execute(insert(MeetingRow), rows)
     return ids
 
 
 def _ledger(meeting_id: int) -> MeetingRow:
-    with db.sessions()() as session:
+    with db.sessions(get_settings())() as session:
         row = session.get(MeetingRow, meeting_id)
         assert row is not None
         return row
@@ -74,7 +74,7 @@ def _deleted_in_sim(sim_client: SimulatorClient) -> dict[int, bool]:
 
 def _expire_claims() -> None:
     """Let time pass for the held meetings (a 3002 is held for an hour)."""
-    with db.sessions()() as session, session.begin():
+    with db.sessions(get_settings())() as session, session.begin():
         session.execute(text("UPDATE meetings SET cleanup_claimed_until = now() - interval '1s'"))
 
 
@@ -93,7 +93,7 @@ def _failed_job(host: str, agenda: str, **values: Any) -> str:
         "finished_at": datetime.now(UTC),
         **values,
     }
-    with db.sessions()() as session, session.begin():
+    with db.sessions(get_settings())() as session, session.begin():
         session.execute(insert(JobRow).values(**row))
     return marker
 
@@ -121,7 +121,7 @@ def test_cleanup__stale_meeting_of_ours__deleted_others_untouched(
     assert sim_client.stats()["meetings_deleted"] == 1
     assert _ledger(stale).state == "deleted" and _ledger(stale).deleted_at is not None
     assert _ledger(future).state == _ledger(recent).state == "live"
-    with db.sessions()() as session:
+    with db.sessions(get_settings())() as session:
         assert session.get(MeetingRow, foreign) is None, "a foreign meeting never joins the ledger"
     assert f"cleanup.deleted meeting_id={stale}" in caplog.text
     assert "sim-secret" not in caplog.text and "zak=" not in caplog.text
@@ -214,7 +214,7 @@ def test_cleanup__450_stale_in_pages_of_200__all_deleted_in_one_run(
     assert report == cleanup.CleanupReport(deleted=450)
     assert sim_client.stats()["meetings_deleted"] == 450
     assert sim_client.stats()["api_calls"] - calls == 450, "each meeting asked once"
-    with db.sessions()() as session:
+    with db.sessions(get_settings())() as session:
         states = session.scalars(select(MeetingRow.state).where(MeetingRow.meeting_id.in_(ids)))
         assert set(states) == {"deleted"}
 
@@ -363,7 +363,7 @@ def test_cleanup__orphan_of_failed_create__found_and_deleted_lookalike_untouched
     row = _ledger(orphan.id)
     assert row.state == "deleted" and row.job_id is not None and row.user_id == host
     assert again == cleanup.CleanupReport() and sim_client.stats()["api_calls"] == calls
-    with db.sessions()() as session:
+    with db.sessions(get_settings())() as session:
         assert session.get(MeetingRow, lookalike) is None
 
 

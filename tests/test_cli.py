@@ -126,7 +126,7 @@ def test_token__after_a_fetch__shows_status_never_the_token_or_secret(
     env: dict[str, str],
 ) -> None:
     with httpx.Client() as http:
-        token = token_store.TokenStore(get_settings(), db.sessions(), http=http).get()
+        token = token_store.TokenStore(get_settings(), db.sessions(get_settings()), http=http).get()
 
     result = _invoke("token")
 

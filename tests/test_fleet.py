@@ -14,6 +14,7 @@ from sqlalchemy import select, update
 
 from worker import db, jobs
 from worker.celery_app import app
+from worker.config import get_settings
 from worker.models import FINAL_STATUSES, Meeting, TokenRequest
 from worker.simulator import SimulatorClient
 
@@ -70,7 +71,7 @@ def test_fleet__create_then_delete__end_to_end_one_token(
     stats = sim_client.stats()
     assert stats["live_meetings"] == 20 and stats["meetings_deleted"] == 20
     assert stats["tokens_issued"] == 1, "8 processes on 2 workers share one token"
-    with db.sessions()() as session:
+    with db.sessions(get_settings())() as session:
         assert len(session.scalars(select(TokenRequest)).all()) == 1
     logs = "".join(w.log() for w in workers)
     assert "sim-secret" not in logs and "zak=" not in logs and "Bearer" not in logs
@@ -174,7 +175,7 @@ def test_fleet__cleanup_task__deletes_stale_meeting_through_celery(
 ) -> None:
     start_worker(concurrency=2)
     [made] = _all_final([jobs.create_meeting("host@example.com", _body(1))])
-    with db.sessions()() as session, session.begin():
+    with db.sessions(get_settings())() as session, session.begin():
         session.execute(
             update(Meeting)
             .where(Meeting.meeting_id == made.meeting_id)
@@ -184,7 +185,7 @@ def test_fleet__cleanup_task__deletes_stale_meeting_through_celery(
     app.send_task("meetings.cleanup_stale")
 
     def state() -> str | None:
-        with db.sessions()() as session:
+        with db.sessions(get_settings())() as session:
             meeting = session.get(Meeting, made.meeting_id)
             return meeting.state if meeting is not None else None
 

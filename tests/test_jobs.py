@@ -40,7 +40,7 @@ def _messages(broker: redis.Redis) -> list[dict[str, Any]]:
 
 
 def _job_count() -> int:
-    with db.sessions()() as session:
+    with db.sessions(get_settings())() as session:
         return session.scalar(select(func.count()).select_from(JobRow)) or 0
 
 
@@ -122,7 +122,7 @@ def test_create_meeting__broker_down__job_kept_for_sweeper(monkeypatch: pytest.M
 def test_sweep__lease_expired__dispatched_again_once(broker: redis.Redis) -> None:
     job_id = jobs.create_meeting("host@example.com", BODY)
     broker.delete("celery")  # the message is lost, as when Redis restarts empty
-    with db.sessions()() as session, session.begin():
+    with db.sessions(get_settings())() as session, session.begin():
         row = session.get(JobRow, job_id)
         assert row is not None and row.lease_expires_at is not None
         row.lease_expires_at = row.lease_expires_at.replace(year=2000)
@@ -205,7 +205,7 @@ def test_claim__worker_dies_every_time__failed_as_poison_keeping_the_mark(
     job_id = jobs.create_meeting("host@example.com", BODY)
 
     def expire_lease() -> None:
-        with db.sessions()() as session, session.begin():
+        with db.sessions(get_settings())() as session, session.begin():
             row = session.get(JobRow, job_id)
             assert row is not None and row.lease_expires_at is not None
             row.lease_expires_at = row.lease_expires_at.replace(year=2000)
@@ -218,7 +218,7 @@ def test_claim__worker_dies_every_time__failed_as_poison_keeping_the_mark(
     job = jobs.get_job(job_id)
     assert job is not None and job.status == "failed"
     assert job.error and job.error.startswith("gave up: delivered 3 times")
-    with db.sessions()() as session:
+    with db.sessions(get_settings())() as session:
         row = session.get(JobRow, job_id)
         assert row is not None and row.maybe_sent is True
 

@@ -54,7 +54,7 @@ def test_fleet_counters__simulator_answers__counted_like_zoom_saw_them(
     counters: metrics.FleetCounters, sim_client: SimulatorClient
 ) -> None:
     settings = get_settings()
-    store = TokenStore(settings, db.sessions())
+    store = TokenStore(settings, db.sessions(get_settings()))
     client = zoom.ZoomClient(
         settings.ZOOM_API_URL, zoom.ZoomAuth(store), timeout_s=5, on_response=counters.on_response
     )
@@ -127,7 +127,7 @@ def test_exporter__serves_fleet_figures__no_secret(
 ) -> None:
     jobs.create_meeting("host@example.com", dict(BODY))
     jobs.create_meeting("host@example.com", {**BODY, "topic": "Second"})
-    store = TokenStore(get_settings(), db.sessions())
+    store = TokenStore(get_settings(), db.sessions(get_settings()))
     token = store.get().value  # one token request, recorded
     store.close()
     counters.count("api_calls", "401")

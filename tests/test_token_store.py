@@ -26,7 +26,7 @@ _opened: list[token_store.TokenStore | zoom.ZoomClient] = []
 
 
 def _store() -> token_store.TokenStore:
-    store = token_store.TokenStore(get_settings(), db.sessions())
+    store = token_store.TokenStore(get_settings(), db.sessions(get_settings()))
     _opened.append(store)
     return store
 
@@ -45,7 +45,7 @@ def _close_clients() -> Iterator[None]:
 
 
 def _token_rows() -> list[TokenRequest]:
-    with db.sessions()() as session:
+    with db.sessions(get_settings())() as session:
         return list(session.scalars(select(TokenRequest).order_by(TokenRequest.id)))
 
 
@@ -162,7 +162,7 @@ def test_token_store__expiring_soon__renewed_before_expiry(sim_client: Simulator
 
 def test_token_store__at_rest__encrypted_and_hashed(sim_client: SimulatorClient) -> None:
     token = _store().get()
-    with db.sessions()() as session:
+    with db.sessions(get_settings())() as session:
         row = session.scalars(select(Credential)).one()
     assert row.token_ciphertext is not None
     assert token.value.encode() not in row.token_ciphertext
@@ -216,9 +216,9 @@ def test_token_store__row_lock_not_granted__infrastructure_error(
     store = _store()
     store.get()
     token_store.forget_process_tokens()
-    with db.sessions()() as session, session.begin():
+    with db.sessions(get_settings())() as session, session.begin():
         session.execute(text("UPDATE credentials SET token_ciphertext = NULL"))
-    with db.sessions()() as holder, holder.begin():
+    with db.sessions(get_settings())() as holder, holder.begin():
         holder.execute(select(Credential).with_for_update())
         with pytest.raises(errors.TokenStoreBusy) as caught:
             _store().get()
@@ -297,5 +297,5 @@ def test_token_status__counts_requests(sim_client: SimulatorClient) -> None:
     status = store.status()
     assert status.requests_last_hour == 2 and status.requests_last_day == 2
     assert status.expires_at is not None and status.expires_at > datetime.now(UTC)
-    with db.sessions()() as session:
+    with db.sessions(get_settings())() as session:
         assert session.scalar(select(func.count()).select_from(TokenRequest)) == 2

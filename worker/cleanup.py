@@ -103,7 +103,7 @@ def cleanup_stale(
     """
     if page_size < 1:
         raise ValueError("page_size must be at least 1")
-    with _advisory_lock(db.get_engine(runtime.settings.DATABASE_URL)) as held:
+    with _advisory_lock(db.get_engine(runtime.settings)) as held:
         if not held:
             log.info("cleanup.skipped_locked another run holds the cleanup lock")
             return CleanupReport(skipped_locked=True)
@@ -161,7 +161,7 @@ class _Lost:
 class _Run:
     def __init__(self, runtime: meetings.Runtime, time_budget_s: float | None) -> None:
         self.client, self.gate, self.settings = runtime.client, runtime.gate, runtime.settings
-        self.sessions = db.sessions(runtime.settings.DATABASE_URL)
+        self.sessions = db.sessions(runtime.settings)
         self.deadline = None if time_budget_s is None else time.monotonic() + time_budget_s
         self.counts: Counter[str] = Counter()
         self.stopped: str | None = None

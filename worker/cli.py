@@ -183,7 +183,7 @@ def token() -> None:
     """The shared token's status: never the token or the secret."""
     settings = get_settings()
     with httpx.Client() as http:
-        status = TokenStore(settings, db.sessions(), http=http).status()
+        status = TokenStore(settings, db.sessions(get_settings()), http=http).status()
     expires = "no token stored"
     if status.expires_at is not None:
         left_s = int((status.expires_at - datetime.now(UTC)).total_seconds())

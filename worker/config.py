@@ -33,6 +33,11 @@ class Settings(BaseSettings):
     )
 
     DATABASE_URL: str = "postgresql+psycopg://postgres@127.0.0.1:5432/zoom_worker"
+    # Bounds on every database conversation: a dead or blackholed server fails fast, a stuck
+    # statement or a transaction left open by a frozen process does not hold locks for ever.
+    DATABASE_CONNECT_TIMEOUT: int = Field(10, ge=1, le=300)
+    DATABASE_STATEMENT_TIMEOUT: float = Field(30.0, gt=0, le=3600)
+    DATABASE_IDLE_IN_TRANSACTION_TIMEOUT: float = Field(60.0, gt=0, le=3600)
     CELERY_BROKER_URL: str = "redis://127.0.0.1:6379/0"
     # The rate governor and circuit state live in Redis; by default the broker's server.
     REDIS_URL: str | None = None

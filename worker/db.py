@@ -1,4 +1,11 @@
-"""Engine and sessions, one engine per process, built from Settings on first use."""
+"""Engine and sessions, one engine per process and database, built from Settings.
+
+Every connection is bounded: ``DATABASE_CONNECT_TIMEOUT`` for connecting (and for waiting on
+the pool), TCP keepalives so a vanished server is noticed, ``statement_timeout`` and
+``idle_in_transaction_session_timeout`` so neither a stuck statement nor a frozen process
+holding a transaction keeps row locks for ever. The engine hides bound parameters from its
+error messages, so no meeting body or join URL reaches a log through a database error.
+"""
 
 from __future__ import annotations
 
@@ -16,10 +23,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from worker import errors
-from worker.config import get_settings
+from worker.config import Settings
 
 _lock = threading.Lock()
-_engines: dict[str, tuple[int, Engine, sessionmaker[Session]]] = {}
+_engines: dict[tuple[str, tuple[Any, ...]], tuple[int, Engine, sessionmaker[Session]]] = {}
 # A pooled connection idle longer than this is pinged before use. SQLAlchemy's pool_pre_ping
 # pings on every checkout, and each ping is a transaction: it would double the database
 # work of a job. A connection that breaks while busy fails one step, which the job's lease
@@ -27,30 +34,54 @@ _engines: dict[str, tuple[int, Engine, sessionmaker[Session]]] = {}
 PING_AFTER_IDLE_S = 5.0
 
 
-def get_engine(url: str | None = None) -> Engine:
-    """The process's engine for ``url`` (default: ``DATABASE_URL``), rebuilt after a fork."""
-    return _get(url)[0]
+def get_engine(settings: Settings) -> Engine:
+    """The process's engine for ``settings.DATABASE_URL``, rebuilt after a fork."""
+    return _get(settings)[0]
 
 
-def sessions(url: str | None = None) -> sessionmaker[Session]:
+def sessions(settings: Settings) -> sessionmaker[Session]:
     """A session factory bound to the process's engine; sessions do not expire on commit."""
-    return _get(url)[1]
+    return _get(settings)[1]
 
 
-def _get(url: str | None) -> tuple[Engine, sessionmaker[Session]]:
-    url = url or get_settings().DATABASE_URL
+def connect_args(settings: Settings) -> dict[str, Any]:
+    """libpq parameters bounding every connection (see the module docstring)."""
+    statement_ms = int(settings.DATABASE_STATEMENT_TIMEOUT * 1000)
+    idle_ms = int(settings.DATABASE_IDLE_IN_TRANSACTION_TIMEOUT * 1000)
+    return {
+        "connect_timeout": settings.DATABASE_CONNECT_TIMEOUT,
+        "keepalives": 1,
+        "keepalives_idle": 30,
+        "keepalives_interval": 10,
+        "keepalives_count": 3,
+        "options": (
+            f"-c statement_timeout={statement_ms} -c idle_in_transaction_session_timeout={idle_ms}"
+        ),
+    }
+
+
+def _get(settings: Settings) -> tuple[Engine, sessionmaker[Session]]:
+    args = connect_args(settings)
+    key = (settings.DATABASE_URL, tuple(sorted(args.items())))
     with _lock:
-        entry = _engines.get(url)
+        entry = _engines.get(key)
         if entry is None or entry[0] != os.getpid():
             if entry is not None:
                 # Inherited from the parent across a fork: its sockets are the parent's.
                 entry[1].dispose(close=False)
-            engine = create_engine(url, pool_size=5, max_overflow=10)
+            engine = create_engine(
+                settings.DATABASE_URL,
+                pool_size=5,
+                max_overflow=10,
+                pool_timeout=settings.DATABASE_CONNECT_TIMEOUT,
+                connect_args=args,
+                hide_parameters=True,
+            )
             event.listen(engine, "checkout", _ping_if_idle)
             event.listen(engine, "checkin", _mark_used)
             event.listen(engine, "connect", _mark_used)  # a new connection needs no ping
             entry = (os.getpid(), engine, sessionmaker(engine, expire_on_commit=False))
-            _engines[url] = entry
+            _engines[key] = entry
         return entry[1], entry[2]
 
 
@@ -78,16 +109,16 @@ def dispose_all() -> None:
         _engines.clear()
 
 
-def ensure_database(url: str | None = None) -> bool:
+def ensure_database(url: str, *, connect_timeout_s: int = 10) -> bool:
     """Create the database named in ``url`` if it does not exist; True when it was created."""
-    sa_url = make_url(url or get_settings().DATABASE_URL)
+    sa_url = make_url(url)
     name = sa_url.database
     if not name:
         raise errors.ConfigurationError("DATABASE_URL", "names no database")
     admin = sa_url.set(drivername="postgresql", database="postgres")
     conninfo = admin.render_as_string(hide_password=False)
     try:
-        with psycopg.connect(conninfo, autocommit=True, connect_timeout=10) as conn:
+        with psycopg.connect(conninfo, autocommit=True, connect_timeout=connect_timeout_s) as conn:
             exists = conn.execute(
                 "SELECT 1 FROM pg_database WHERE datname = %s", (name,)
             ).fetchone()

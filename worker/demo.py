@@ -198,7 +198,7 @@ def environment(values: dict[str, str]) -> Iterator[None]:
 def _forget_stored_token() -> None:
     """Drop a token a previous demo stored: each run has a new simulator that never issued it
     (the worker would survive it with one 401 and one renewal, but the demo's count is clearer)."""
-    with db.sessions()() as session, session.begin():
+    with db.sessions(get_settings())() as session, session.begin():
         session.execute(delete(models.Credential))
 
 

@@ -105,7 +105,7 @@ class _Doctor:
         return f"account {account_id}, client {client_id}"
 
     def token(self) -> str:
-        self.store = TokenStore(self._settings(), db.sessions(), http=self.http)
+        self.store = TokenStore(self._settings(), db.sessions(get_settings()), http=self.http)
         try:
             self.fetched = got = self.store.get()
         except errors.CircuitOpen as exc:

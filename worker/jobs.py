@@ -19,6 +19,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from worker import db, errors, ledger, meeting_body, models
+from worker.config import get_settings
 from worker.ledger import CREATE, DELETE, RESERVED_AGENDA_CHARS
 from worker.models import Job as JobRow
 from worker.models import Meeting as MeetingRow
@@ -99,14 +100,14 @@ def delete_meeting(
     if (meeting_id is None) == (create_job_id is None):
         raise errors.InvalidMeeting("meeting_id", "give either meeting_id or create_job_id")
     if create_job_id is not None:
-        with db.sessions()() as session:
+        with db.sessions(get_settings())() as session:
             create = _create_job(session, create_job_id)
             meeting_id, after = create.meeting_id, create.id
         if meeting_id is None:
             row = _new_delete(None, occurrence_id, idempotency_key, after_job_id=after)
             return _record_and_dispatch(row)
     row = _new_delete(meeting_id, occurrence_id, idempotency_key)
-    with db.sessions()() as session, session.begin():
+    with db.sessions(get_settings())() as session, session.begin():
         _check_created_here(session, row.meeting_id)
     return _record_and_dispatch(row)
 
@@ -117,7 +118,7 @@ def get_job(job_id: uuid.UUID | str) -> Job | None:
         key = job_id if isinstance(job_id, uuid.UUID) else uuid.UUID(str(job_id))
     except ValueError:
         return None
-    with db.sessions()() as session:
+    with db.sessions(get_settings())() as session:
         row = session.get(JobRow, key)
         return Job.from_row(row) if row is not None else None
 
@@ -127,13 +128,13 @@ def list_jobs(status: str | None = None, *, limit: int = 50) -> list[Job]:
     query = select(JobRow).order_by(JobRow.updated_at.desc()).limit(limit)
     if status:
         query = query.where(JobRow.status == status)
-    with db.sessions()() as session:
+    with db.sessions(get_settings())() as session:
         return [Job.from_row(row) for row in session.scalars(query)]
 
 
 def count_by_status() -> dict[str, int]:
     """How many jobs are in each status."""
-    with db.sessions()() as session:
+    with db.sessions(get_settings())() as session:
         rows = session.execute(select(JobRow.status, func.count()).group_by(JobRow.status))
         return {status: count for status, count in rows.all()}
 
@@ -150,7 +151,7 @@ def record_received(kind: str, kwargs: Mapping[str, Any], task_id: str) -> uuid.
             row = _new_create(kwargs.get("user_id"), kwargs.get("meeting"), key)
         else:
             row = _new_delete(kwargs.get("meeting_id"), kwargs.get("occurrence_id"), key)
-            with db.sessions()() as session:
+            with db.sessions(get_settings())() as session:
                 _check_created_here(session, row.meeting_id)
     except errors.InvalidMeeting as exc:
         log.warning("job.rejected task_id=%s %s", task_id, exc)
@@ -244,6 +245,6 @@ def _record_and_dispatch(row: JobRow) -> uuid.UUID:
 
 def jobs_for(ids: Sequence[uuid.UUID]) -> list[Job]:
     """Several jobs at once, in the order of ``ids`` (the demo and the tests)."""
-    with db.sessions()() as session:
+    with db.sessions(get_settings())() as session:
         rows = {row.id: row for row in session.scalars(select(JobRow).where(JobRow.id.in_(ids)))}
         return [Job.from_row(rows[job_id]) for job_id in ids if job_id in rows]

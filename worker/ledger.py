@@ -110,7 +110,7 @@ def claim(job_id: uuid.UUID) -> Claim | None:
         )
         .returning(JobRow, old.c.was_maybe_sent)
     )
-    with db.sessions()() as session, session.begin():
+    with db.sessions(get_settings())() as session, session.begin():
         result = session.execute(statement).one_or_none()
         if result is None:
             return None
@@ -153,7 +153,7 @@ def record_created(job: Claim, meeting_id: int, join_url: str | None, *, adopted
     minutes = duration if isinstance(duration, int) else meeting_body.DEFAULT_DURATION
     has_start = isinstance(body.get("start_time"), str)
     start = end - timedelta(minutes=minutes) if end is not None and has_start else None
-    with db.sessions()() as session, session.begin():
+    with db.sessions(get_settings())() as session, session.begin():
         session.execute(
             pg_insert(MeetingRow)
             .values(
@@ -185,7 +185,7 @@ def record_deleted(
 
     ``meeting_id`` is the meeting found through the job's create job, when it had none."""
     meeting_id = meeting_id or job.meeting_id
-    with db.sessions()() as session, session.begin():
+    with db.sessions(get_settings())() as session, session.begin():
         if not job.occurrence_id and meeting_id is not None:
             session.execute(
                 update(MeetingRow)
@@ -209,7 +209,7 @@ def resolve_create(job: Claim) -> tuple[str, int | None]:
     reason). ("pending", None) while it runs or may have reached Zoom: the delete waits.
     The create row is locked meanwhile, so a worker cannot claim it halfway.
     """
-    with db.sessions()() as session, session.begin():
+    with db.sessions(get_settings())() as session, session.begin():
         create = session.get(JobRow, job.after_job_id, with_for_update=True)
         if create is None or create.status == models.FAILED:
             return "failed", None
@@ -231,7 +231,7 @@ def record_failed(job: Claim, reason: str, *, maybe_sent: bool = False) -> bool:
 
     ``maybe_sent`` keeps the mark of a create whose last request may have made a meeting,
     so the cleanup can find and remove that orphan."""
-    with db.sessions()() as session, session.begin():
+    with db.sessions(get_settings())() as session, session.begin():
         return _finish(session, job, status=models.FAILED, error=reason, maybe_sent=maybe_sent)
 
 
@@ -253,7 +253,7 @@ def record_retry(
     the sweeper dispatches it when due.
     """
     lease = timedelta(seconds=get_settings().JOB_LEASE_SECONDS) if on_broker else timedelta()
-    with db.sessions()() as session, session.begin():
+    with db.sessions(get_settings())() as session, session.begin():
         result = session.execute(
             update(JobRow)
             .where(JobRow.id == job.job_id, JobRow.claim_token == job.token)
@@ -331,7 +331,7 @@ def sweep(limit: int = 500) -> int:
             JobRow.id, JobRow.kind, JobRow.status, JobRow.user_id, JobRow.topic, JobRow.meeting_id
         )
     )
-    with db.sessions()() as session, session.begin():
+    with db.sessions(get_settings())() as session, session.begin():
         rows = session.execute(statement).all()
     for job_id, kind, status, user_id, topic, meeting_id in rows:
         log.info("job.sweep_dispatch job_id=%s status=%s", job_id, status)
@@ -341,7 +341,7 @@ def sweep(limit: int = 500) -> int:
 
 def release_held(held_for: str) -> int:
     """Make every job held for ``held_for`` due now (the sweeper then dispatches it)."""
-    with db.sessions()() as session, session.begin():
+    with db.sessions(get_settings())() as session, session.begin():
         result = session.execute(
             update(JobRow)
             .where(JobRow.status == models.WAITING, JobRow.held_for == held_for)
@@ -370,7 +370,7 @@ def insert(row: JobRow) -> tuple[uuid.UUID, bool]:
         .on_conflict_do_nothing(index_elements=[JobRow.idempotency_key])
         .returning(JobRow.id)
     )
-    with db.sessions()() as session, session.begin():
+    with db.sessions(get_settings())() as session, session.begin():
         inserted = session.execute(statement).scalar_one_or_none()
         if inserted is not None:
             log.info("job.recorded job_id=%s kind=%s", inserted, row.kind)

@@ -131,7 +131,7 @@ class FleetCollector(Collector):
         counters: FleetCounters,
         token_status: Callable[[], TokenStatus] | None = None,
     ) -> None:
-        self._database_url = settings.DATABASE_URL
+        self._settings = settings
         self._counters = counters
         self._token_status = token_status
 
@@ -165,7 +165,7 @@ class FleetCollector(Collector):
     def _jobs(self) -> Iterator[Metric]:
         age = func.extract("epoch", func.now() - func.min(models.Job.created_at))
         query = select(models.Job.status, func.count(), age).group_by(models.Job.status)
-        with db.sessions(self._database_url)() as session:
+        with db.sessions(self._settings)() as session:
             rows = {status: (count, oldest) for status, count, oldest in session.execute(query)}
         jobs = GaugeMetricFamily("zoom_worker_jobs", "Jobs by status", labels=["status"])
         for status in sorted({*STATUSES, *rows}):
@@ -210,7 +210,7 @@ def start_exporter(settings: Settings) -> None:
         registry = CollectorRegistry()
         status = None
         if settings.has_credentials:
-            status = TokenStore(settings, db.sessions(settings.DATABASE_URL)).status
+            status = TokenStore(settings, db.sessions(settings)).status
         counters = FleetCounters.from_url(settings.redis_url)
         registry.register(FleetCollector(settings, counters, status))
         server: WSGIServer | None = None

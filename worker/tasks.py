@@ -34,7 +34,7 @@ def runtime() -> meetings.Runtime:
     with _runtime_lock:
         if _runtime is None or _runtime[0] != os.getpid():
             settings = get_settings()
-            store = TokenStore(settings, db.sessions())
+            store = TokenStore(settings, db.sessions(get_settings()))
             counters = metrics.FleetCounters.from_url(settings.redis_url)
             client = zoom.ZoomClient(
                 settings.ZOOM_API_URL,
