@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import threading
 import uuid
@@ -16,12 +17,11 @@ from conftest import PG_BASE
 from sqlalchemy import select, text
 from sqlalchemy.dialects.postgresql import insert
 
-from worker import cleanup, db, errors, gate, meetings, ratelimit, zoom
+from worker import celery_app, cleanup, db, errors, gate, meetings, ratelimit
 from worker.config import get_settings
 from worker.models import Job as JobRow
 from worker.models import Meeting as MeetingRow
 from worker.simulator import SimulatorClient
-from worker.token_store import TokenStore
 
 pytestmark = pytest.mark.usefixtures("env")
 
@@ -32,16 +32,12 @@ BODY = {"topic": "Cleanup", "type": 2, "duration": 30, "agenda": "Weekly plannin
 @contextlib.contextmanager
 def _runtime(gate_: meetings.Gate | None = None) -> Iterator[meetings.Runtime]:
     """A Runtime built as worker.tasks.runtime() builds it, with an open gate by default."""
-    settings = get_settings()
-    store = TokenStore(settings, db.sessions(get_settings()))
-    client = zoom.ZoomClient(settings.ZOOM_API_URL, zoom.ZoomAuth(store), timeout_s=5)
+    built = meetings.Runtime.from_settings(get_settings(), send=celery_app.send)
     try:
-        yield meetings.Runtime(
-            settings=settings, client=client, gate=gate_ or meetings.OpenGate(), store=store
-        )
+        yield dataclasses.replace(built, gate=gate_ or meetings.OpenGate())
     finally:
-        client.close()
-        store.close()
+        built.client.close()
+        built.store.close()
 
 
 @pytest.fixture
@@ -372,7 +368,9 @@ def test_cleanup__orphan_with_agenda_cut_in_list__found_through_get(
 ) -> None:
     host = "long@example.com"
     agenda = "Long agenda. " * 30  # 390 characters: the list call shows 250, not the marker
-    marker = _failed_job(host, agenda, error="gave up after 6 attempts; last error: HTTP 502")
+    marker = _failed_job(
+        host, agenda, error="gave up after 6 attempts; last error: HTTP 502", gave_up=True
+    )
     orphan = runtime.client.create_meeting(host, {**BODY, "agenda": f"{agenda}\n\n{marker}"})
     other = runtime.client.create_meeting(host, {**BODY, "agenda": "Unrelated"})
     # A job that failed before calling Zoom is no orphan's (its outcome is known): not looked at.

@@ -38,6 +38,11 @@ pytestmark = [pytest.mark.fleet, pytest.mark.usefixtures("env")]
 LEASE_S = 6
 FLEET_ENV = {
     "JOB_LEASE_SECONDS": str(LEASE_S),
+    # A lease must outlast a call made after the claim check (Settings.attempt_bound_s):
+    # 2 x 1.5 + 1 + 1 + 1 <= 6.
+    "ZOOM_HTTP_TIMEOUT": "1.5",
+    "ZOOM_TOKEN_LOCK_TIMEOUT": "1",
+    "ZOOM_TOKEN_REQUEST_TIMEOUT": "1",
     "SWEEP_INTERVAL_SECONDS": "1",
     # Faults are drawn at random: no job may give up within the test.
     "JOB_MAX_ATTEMPTS": "10",

@@ -12,9 +12,10 @@ import pytest
 import redis
 from sqlalchemy import func, select
 
-from worker import db, errors, jobs, ledger, meetings
+from worker import celery_app, db, errors, jobs, ledger, meetings
 from worker.config import get_settings
 from worker.models import Job as JobRow
+from worker.outcomes import Failed, Succeeded
 from worker.simulator import SimulatorClient
 
 pytestmark = pytest.mark.usefixtures("env")
@@ -37,6 +38,11 @@ def _messages(broker: redis.Redis) -> list[dict[str, Any]]:
         _args, kwargs, _embed = json.loads(base64.b64decode(envelope["body"]))
         messages.append({"task": envelope["headers"]["task"], "kwargs": kwargs, "raw": raw})
     return messages
+
+
+def _ledger() -> ledger.Ledger:
+    """The ledger as a worker builds it, with the current settings."""
+    return ledger.Ledger.from_settings(get_settings(), celery_app.send)
 
 
 def _job_count() -> int:
@@ -112,7 +118,7 @@ def test_create_meeting__broker_down__job_kept_for_sweeper(monkeypatch: pytest.M
     def refuse(*args: Any, **kwargs: Any) -> None:
         raise ConnectionError("broker down")
 
-    monkeypatch.setattr(ledger.app, "send_task", refuse)
+    monkeypatch.setattr(celery_app.app, "send_task", refuse)
     job_id = jobs.create_meeting("host@example.com", BODY)
 
     job = jobs.get_job(job_id)
@@ -127,58 +133,58 @@ def test_sweep__lease_expired__dispatched_again_once(broker: redis.Redis) -> Non
         assert row is not None and row.lease_expires_at is not None
         row.lease_expires_at = row.lease_expires_at.replace(year=2000)
 
-    assert ledger.sweep() == 1
-    assert ledger.sweep() == 0, "the lease was pushed forward: no second dispatch"
+    assert _ledger().sweep() == 1
+    assert _ledger().sweep() == 0, "the lease was pushed forward: no second dispatch"
     assert [m["kwargs"]["job_id"] for m in _messages(broker)] == [str(job_id)]
 
 
 def test_claim__only_one_holder() -> None:
     job_id = jobs.create_meeting("host@example.com", BODY)
 
-    first = ledger.claim(job_id)
-    second = ledger.claim(job_id)
+    first = _ledger().claim(job_id)
+    second = _ledger().claim(job_id)
 
     assert first is not None and second is None
-    assert ledger.record_failed(first, "test") is True
-    assert ledger.claim(job_id) is None, "a finished job is never claimed again"
+    assert _ledger().record(first, Failed("test")) is True
+    assert _ledger().claim(job_id) is None, "a finished job is never claimed again"
 
 
 def test_delete_by_create_job__create_not_started__cancelled() -> None:
     create = jobs.create_meeting("host@example.com", BODY)
     delete = jobs.delete_meeting(create_job_id=create)
-    claim = ledger.claim(delete)
+    claim = _ledger().claim(delete)
     assert claim is not None and claim.meeting_id is None and claim.after_job_id == create
 
-    assert ledger.resolve_create(claim) == ("cancelled", None)
+    assert _ledger().resolve_create(claim) == ("cancelled", None)
 
     cancelled = jobs.get_job(create)
     assert cancelled is not None and cancelled.status == "failed"
     assert cancelled.error == f"cancelled by delete job {delete} before it ran"
-    assert ledger.claim(create) is None, "a cancelled create never runs"
+    assert _ledger().claim(create) is None, "a cancelled create never runs"
 
 
 def test_delete_by_create_job__create_running__waits() -> None:
     create = jobs.create_meeting("host@example.com", BODY)
-    running = ledger.claim(create)
+    running = _ledger().claim(create)
     assert running is not None
-    delete = ledger.claim(jobs.delete_meeting(create_job_id=create))
+    delete = _ledger().claim(jobs.delete_meeting(create_job_id=create))
     assert delete is not None
 
-    assert ledger.resolve_create(delete) == ("pending", None)
+    assert _ledger().resolve_create(delete) == ("pending", None)
 
-    ledger.record_created(running, 85746065432, "https://zoom.us/j/85746065432", adopted=False)
-    assert ledger.resolve_create(delete) == ("meeting", 85746065432)
+    _ledger().record(running, Succeeded(85746065432, "https://zoom.us/j/85746065432"))
+    assert _ledger().resolve_create(delete) == ("meeting", 85746065432)
 
 
 def test_delete_by_create_job__already_made__deletes_that_meeting(broker: redis.Redis) -> None:
     create = jobs.create_meeting("host@example.com", BODY)
-    running = ledger.claim(create)
+    running = _ledger().claim(create)
     assert running is not None
-    ledger.record_created(running, 85746065432, None, adopted=False)
+    _ledger().record(running, Succeeded(85746065432))
 
     delete = jobs.delete_meeting(create_job_id=create)
 
-    claim = ledger.claim(delete)
+    claim = _ledger().claim(delete)
     assert claim is not None and claim.meeting_id == 85746065432
 
 
@@ -211,9 +217,9 @@ def test_claim__worker_dies_every_time__failed_as_poison_keeping_the_mark(
             row.lease_expires_at = row.lease_expires_at.replace(year=2000)
 
     for _ in range(2):
-        assert ledger.claim(job_id) is not None  # ... and the worker dies mid-call
+        assert _ledger().claim(job_id) is not None  # ... and the worker dies mid-call
         expire_lease()
-    assert ledger.claim(job_id) is None
+    assert _ledger().claim(job_id) is None
 
     job = jobs.get_job(job_id)
     assert job is not None and job.status == "failed"
@@ -241,7 +247,7 @@ def test_retry__wait_beyond_visibility_timeout__parked_in_postgres_not_on_broker
 ) -> None:
     job_id = jobs.create_meeting("host@example.com", BODY)
     broker.delete("celery")
-    claim = ledger.claim(job_id)
+    claim = _ledger().claim(job_id)
     assert claim is not None
     retry_at = datetime.now(UTC) + wait
     limited = errors.RateLimited("429", retry_at=retry_at)
@@ -250,6 +256,7 @@ def test_retry__wait_beyond_visibility_timeout__parked_in_postgres_not_on_broker
         client=_RefusingClient(limited),  # type: ignore[arg-type]
         gate=meetings.OpenGate(),
         store=None,  # type: ignore[arg-type]
+        ledger=_ledger(),
     )
 
     reschedule = meetings.run(claim, runtime)

@@ -7,6 +7,11 @@ worker holds at most one message per process), and a Redis ``visibility_timeout`
 every countdown we ever give the broker (a longer wait is parked in PostgreSQL instead,
 because Redis would redeliver an unacknowledged countdown message once the timeout passes).
 
+Time limits: each job task is stopped before its lease ends (soft limit, then the process is
+killed at the hard limit), so a worker never works on a job the sweeper has given to another;
+the fence before each Zoom call (``worker.ledger``) covers a process frozen past the limit.
+The cleanup task's limit follows its own time budget, which is longer than a job's lease.
+
 Configuration is read from Settings lazily, when Celery first needs it, never at import.
 """
 
@@ -21,6 +26,30 @@ from worker.config import Settings, get_settings
 
 SWEEP_TASK = "jobs.sweep"
 CLEANUP_TASK = "meetings.cleanup_stale"
+JOB_TASKS = ("meetings.create", "meetings.delete")
+# Between the soft time limit (SoftTimeLimitExceeded in the task) and the hard one (the
+# process is killed): time for the task to record what it was doing.
+SOFT_LIMIT_HEADROOM_S = 1.0
+
+
+def cleanup_budget_s(settings: Settings) -> float:
+    """How long one cleanup run may work: it ends well before the next beat."""
+    return settings.CLEANUP_INTERVAL_MINUTES * 60 * 0.8
+
+
+def time_limits(settings: Settings) -> dict[str, dict[str, float]]:
+    """Celery's soft and hard time limits per task name (``task_annotations``).
+
+    A job task is killed no later than its lease ends (the lease starts at the claim, just
+    after the task starts). The cleanup may overrun its budget by one call and its waits.
+    """
+    job_hard = float(settings.JOB_LEASE_SECONDS)
+    cleanup_soft = cleanup_budget_s(settings) + settings.attempt_bound_s
+    limits = {name: (job_hard - SOFT_LIMIT_HEADROOM_S, job_hard) for name in JOB_TASKS}
+    limits[CLEANUP_TASK] = (cleanup_soft, cleanup_soft + 30)
+    return {
+        name: {"soft_time_limit": soft, "time_limit": hard} for name, (soft, hard) in limits.items()
+    }
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -39,6 +68,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Flower sees tasks without extra flags.
         "worker_send_task_events": True,
         "task_send_sent_event": True,
+        "task_annotations": time_limits(settings),
         "timezone": "UTC",
         "enable_utc": True,
         "beat_schedule": {
@@ -58,3 +88,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 app = Celery("worker", include=["worker.tasks"])
 app.add_defaults(lambda: celery_config(get_settings()))
+
+
+def send(task_name: str, kwargs: dict[str, Any]) -> None:
+    """Put a task on the broker by name, once (the ledger's ``send``; a failure is the
+    caller's to handle: the sweeper dispatches the job again)."""
+    app.send_task(task_name, kwargs=kwargs, retry=False)

@@ -309,7 +309,7 @@ class _Run:
             j.meeting_id.is_(None),
             j.user_id.is_not(None),
             finished > func.now() - ORPHAN_WINDOW,
-            or_(j.maybe_sent, j.error.like("gave up%")),
+            or_(j.maybe_sent, j.gave_up),
             ~known,
         )
         hosts = (

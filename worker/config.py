@@ -24,6 +24,9 @@ PLAN_RATE_LIMITS: dict[str, dict[str, int]] = {
     "business": {"light": 80, "medium": 60, "heavy": 40},
 }
 
+# What a lease keeps beyond the longest call after the claim check (recording the outcome).
+LEASE_MARGIN_S = 1.0
+
 
 class Settings(BaseSettings):
     """Every setting of the service, typed; see the README's configuration table."""
@@ -70,6 +73,10 @@ class Settings(BaseSettings):
     JOB_LEASE_SECONDS: int = Field(300, ge=5)
     JOB_MAX_ATTEMPTS: int = Field(6, ge=1, le=100)
     JOB_MAX_DELIVERIES: int = Field(10, ge=1, le=1000)
+    # Transient failures (Zoom or our infrastructure unwell) give up only after this many
+    # seconds counted from the first failed attempt; time held (rate limits, credentials)
+    # does not count. JOB_MAX_ATTEMPTS then bounds only unexpected errors.
+    JOB_GIVE_UP_AFTER: float = Field(86400.0, gt=0)
     RETRY_BACKOFF_BASE: float = Field(2.0, gt=0)
     RETRY_BACKOFF_MAX: float = Field(300.0, gt=0)
     CELERY_VISIBILITY_TIMEOUT: int = Field(3600, ge=60)
@@ -91,6 +98,30 @@ class Settings(BaseSettings):
         if self.RETRY_BACKOFF_MAX >= self.CELERY_VISIBILITY_TIMEOUT:
             raise ValueError("RETRY_BACKOFF_MAX must be below CELERY_VISIBILITY_TIMEOUT")
         return self
+
+    @model_validator(mode="after")
+    def _check_lease(self) -> Settings:
+        # Raised as is (not a ValueError), so it names JOB_LEASE_SECONDS, not "settings".
+        if self.attempt_bound_s + LEASE_MARGIN_S > self.JOB_LEASE_SECONDS:
+            raise errors.ConfigurationError(
+                "JOB_LEASE_SECONDS",
+                f"must be at least {self.attempt_bound_s + LEASE_MARGIN_S:g}: "
+                "2 x ZOOM_HTTP_TIMEOUT + ZOOM_TOKEN_LOCK_TIMEOUT + ZOOM_TOKEN_REQUEST_TIMEOUT "
+                f"+ {LEASE_MARGIN_S:g}, so a call made after the claim was checked ends "
+                "before the lease does",
+            )
+        return self
+
+    @property
+    def attempt_bound_s(self) -> float:
+        """The longest a call that changes Zoom can take once the claim was checked: the
+        token (its row lock, then a token request) and the call, twice (a 401 renews the
+        token and retries once). The lease must outlast it (see ``_check_lease``)."""
+        return (
+            2 * self.ZOOM_HTTP_TIMEOUT
+            + self.ZOOM_TOKEN_LOCK_TIMEOUT
+            + self.ZOOM_TOKEN_REQUEST_TIMEOUT
+        )
 
     @property
     def redis_url(self) -> str:

@@ -163,6 +163,10 @@ def _settings_env(options: DemoOptions, sim: simulator.RunningSimulator) -> dict
         "RETRY_BACKOFF_BASE": "0.5",
         "RETRY_BACKOFF_MAX": "5",
         "JOB_LEASE_SECONDS": "30",
+        # The lease outlasts a call made after the claim check: 2 x 5 + 5 + 5 + 1 <= 30.
+        "ZOOM_HTTP_TIMEOUT": "5",
+        "ZOOM_TOKEN_LOCK_TIMEOUT": "5",
+        "ZOOM_TOKEN_REQUEST_TIMEOUT": "5",
         "SWEEP_INTERVAL_SECONDS": "5",
         **(
             {"ZOOM_RATE_LIMITS": ",".join(f"{k}={v}" for k, v in RATE_LIMITS.items())}

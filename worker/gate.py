@@ -54,6 +54,15 @@ class FleetGate:
         self._governor = governor
         self._settings = settings
 
+    @classmethod
+    def from_settings(cls, settings: Settings) -> FleetGate:
+        """The gate over the fleet's governor in ``REDIS_URL``, planning for
+        ``RATE_HEADROOM`` of each per-second limit."""
+        limits = {
+            name: rate * settings.RATE_HEADROOM for name, rate in settings.rate_limits.items()
+        }
+        return cls(RateGovernor.from_url(settings.redis_url, limits), settings)
+
     def before_call(
         self, operation: str, user_id: str | None = None, slot_at: float | None = None
     ) -> None:

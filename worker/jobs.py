@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from worker import db, errors, ledger, meeting_body, models
+from worker import celery_app, db, errors, ledger, meeting_body, models
 from worker.config import get_settings
 from worker.ledger import CREATE, DELETE, RESERVED_AGENDA_CHARS
 from worker.models import Job as JobRow
@@ -238,7 +238,12 @@ def _record_and_dispatch(row: JobRow) -> uuid.UUID:
     job_id, created = ledger.insert(row)
     if created:
         ledger.dispatch(
-            job_id, row.kind, user_id=row.user_id, topic=row.topic, meeting_id=row.meeting_id
+            job_id,
+            row.kind,
+            user_id=row.user_id,
+            topic=row.topic,
+            meeting_id=row.meeting_id,
+            send=celery_app.send,
         )
     return job_id
 

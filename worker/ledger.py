@@ -1,13 +1,34 @@
 """The ledger: every write to the ``jobs`` and ``meetings`` tables, and the broker dispatch.
 
+Protocol
+--------
 A job is written to PostgreSQL before it is put on the broker. The broker message only says
-"work on job X": a worker *claims* the job (a compare-and-swap on status and lease that also
-sets a fresh ``claim_token``), and only the holder of the current claim may record an
-outcome. Anything not finished by its ``lease_expires_at`` is dispatched again by the
-sweeper, which also revokes the dead holder's claim, so a lost message, a dead worker or an
-emptied Redis delays a job but never loses it, and one job never runs in two places at once.
-Apart from the cleanup's stale-meeting states (:mod:`worker.cleanup`), this module is the
-only writer of ``jobs`` and ``meetings``; :mod:`worker.jobs` is the producers' API on top.
+"work on job X":
+
+1. **Claim.** A worker claims the job: one compare-and-swap on status, due time and lease that
+   sets a fresh ``claim_token`` and ``lease_expires_at = now() + JOB_LEASE_SECONDS``. A
+   retrying or waiting job is not claimable before its ``next_attempt_at`` (a stray message
+   finds nothing to do).
+2. **Fence.** Right before every call that changes Zoom (create, delete) the holder proves it
+   still holds the claim in one statement that also extends the lease (:meth:`Ledger.fence`);
+   a holder that lost it gets :class:`~worker.errors.ClaimLost` and stops without calling.
+   Settings under which the call can outlive that extension are refused at start
+   (``Settings.attempt_bound_s``).
+3. **Record.** Only the holder of the current claim records an outcome
+   (:meth:`Ledger.record`, one place for every :mod:`worker.outcomes` value). One exception:
+   a meeting made by a holder that lost its claim *after* its fence is still written to
+   ``meetings``, adopted by the job if the job has no meeting yet, else kept as an orphan
+   whose ``scheduled_end`` is :data:`worker.recording.ORPHAN_END`, so the next cleanup deletes it.
+4. **Sweep.** Anything unfinished past its lease is dispatched again by the sweeper, which
+   revokes a running job's claim in the same statement, so a lost message, a dead or frozen
+   worker or an emptied Redis delays a job but never loses it, and one job never runs in two
+   places at once.
+
+Every lease is computed on the database's clock (``now()``), never a host's. Apart from the
+cleanup's stale-meeting states (:mod:`worker.cleanup`), this module is the only writer of
+``jobs`` and ``meetings``; :mod:`worker.jobs` is the producers' API on top. The module-level
+functions (:func:`insert`, :func:`dispatch`, :func:`topic_of`, the marker) are what
+:mod:`worker.jobs` and :mod:`worker.cleanup` use without a :class:`Ledger`.
 """
 
 from __future__ import annotations
@@ -15,20 +36,34 @@ from __future__ import annotations
 import logging
 import secrets
 import uuid
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeAlias
 
 from sqlalchemy import ColumnElement, and_, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
-from worker import db, errors, meeting_body, models
-from worker.celery_app import app
-from worker.config import get_settings
+from worker import db, errors, models, recording
+from worker.config import Settings, get_settings
 from worker.models import Job as JobRow
-from worker.models import Meeting as MeetingRow
+from worker.outcomes import Failed, Hold, HoldReason, Outcome, Reschedule, Retry, Succeeded
+from worker.recording import Claim, CreateResult, CreateState
+
+# Claim, CreateResult and CreateState live in worker.recording (size) and are the ledger's.
+__all__ = [
+    "CREATE",
+    "DELETE",
+    "Claim",
+    "CreateResult",
+    "CreateState",
+    "Ledger",
+    "Send",
+    "agenda_with_marker",
+    "dispatch",
+    "insert",
+    "topic_of",
+]
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +73,12 @@ TASK_NAMES = {CREATE: "meetings.create", DELETE: "meetings.delete"}
 MARKER_SEPARATOR = "\n\n"
 MARKER_LENGTH = len("[zw:0123456789abcdef]")
 RESERVED_AGENDA_CHARS = len(MARKER_SEPARATOR) + MARKER_LENGTH
+# A message may arrive this much before next_attempt_at (hosts' clocks differ from the
+# database's by a little); earlier than that it is a stray and claims nothing.
+CLAIM_EARLY = timedelta(seconds=1)
+
+Send: TypeAlias = Callable[[str, dict[str, Any]], None]
+"""Puts a task on the broker by name with these kwargs (``worker.celery_app.send``)."""
 
 
 def agenda_with_marker(agenda: object, marker: str) -> str:
@@ -46,311 +87,251 @@ def agenda_with_marker(agenda: object, marker: str) -> str:
     return f"{text}{MARKER_SEPARATOR}{marker}" if text else marker
 
 
-@dataclass(frozen=True)
-class Claim:
-    """A job claimed by this worker: what the work needs, and the token to record with."""
+class Ledger:
+    """The worker's side of the ledger, built once per process from Settings.
 
-    job_id: uuid.UUID
-    kind: str
-    token: str
-    user_id: str | None
-    body: dict[str, Any] | None
-    marker: str | None
-    meeting_id: int | None
-    occurrence_id: str | None
-    # A delete that names its create job instead of a meeting id.
-    after_job_id: uuid.UUID | None
-    attempts: int
-    deferrals: int
-    deliveries: int
-    # A previous attempt of this create may have reached Zoom: look for the meeting first.
-    maybe_sent: bool
-
-
-def claim(job_id: uuid.UUID) -> Claim | None:
-    """Take the job for this worker, or None when it is finished, held, or not yet due.
-
-    A job is claimable when queued or retrying, waiting and due, or running with an expired
-    lease or a claim the sweeper revoked (its worker died). Each claim counts a delivery;
-    past ``JOB_MAX_DELIVERIES`` consecutive claims without an outcome the job is failed as
-    poison.
+    ``lease`` is ``JOB_LEASE_SECONDS``; ``max_deliveries`` is ``JOB_MAX_DELIVERIES``; a wait
+    longer than half of ``visibility_timeout`` is parked in PostgreSQL instead of being a
+    broker countdown (Redis would redeliver it early); ``send`` puts a task on the broker.
     """
-    settings = get_settings()
-    now = func.now()
-    old = (
-        select(JobRow.id, JobRow.maybe_sent.label("was_maybe_sent"))
-        .where(JobRow.id == job_id)
-        .with_for_update()
-        .subquery()
-    )
-    claimable: ColumnElement[bool] = or_(
-        JobRow.status.in_([models.QUEUED, models.RETRYING]),
-        and_(
-            JobRow.status == models.WAITING,
-            or_(JobRow.next_attempt_at.is_(None), JobRow.next_attempt_at <= now),
-        ),
-        # A holder whose lease ran out, or whose claim the sweeper revoked: it died.
-        and_(
-            JobRow.status == models.RUNNING,
-            or_(JobRow.lease_expires_at < now, JobRow.claim_token.is_(None)),
-        ),
-    )
-    token = secrets.token_hex(16)
-    statement = (
-        update(JobRow)
-        .where(JobRow.id == old.c.id, claimable)
-        .values(
-            status=models.RUNNING,
-            claim_token=token,
-            deliveries=JobRow.deliveries + 1,
-            maybe_sent=JobRow.kind == CREATE,
-            lease_expires_at=now + timedelta(seconds=settings.JOB_LEASE_SECONDS),
-            started_at=func.coalesce(JobRow.started_at, now),
-            updated_at=now,
-        )
-        .returning(JobRow, old.c.was_maybe_sent)
-    )
-    with db.sessions(get_settings())() as session, session.begin():
-        result = session.execute(statement).one_or_none()
-        if result is None:
-            return None
-        row, was_maybe_sent = result
-        job = Claim(
-            job_id=row.id,
-            kind=row.kind,
-            token=token,
-            user_id=row.user_id,
-            body=row.body,
-            marker=row.marker,
-            meeting_id=row.meeting_id,
-            occurrence_id=row.occurrence_id,
-            after_job_id=row.after_job_id,
-            attempts=row.attempts,
-            deferrals=row.deferrals,
-            deliveries=row.deliveries,
-            maybe_sent=bool(was_maybe_sent),
-        )
-        if job.deliveries > settings.JOB_MAX_DELIVERIES:
-            reason = (
-                f"gave up: delivered {job.deliveries} times in a row without finishing "
-                "(the worker died each time)"
-            )
-            # A create that died mid-call each time may have made a meeting: keep the mark.
-            _finish(session, job, status=models.FAILED, error=reason, maybe_sent=job.kind == CREATE)
-            log.error("job.poison job_id=%s %s", job.job_id, reason)
-            return None
-    if job.deliveries > 1:
-        log.warning("job.redelivered job_id=%s deliveries=%d", job.job_id, job.deliveries)
-    return job
 
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        *,
+        lease: timedelta,
+        max_deliveries: int,
+        visibility_timeout: timedelta,
+        send: Send,
+    ) -> None:
+        self._sessions = sessions
+        self.lease = lease
+        self.max_deliveries = max_deliveries
+        self.visibility_timeout = visibility_timeout
+        self._send = send
 
-def record_created(job: Claim, meeting_id: int, join_url: str | None, *, adopted: bool) -> bool:
-    """The create succeeded (or a lost reply's meeting was adopted): finish the job and add
-    the meeting to the service's ledger. False when this worker no longer holds the claim."""
-    body = job.body or {}
-    end = meeting_body.scheduled_end(body, created_at=datetime.now(UTC))
-    duration = body.get("duration")
-    minutes = duration if isinstance(duration, int) else meeting_body.DEFAULT_DURATION
-    has_start = isinstance(body.get("start_time"), str)
-    start = end - timedelta(minutes=minutes) if end is not None and has_start else None
-    with db.sessions(get_settings())() as session, session.begin():
-        session.execute(
-            pg_insert(MeetingRow)
-            .values(
-                meeting_id=meeting_id,
-                job_id=job.job_id,
-                user_id=job.user_id or "",
-                topic=topic_of(body),
-                start_time=start,
-                duration_min=duration if isinstance(duration, int) else None,
-                scheduled_end=end,
-            )
-            .on_conflict_do_nothing()
-        )
-        done = _finish(
-            session,
-            job,
-            status=models.SUCCEEDED,
-            meeting_id=meeting_id,
-            join_url=join_url,
-            error="adopted the meeting a lost reply had made" if adopted else None,
-        )
-    return done
-
-
-def record_deleted(
-    job: Claim, *, already_gone: bool, meeting_id: int | None = None, note: str | None = None
-) -> bool:
-    """The delete succeeded (or the meeting was already gone): finish and mark the meeting.
-
-    ``meeting_id`` is the meeting found through the job's create job, when it had none."""
-    meeting_id = meeting_id or job.meeting_id
-    with db.sessions(get_settings())() as session, session.begin():
-        if not job.occurrence_id and meeting_id is not None:
-            session.execute(
-                update(MeetingRow)
-                .where(MeetingRow.meeting_id == meeting_id, MeetingRow.state != models.DELETED)
-                .values(state=models.DELETED, deleted_at=func.now())
-            )
-        return _finish(
-            session,
-            job,
-            status=models.SUCCEEDED,
-            meeting_id=meeting_id,
-            error=note or ("the meeting was already gone" if already_gone else None),
+    @classmethod
+    def from_settings(cls, settings: Settings, send: Send) -> Ledger:
+        """The ledger for these settings, sending tasks with ``send``."""
+        return cls(
+            db.sessions(settings),
+            lease=timedelta(seconds=settings.JOB_LEASE_SECONDS),
+            max_deliveries=settings.JOB_MAX_DELIVERIES,
+            visibility_timeout=timedelta(seconds=settings.CELERY_VISIBILITY_TIMEOUT),
+            send=send,
         )
 
+    # -- claim and fence -----------------------------------------------------------------
 
-def resolve_create(job: Claim) -> tuple[str, int | None]:
-    """For a delete that names its create job: what that create came to.
+    def claim(self, job_id: uuid.UUID) -> Claim | None:
+        """Take the job for this worker, or None when it is finished, held, or not yet due.
 
-    Returns ("meeting", id) once it succeeded, ("failed", None) when it failed, and
-    ("cancelled", None) when it had not started and is now cancelled (failed with the
-    reason). ("pending", None) while it runs or may have reached Zoom: the delete waits.
-    The create row is locked meanwhile, so a worker cannot claim it halfway.
-    """
-    with db.sessions(get_settings())() as session, session.begin():
-        create = session.get(JobRow, job.after_job_id, with_for_update=True)
-        if create is None or create.status == models.FAILED:
-            return "failed", None
-        if create.status == models.SUCCEEDED:
-            return "meeting", create.meeting_id
-        startable = [models.QUEUED, models.RETRYING, models.WAITING]
-        if create.status in startable and create.claim_token is None and not create.maybe_sent:
-            create.status = models.FAILED
-            create.error = f"cancelled by delete job {job.job_id} before it ran"
-            create.finished_at = create.updated_at = datetime.now(UTC)
-            create.lease_expires_at = create.next_attempt_at = None
-            log.info("job.cancelled job_id=%s by delete job %s", create.id, job.job_id)
-            return "cancelled", None
-        return "pending", None
-
-
-def record_failed(job: Claim, reason: str, *, maybe_sent: bool = False) -> bool:
-    """The job failed for good; ``reason`` is in words an operator understands.
-
-    ``maybe_sent`` keeps the mark of a create whose last request may have made a meeting,
-    so the cleanup can find and remove that orphan."""
-    with db.sessions(get_settings())() as session, session.begin():
-        return _finish(session, job, status=models.FAILED, error=reason, maybe_sent=maybe_sent)
-
-
-def record_retry(
-    job: Claim,
-    reason: str,
-    *,
-    retry_at: datetime,
-    status: str,
-    counts_as_attempt: bool,
-    maybe_sent: bool,
-    on_broker: bool,
-    held_for: str | None = None,
-) -> bool:
-    """Hold the job until ``retry_at``: retrying (a failure) or waiting (held, not failing).
-
-    ``on_broker`` says a countdown message carries the retry; the lease then runs past
-    ``retry_at`` so the sweeper stays away. Otherwise the job is parked in PostgreSQL and
-    the sweeper dispatches it when due.
-    """
-    lease = timedelta(seconds=get_settings().JOB_LEASE_SECONDS) if on_broker else timedelta()
-    with db.sessions(get_settings())() as session, session.begin():
-        result = session.execute(
+        A job is claimable when queued, retrying or waiting and due, or running with an
+        expired lease or a claim the sweeper revoked (its worker died or froze). Each claim
+        counts a delivery; past ``max_deliveries`` consecutive claims without an outcome the
+        job is failed as poison (``gave_up``).
+        """
+        now = func.now()
+        old = (
+            select(JobRow.id, JobRow.maybe_sent.label("was_maybe_sent"))
+            .where(JobRow.id == job_id)
+            .with_for_update()
+            .subquery()
+        )
+        claimable: ColumnElement[bool] = or_(
+            and_(
+                JobRow.status.in_([models.QUEUED, models.RETRYING, models.WAITING]),
+                or_(JobRow.next_attempt_at.is_(None), JobRow.next_attempt_at <= now + CLAIM_EARLY),
+            ),
+            # A holder whose lease ran out, or whose claim the sweeper revoked.
+            and_(
+                JobRow.status == models.RUNNING,
+                or_(JobRow.lease_expires_at < now, JobRow.claim_token.is_(None)),
+            ),
+        )
+        token = secrets.token_hex(16)
+        statement = (
             update(JobRow)
-            .where(JobRow.id == job.job_id, JobRow.claim_token == job.token)
+            .where(JobRow.id == old.c.id, claimable)
             .values(
-                status=status,
-                error=reason,
-                attempts=JobRow.attempts + (1 if counts_as_attempt else 0),
-                deferrals=JobRow.deferrals + (0 if counts_as_attempt else 1),
-                deliveries=0,
-                maybe_sent=maybe_sent,
-                next_attempt_at=retry_at,
-                lease_expires_at=retry_at + lease,
-                held_for=held_for,
-                claim_token=None,
-                updated_at=func.now(),
+                status=models.RUNNING,
+                claim_token=token,
+                deliveries=JobRow.deliveries + 1,
+                maybe_sent=JobRow.kind == CREATE,
+                lease_expires_at=now + self.lease,
+                started_at=func.coalesce(JobRow.started_at, now),
+                updated_at=now,
+            )
+            .returning(
+                JobRow,
+                old.c.was_maybe_sent,
+                (now - JobRow.first_failed_at).label("failing_for"),
+                (now - JobRow.created_at).label("age"),
             )
         )
-        return bool(result.rowcount)  # type: ignore[attr-defined]
+        with self._sessions() as session, session.begin():
+            result = session.execute(statement).one_or_none()
+            if result is None:
+                return None
+            row, was_maybe_sent, failing_for, age = result
+            job = recording.claim_of(row, token, bool(was_maybe_sent), failing_for, age)
+            if job.deliveries > self.max_deliveries:
+                reason = (
+                    f"gave up: delivered {job.deliveries} times in a row without finishing "
+                    "(the worker died each time)"
+                )
+                # A create that died mid-call each time may have made a meeting: keep the mark.
+                failed = Failed(reason, gave_up=True, maybe_sent=job.kind == CREATE)
+                recording.finish(
+                    session, job, status=models.FAILED, **recording.failed_values(failed)
+                )
+                log.error("job.poison job_id=%s %s", job.job_id, reason)
+                return None
+        if job.deliveries > 1:
+            log.warning("job.redelivered job_id=%s deliveries=%d", job.job_id, job.deliveries)
+        return job
 
-
-def _finish(session: Session, job: Claim, *, status: str, **values: Any) -> bool:
-    values.setdefault("maybe_sent", False)
-    result = session.execute(
-        update(JobRow)
-        .where(JobRow.id == job.job_id, JobRow.claim_token == job.token)
-        .values(
-            status=status,
-            attempts=JobRow.attempts + 1,
-            claim_token=None,
-            deliveries=0,
-            lease_expires_at=None,
-            next_attempt_at=None,
-            held_for=None,
-            finished_at=func.now(),
-            updated_at=func.now(),
-            **values,
-        )
-    )
-    if not result.rowcount:  # type: ignore[attr-defined]
-        log.warning("job.claim_lost job_id=%s outcome %s not recorded", job.job_id, status)
-    return bool(result.rowcount)  # type: ignore[attr-defined]
-
-
-def sweep(limit: int = 500) -> int:
-    """Dispatch again every unfinished job whose lease has run out; returns how many.
-
-    Rows are taken with ``FOR UPDATE SKIP LOCKED`` and their lease is pushed forward in the
-    same statement, so two sweepers never dispatch the same job twice in one round. A
-    running job's claim is revoked in that statement too, so the holder that outlived its
-    lease can no longer record an outcome and the message dispatched here can claim the job.
-    """
-    settings = get_settings()
-    due = (
-        select(JobRow.id)
-        .where(
-            JobRow.status.in_([models.QUEUED, models.RUNNING, models.RETRYING, models.WAITING]),
-            JobRow.lease_expires_at <= func.now(),
-        )
-        .order_by(JobRow.lease_expires_at)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-        .scalar_subquery()
-    )
-    statement = (
-        update(JobRow)
-        .where(JobRow.id.in_(due))
-        .values(
-            lease_expires_at=func.now() + timedelta(seconds=settings.JOB_LEASE_SECONDS),
-            # Revoke a running job's expired claim: the message dispatched below may then
-            # claim it although the lease was just pushed forward (only queued, retrying and
-            # waiting jobs have no claim, so this changes nothing for them).
-            claim_token=None,
-        )
-        .returning(
-            JobRow.id, JobRow.kind, JobRow.status, JobRow.user_id, JobRow.topic, JobRow.meeting_id
-        )
-    )
-    with db.sessions(get_settings())() as session, session.begin():
-        rows = session.execute(statement).all()
-    for job_id, kind, status, user_id, topic, meeting_id in rows:
-        log.info("job.sweep_dispatch job_id=%s status=%s", job_id, status)
-        dispatch(job_id, kind, user_id=user_id, topic=topic, meeting_id=meeting_id)
-    return len(rows)
-
-
-def release_held(held_for: str) -> int:
-    """Make every job held for ``held_for`` due now (the sweeper then dispatches it)."""
-    with db.sessions(get_settings())() as session, session.begin():
-        result = session.execute(
+    def fence(self, job: Claim) -> None:
+        """Prove this worker still holds the claim and extend its lease, in one statement;
+        raise ClaimLost otherwise. Called right before every call that changes Zoom."""
+        statement = (
             update(JobRow)
-            .where(JobRow.status == models.WAITING, JobRow.held_for == held_for)
-            .values(next_attempt_at=func.now(), lease_expires_at=func.now())
+            .where(
+                JobRow.id == job.job_id,
+                JobRow.claim_token == job.token,
+                JobRow.status == models.RUNNING,
+            )
+            .values(lease_expires_at=func.now() + self.lease)
+            .returning(JobRow.id)
         )
-    released = int(result.rowcount)  # type: ignore[attr-defined]
-    if released:
-        log.info("job.released count=%d held_for=%s", released, held_for)
-    return released
+        with self._sessions() as session, session.begin():
+            held = session.execute(statement).scalar_one_or_none()
+        if held is None:
+            log.warning("job.claim_lost job_id=%s stopping before the call", job.job_id)
+            raise errors.ClaimLost(f"job {job.job_id} is no longer held by this worker")
+
+    # -- outcomes ------------------------------------------------------------------------
+
+    def record(self, job: Claim, outcome: Outcome) -> bool:
+        """Record what the attempt came to; False when this worker no longer holds the claim
+        (then nothing is recorded, except a meeting it made: see the module's protocol)."""
+        with self._sessions() as session, session.begin():
+            match outcome:
+                case Succeeded() if job.kind == CREATE:
+                    return recording.record_created(session, job, outcome)
+                case Succeeded():
+                    return recording.record_deleted(session, job, outcome)
+                case Failed():
+                    return recording.finish(
+                        session, job, status=models.FAILED, **recording.failed_values(outcome)
+                    )
+                case Retry() | Hold():
+                    countdown = self.countdown(outcome)
+                    # With a countdown on the broker the lease runs past the retry so the
+                    # sweeper stays away; a parked job's lease ends at the retry.
+                    lease = self.lease if countdown is not None else timedelta()
+                    return recording.record_later(session, job, outcome, lease=lease)
+
+    def countdown(self, outcome: Retry | Hold) -> float | None:
+        """Seconds until ``outcome.at`` when a broker countdown may carry the retry; None
+        when the wait is parked in PostgreSQL for the sweeper (beyond half the visibility
+        timeout, Redis would redeliver the countdown message early and run it twice)."""
+        delay_s = max(0.0, (outcome.at - datetime.now(UTC)).total_seconds())
+        return delay_s if delay_s <= self.visibility_timeout.total_seconds() / 2 else None
+
+    def reschedule(self, job: Claim, outcome: Outcome) -> Reschedule | None:
+        """Record ``outcome``; for a retry or hold a broker countdown carries, the Reschedule
+        the task raises (None otherwise, and when the claim was lost)."""
+        recorded = self.record(job, outcome)
+        if not recorded or not isinstance(outcome, Retry | Hold):
+            return None
+        countdown = self.countdown(outcome)
+        return None if countdown is None else Reschedule(countdown, outcome.slot_at)
+
+    # -- a delete that names its create job ------------------------------------------------
+
+    def resolve_create(self, job: Claim) -> CreateResult:
+        """For a delete that names its create job: what that create came to.
+
+        A create that had not started is cancelled here (failed with the reason). The create
+        row is locked meanwhile, so a worker cannot claim it halfway.
+        """
+        with self._sessions() as session, session.begin():
+            create = session.get(JobRow, job.after_job_id, with_for_update=True)
+            if create is None or create.status == models.FAILED:
+                return CreateResult(CreateState.FAILED, None)
+            if create.status == models.SUCCEEDED:
+                return CreateResult(CreateState.MEETING, create.meeting_id)
+            startable = [models.QUEUED, models.RETRYING, models.WAITING]
+            if create.status in startable and create.claim_token is None and not create.maybe_sent:
+                create.status = models.FAILED
+                create.error = f"cancelled by delete job {job.job_id} before it ran"
+                create.finished_at = create.updated_at = datetime.now(UTC)
+                create.lease_expires_at = create.next_attempt_at = None
+                log.info("job.cancelled job_id=%s by delete job %s", create.id, job.job_id)
+                return CreateResult(CreateState.CANCELLED, None)
+            return CreateResult(CreateState.PENDING, None)
+
+    # -- the sweeper -----------------------------------------------------------------------
+
+    def sweep(self, limit: int = 500) -> int:
+        """Dispatch again every unfinished job whose lease has run out; returns how many.
+
+        Rows are taken with ``FOR UPDATE SKIP LOCKED`` and their lease is pushed forward in
+        the same statement, so two sweepers never dispatch the same job twice in one round.
+        A running job's claim is revoked in that statement too, so the holder that outlived
+        its lease fails its next fence and can no longer record an outcome, and the message
+        dispatched here can claim the job.
+        """
+        due = (
+            select(JobRow.id)
+            .where(
+                JobRow.status.in_([models.QUEUED, models.RUNNING, models.RETRYING, models.WAITING]),
+                JobRow.lease_expires_at <= func.now(),
+            )
+            .order_by(JobRow.lease_expires_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
+        statement = (
+            update(JobRow)
+            .where(JobRow.id.in_(due))
+            # Revoking the claim changes nothing for queued, retrying and waiting jobs.
+            .values(lease_expires_at=func.now() + self.lease, claim_token=None)
+            .returning(
+                JobRow.id,
+                JobRow.kind,
+                JobRow.status,
+                JobRow.user_id,
+                JobRow.topic,
+                JobRow.meeting_id,
+            )
+        )
+        with self._sessions() as session, session.begin():
+            rows = session.execute(statement).all()
+        for job_id, kind, status, user_id, topic, meeting_id in rows:
+            log.info("job.sweep_dispatch job_id=%s status=%s", job_id, status)
+            dispatch(
+                job_id, kind, user_id=user_id, topic=topic, meeting_id=meeting_id, send=self._send
+            )
+        return len(rows)
+
+    def release_held(self, why: HoldReason) -> int:
+        """Make every job held for ``why`` due now (the sweeper then dispatches it)."""
+        with self._sessions() as session, session.begin():
+            result = session.execute(
+                update(JobRow)
+                .where(JobRow.status == models.WAITING, JobRow.held_for == why.value)
+                .values(next_attempt_at=func.now(), lease_expires_at=func.now())
+            )
+        released = int(result.rowcount)  # type: ignore[attr-defined]
+        if released:
+            log.info("job.released count=%d held_for=%s", released, why.value)
+        return released
+
+
+# -- what the producers' API and the cleanup use -------------------------------------------
 
 
 def insert(row: JobRow) -> tuple[uuid.UUID, bool]:
@@ -392,6 +373,7 @@ def dispatch(
     user_id: str | None,
     topic: str | None,
     meeting_id: int | None,
+    send: Send,
 ) -> None:
     """Put the job on the broker; a broker failure leaves it to the sweeper, nothing lost."""
     # What Flower shows: the job id and what an operator needs, never the body or secrets.
@@ -401,7 +383,7 @@ def dispatch(
     else:
         kwargs.update(meeting_id=meeting_id)
     try:
-        app.send_task(TASK_NAMES[kind], kwargs=kwargs, retry=False)
+        send(TASK_NAMES[kind], kwargs)
     except Exception as exc:  # kombu raises many types; the ledger row is what counts
         log.warning(
             "job.dispatch_failed job_id=%s the sweeper will dispatch it again: %s",

@@ -11,6 +11,17 @@ create is retried after an unknown outcome (a timeout or dropped connection afte
 carries the marker is adopted instead of creating a second one. The list call truncates the
 agenda to 250 characters, so when the marker could be cut off a candidate whose visible
 agenda matches is fetched whole with ``GET /meetings/{id}`` before it is adopted.
+
+What a failure means
+--------------------
+:func:`decide` turns the exception an attempt raised into an :mod:`worker.outcomes` value;
+it has no side effects (the "a 429 tells the fleet's gate" step is one call after it, in
+:func:`run`), so it is tested as a table. A 4xx that says the job is wrong fails at once;
+Zoom or our infrastructure being unwell (5xx, no answer, Redis, the token store, the
+database) is retried with full-jitter backoff until ``JOB_GIVE_UP_AFTER`` has passed since
+the first failed attempt; rate limits, the credential circuit, the token budget and a
+configuration error hold the job without counting. An unexpected error is retried at most
+``JOB_MAX_ATTEMPTS`` times. A claim lost before a call stops the attempt with nothing recorded.
 """
 
 from __future__ import annotations
@@ -22,14 +33,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from worker import errors, ledger, models, zoom
+import sqlalchemy.exc
+
+from worker import db, errors, gate, ledger, metrics, zoom
 from worker.config import Settings
+from worker.outcomes import Failed, Hold, HoldReason, Outcome, Reschedule, Retry, Succeeded
 from worker.token_store import TokenStore
 
 log = logging.getLogger(__name__)
 
 LIST_AGENDA_LIMIT = 250
-# How often a delete looks again at a create job that is still running.
+# How long a delete first waits for the create job it names; doubled at each wait.
 CREATE_WAIT = timedelta(seconds=2)
 
 
@@ -63,21 +77,33 @@ class OpenGate:
 
 @dataclass(frozen=True)
 class Runtime:
-    """What the work needs in a worker process."""
+    """What the work needs in a worker process, built once per process from Settings."""
 
     settings: Settings
     client: zoom.ZoomClient
     gate: Gate
     store: TokenStore
+    ledger: ledger.Ledger
 
-
-@dataclass(frozen=True)
-class Reschedule:
-    """Run the task again after ``countdown_s`` (a broker countdown, never past the
-    visibility timeout); ``slot_at`` is a rate permit reserved for that run."""
-
-    countdown_s: float
-    slot_at: float | None = None
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, *, send: Callable[[str, dict[str, Any]], None]
+    ) -> Runtime:
+        """The token store, Zoom client, gate and ledger for these settings; ``send`` puts a
+        task on the broker (``worker.celery_app.send``)."""
+        store = TokenStore(settings, db.sessions(settings))
+        counters = metrics.FleetCounters.from_url(settings.redis_url)
+        client = zoom.ZoomClient(
+            settings.ZOOM_API_URL,
+            zoom.ZoomAuth(store),
+            timeout_s=settings.ZOOM_HTTP_TIMEOUT,
+            on_response=counters.on_response,
+        )
+        permits: Gate = OpenGate()
+        if settings.RATE_GOVERNOR:
+            permits = gate.FleetGate.from_settings(settings)
+        work = ledger.Ledger.from_settings(settings, send)
+        return cls(settings=settings, client=client, gate=permits, store=store, ledger=work)
 
 
 def run(job: ledger.Claim, runtime: Runtime, *, slot_at: float | None = None) -> Reschedule | None:
@@ -86,13 +112,19 @@ def run(job: ledger.Claim, runtime: Runtime, *, slot_at: float | None = None) ->
     ``slot_at`` is a rate permit a previous run reserved; the first call uses it."""
     attempt = _Attempt(job, runtime, slot_at)
     try:
-        if job.kind == ledger.CREATE:
-            attempt.create()
-        else:
-            attempt.delete()
-    except Exception as exc:  # every failure is decided in one place, below
-        return _on_failure(attempt, exc)
-    return None
+        outcome = attempt.create() if job.kind == ledger.CREATE else attempt.delete()
+    except errors.ClaimLost:
+        return None  # another worker has the job now: nothing to call, nothing to record
+    except Exception as exc:  # every failure is decided in one place: decide()
+        if not isinstance(exc, errors.ZoomWorkerError | sqlalchemy.exc.OperationalError):
+            log.exception("job.unexpected_error job_id=%s", job.job_id, exc_info=exc)
+        outcome = decide(
+            exc, job, runtime.settings, sent=attempt.create_sent, reconciled=attempt.reconciled
+        )
+        if isinstance(exc, errors.RateLimited):
+            _tell_gate(runtime.gate, job, exc)
+    _log_outcome(job, outcome)
+    return runtime.ledger.reschedule(job, outcome)
 
 
 class _Attempt:
@@ -101,11 +133,12 @@ class _Attempt:
         self.slot_at = slot_at
         self.client = runtime.client
         self.gate = runtime.gate
+        self.ledger = runtime.ledger
         self.settings = runtime.settings
         self.create_sent = False
         self.reconciled = False
 
-    def create(self) -> None:
+    def create(self) -> Outcome:
         job = self.job
         assert job.user_id is not None and job.marker is not None
         if job.maybe_sent:
@@ -117,42 +150,37 @@ class _Attempt:
                     job.job_id,
                     found.id,
                 )
-                ledger.record_created(job, found.id, found.join_url, adopted=True)
-                return
+                note = "adopted the meeting a lost reply had made"
+                return Succeeded(found.id, found.join_url, note=note)
             log.info("meeting.reconciled job_id=%s no meeting made before; creating", job.job_id)
         body = dict(job.body or {})
         body["agenda"] = ledger.agenda_with_marker(body.get("agenda"), job.marker)
         self._permit("create", job.user_id)
+        self.ledger.fence(job)
         self.create_sent = True
         meeting = self.client.create_meeting(job.user_id, body)
         log.info("meeting.created job_id=%s meeting_id=%s", job.job_id, meeting.id)
-        ledger.record_created(job, meeting.id, meeting.join_url, adopted=False)
+        return Succeeded(meeting.id, meeting.join_url)
 
-    def delete(self) -> None:
+    def delete(self) -> Outcome:
         job = self.job
         meeting_id = job.meeting_id
         if meeting_id is None:
-            outcome, meeting_id = ledger.resolve_create(job)
-            if outcome == "pending":
-                raise errors.Deferred(
-                    f"the create job {job.after_job_id} has not finished",
-                    retry_at=datetime.now(UTC) + CREATE_WAIT,
-                    slot_at=None,
-                )
+            state, meeting_id = self.ledger.resolve_create(job)
+            if state is ledger.CreateState.PENDING:
+                return wait_for_create(job, self.settings, datetime.now(UTC))
             if meeting_id is None:
-                note = f"nothing to delete: the create job {outcome}"
-                log.info("meeting.nothing_to_delete job_id=%s create %s", job.job_id, outcome)
-                ledger.record_deleted(job, already_gone=True, note=note)
-                return
+                log.info("meeting.nothing_to_delete job_id=%s create %s", job.job_id, state)
+                return Succeeded(None, note=f"nothing to delete: the create job {state}")
         self._permit("delete")
+        self.ledger.fence(job)
         try:
             self.client.delete_meeting(meeting_id, occurrence_id=job.occurrence_id)
         except errors.MeetingNotFound:
             log.info("meeting.already_gone job_id=%s meeting_id=%s", job.job_id, meeting_id)
-            ledger.record_deleted(job, already_gone=True, meeting_id=meeting_id)
-            return
+            return Succeeded(meeting_id, note="the meeting was already gone")
         log.info("meeting.deleted job_id=%s meeting_id=%s", job.job_id, meeting_id)
-        ledger.record_deleted(job, already_gone=False, meeting_id=meeting_id)
+        return Succeeded(meeting_id)
 
     def _permit(self, operation: str, user_id: str | None = None) -> None:
         slot_at, self.slot_at = self.slot_at, None  # a reserved slot serves one call
@@ -176,169 +204,186 @@ class _Attempt:
         return None
 
 
+def wait_for_create(job: ledger.Claim, settings: Settings, now: datetime) -> Outcome:
+    """A delete whose create job is still running waits for it, a little longer each time,
+    and gives up once the delete is older than ``JOB_GIVE_UP_AFTER``."""
+    budget_s = settings.JOB_GIVE_UP_AFTER
+    if job.age.total_seconds() > budget_s:
+        return Failed(
+            f"gave up: the create job {job.after_job_id} did not finish within "
+            f"JOB_GIVE_UP_AFTER ({budget_s:g}s)",
+            gave_up=True,
+        )
+    wait_s = min(
+        settings.RETRY_BACKOFF_MAX, CREATE_WAIT.total_seconds() * 2 ** min(job.deferrals, 16)
+    )
+    reason = f"waiting: the create job {job.after_job_id} has not finished"
+    return Hold(now + timedelta(seconds=wait_s), HoldReason.CREATE_PENDING, reason)
+
+
+def _tell_gate(gate: Gate, job: ledger.Claim, exc: errors.RateLimited) -> None:
+    """Zoom answered 429 anyway: the whole fleet slows down (a governor outage is only logged:
+    the job's own outcome is already decided)."""
+    operation = "create" if job.kind == ledger.CREATE else "delete"
+    try:
+        gate.rate_limited(operation, exc, job.user_id)
+    except errors.InfrastructureError as failure:
+        log.warning("gate.unreachable job_id=%s %s", job.job_id, failure)
+
+
+def _log_outcome(job: ledger.Claim, outcome: Outcome) -> None:
+    match outcome:
+        case Failed(reason=reason):
+            log.warning("job.failed job_id=%s %s", job.job_id, reason)
+        case Retry(at=at, reason=reason) | Hold(at=at, reason=reason):
+            delay_s = (at - datetime.now(UTC)).total_seconds()
+            kind = "retrying" if isinstance(outcome, Retry) else "held"
+            log.info("job.%s job_id=%s in=%.2fs reason=%s", kind, job.job_id, delay_s, reason)
+
+
 # -- what a failure means ------------------------------------------------------------------
 
 CONFIG_ADVICE = (
     "configuration error: the Zoom app's token lacks a scope this call needs; add the "
     "meeting:write/read/delete scopes to the app in the Zoom App Marketplace"
 )
+# A transient failure: Zoom or our own infrastructure is unwell, not the job.
+TRANSIENT: tuple[type[Exception], ...] = (
+    errors.ZoomError,
+    errors.InfrastructureError,
+    sqlalchemy.exc.OperationalError,
+)
+
+Jitter = Callable[[float, float], float]
 
 
 @dataclass(frozen=True)
-class _Decision:
-    reason: str
-    retry_at: datetime | None = None  # None: fail for good
-    status: str = models.RETRYING
-    counts_as_attempt: bool = True
-    slot_at: float | None = None
-    held_for: str | None = None
+class _Case:
+    exc: Any
+    job: ledger.Claim
+    settings: Settings
+    maybe_sent: bool
+    now: datetime
+    jitter: Jitter
+
+    def backoff(self, exponent: int) -> datetime:
+        """Full jitter: anywhere from now to the capped exponential step."""
+        base, cap = self.settings.RETRY_BACKOFF_BASE, self.settings.RETRY_BACKOFF_MAX
+        ceiling = min(cap, base * 2 ** min(max(0, exponent), 32))
+        return self.now + timedelta(seconds=self.jitter(0, ceiling))
+
+    def hold(
+        self, at: datetime, why: HoldReason, reason: str, slot_at: float | None = None
+    ) -> Hold:
+        return Hold(at, why, reason, maybe_sent=self.maybe_sent, slot_at=slot_at)
+
+    def fail(self, reason: str) -> Failed:
+        return Failed(reason, maybe_sent=self.maybe_sent)
 
 
-def _on_failure(attempt: _Attempt, exc: Exception) -> Reschedule | None:
-    job, settings = attempt.job, attempt.settings
-    decision = _decide(attempt, exc)
-    exhausted = job.attempts + 1 >= settings.JOB_MAX_ATTEMPTS
-    if decision.retry_at is not None and decision.counts_as_attempt and exhausted:
-        decision = _Decision(
-            f"gave up after {job.attempts + 1} attempts; last error: {decision.reason}"
-        )
-    maybe_sent = (job.maybe_sent and not attempt.reconciled) or (
-        attempt.create_sent and _outcome_unknown(exc)
-    )
-    if decision.retry_at is None:
-        log.warning("job.failed job_id=%s %s", job.job_id, decision.reason)
-        ledger.record_failed(job, decision.reason, maybe_sent=maybe_sent)
-        return None
-    delay_s = max(0.0, (decision.retry_at - datetime.now(UTC)).total_seconds())
-    # A countdown longer than the broker's visibility timeout would be redelivered early
-    # and run twice; such waits are parked in PostgreSQL for the sweeper instead.
-    on_broker = delay_s <= settings.CELERY_VISIBILITY_TIMEOUT / 2
-    recorded = ledger.record_retry(
-        job,
-        decision.reason,
-        retry_at=decision.retry_at,
-        status=decision.status,
-        counts_as_attempt=decision.counts_as_attempt,
-        maybe_sent=maybe_sent,
-        on_broker=on_broker,
-        held_for=decision.held_for,
-    )
-    log.info(
-        "job.%s job_id=%s in=%.2fs attempt=%s reason=%s",
-        decision.status,
-        job.job_id,
-        delay_s,
-        decision.counts_as_attempt,
-        decision.reason,
-    )
-    if not recorded or not on_broker:
-        return None
-    return Reschedule(countdown_s=delay_s, slot_at=decision.slot_at)
+def decide(
+    exc: Exception,
+    job: ledger.Claim,
+    settings: Settings,
+    *,
+    sent: bool,
+    reconciled: bool = False,
+    now: datetime | None = None,
+    jitter: Jitter = random.uniform,
+) -> Outcome:
+    """What the failure ``exc`` of an attempt of ``job`` means; no side effects.
+
+    ``sent``: this attempt sent a create; ``reconciled``: it looked for a lost meeting first
+    (and found none). Together they say whether a meeting may exist (``maybe_sent``)."""
+    maybe_sent = (job.maybe_sent and not reconciled) or (sent and _outcome_unknown(exc))
+    case = _Case(exc, job, settings, maybe_sent, now or datetime.now(UTC), jitter)
+    for kind, rule in _RULES:
+        if isinstance(exc, kind):
+            return _within_budget(case, rule(case))
+    text = f"unexpected error: {type(exc).__name__}: {str(exc)[:300]}"
+    return _within_budget(case, Retry(case.backoff(job.attempts), text, False, maybe_sent))
+
+
+def _within_budget(case: _Case, outcome: Outcome) -> Outcome:
+    """A retry past its budget gives up: time for transient failures, attempts otherwise."""
+    if not isinstance(outcome, Retry):
+        return outcome
+    settings, job = case.settings, case.job
+    if outcome.transient:
+        failing_s = job.failing_for.total_seconds() if job.failing_for is not None else 0.0
+        if failing_s < settings.JOB_GIVE_UP_AFTER:
+            return outcome
+        spent = f"{failing_s:.0f}s of transient failures (JOB_GIVE_UP_AFTER)"
+    else:
+        if job.attempts + 1 < settings.JOB_MAX_ATTEMPTS:
+            return outcome
+        spent = f"{job.attempts + 1} attempts"
+    reason = f"gave up after {spent}; last error: {outcome.reason}"
+    return Failed(reason, gave_up=True, maybe_sent=outcome.maybe_sent)
 
 
 def _outcome_unknown(exc: Exception) -> bool:
     """True when a create that raised this may nevertheless have made the meeting."""
     if isinstance(exc, errors.ZoomUnreachable):
         return exc.maybe_sent
-    if isinstance(exc, errors.ZoomServerError):
+    if isinstance(exc, errors.ZoomServerError | errors.OutcomeUnknown):
         return True
     return not isinstance(exc, errors.ZoomWorkerError)
 
 
-def _backoff(attempt: _Attempt, exponent: int) -> datetime:
-    settings = attempt.settings
-    ceiling = min(settings.RETRY_BACKOFF_MAX, settings.RETRY_BACKOFF_BASE * 2 ** max(0, exponent))
-    return datetime.now(UTC) + timedelta(seconds=random.uniform(ceiling / 2, ceiling))
+def _text(exc: Exception) -> str:
+    return exc.describe() if isinstance(exc, errors.ZoomError) else str(exc)
 
 
-_DecideFn = Callable[[_Attempt, Any], _Decision]
-
-
-def _decide(attempt: _Attempt, exc: Exception) -> _Decision:
-    for kind, decide in _DECISIONS:
-        if isinstance(exc, kind):
-            return decide(attempt, exc)
-    reason = f"unexpected error: {type(exc).__name__}: {str(exc)[:300]}"
-    log.exception("job.unexpected_error job_id=%s", attempt.job.job_id, exc_info=exc)
-    return _Decision(reason, _backoff(attempt, attempt.job.attempts))
-
-
-def _deferred(attempt: _Attempt, exc: errors.Deferred) -> _Decision:
-    return _Decision(f"waiting: {exc}", exc.retry_at, counts_as_attempt=False, slot_at=exc.slot_at)
-
-
-def _daily(attempt: _Attempt, exc: errors.DailyLimitReached) -> _Decision:
-    attempt.gate.rate_limited("create", exc, attempt.job.user_id)
-    until = exc.retry_at or zoom.next_utc_midnight()
+def _daily(case: _Case) -> Outcome:
+    until = case.exc.retry_at or zoom.next_utc_midnight()
     reason = (
-        f"waiting: host {attempt.job.user_id} reached Zoom's daily limit of meeting "
+        f"waiting: host {case.job.user_id} reached Zoom's daily limit of meeting "
         f"creates/updates; resumes at {until:%Y-%m-%d %H:%M} UTC"
     )
-    return _Decision(
-        reason, until, status=models.WAITING, counts_as_attempt=False, held_for="host_daily"
-    )
+    return case.hold(until, HoldReason.HOST_DAILY, reason)
 
 
-def _rate_limited(attempt: _Attempt, exc: errors.RateLimited) -> _Decision:
-    operation = "create" if attempt.job.kind == ledger.CREATE else "delete"
-    attempt.gate.rate_limited(operation, exc, attempt.job.user_id)
-    retry_at = exc.retry_at or _backoff(attempt, min(attempt.job.deferrals, 6))
-    return _Decision(
-        "rate limited by Zoom (429); waiting it out", retry_at, counts_as_attempt=False
-    )
+def _rate_limited(case: _Case) -> Outcome:
+    retry_at = case.exc.retry_at or case.backoff(min(case.job.deferrals, 6))
+    return case.hold(retry_at, HoldReason.RATE_LIMIT, "rate limited by Zoom (429); waiting it out")
 
 
-def _circuit(attempt: _Attempt, exc: errors.CircuitOpen) -> _Decision:
-    retry_at = exc.retry_at or datetime.now(UTC) + timedelta(minutes=1)
-    return _Decision(
-        f"waiting: {exc.reason}",
-        retry_at,
-        status=models.WAITING,
-        counts_as_attempt=False,
-        held_for="credentials",
-    )
+def _transient(case: _Case) -> Outcome:
+    at = case.backoff(case.job.attempts)
+    return Retry(at, _text(case.exc), transient=True, maybe_sent=case.maybe_sent)
 
 
-def _budget(attempt: _Attempt, exc: errors.TokenBudgetExhausted) -> _Decision:
-    return _Decision(
-        f"waiting: {exc}", exc.retry_at, status=models.WAITING, counts_as_attempt=False
-    )
-
-
-def _configuration(attempt: _Attempt, exc: errors.ConfigurationError) -> _Decision:
-    retry_at = datetime.now(UTC) + timedelta(minutes=1)
-    return _Decision(
-        f"waiting: configuration error: {exc}",
-        retry_at,
-        status=models.WAITING,
-        counts_as_attempt=False,
-    )
-
-
-def _transient(attempt: _Attempt, exc: errors.ZoomWorkerError) -> _Decision:
-    text = exc.describe() if isinstance(exc, errors.ZoomError) else str(exc)
-    return _Decision(text, _backoff(attempt, attempt.job.attempts))
-
-
-def _final(prefix: str) -> _DecideFn:
-    def decide(attempt: _Attempt, exc: errors.ZoomWorkerError) -> _Decision:
-        text = exc.describe() if isinstance(exc, errors.ZoomError) else str(exc)
-        return _Decision(f"{prefix}{text}")
-
-    return decide
-
+_Rule = Callable[[_Case], Outcome]
+MINUTE = timedelta(minutes=1)
 
 # Order matters: subclasses before their bases.
-_DECISIONS: list[tuple[type[Exception], _DecideFn]] = [
-    (errors.InvalidMeeting, _final("invalid job: ")),
-    (errors.Deferred, _deferred),
+_RULES: list[tuple[type[Exception] | tuple[type[Exception], ...], _Rule]] = [
+    (errors.InvalidMeeting, lambda c: c.fail(f"invalid job: {c.exc}")),
+    (errors.OutcomeUnknown, lambda c: Failed(c.exc.reason, maybe_sent=True)),
+    (
+        errors.Deferred,
+        lambda c: c.hold(c.exc.retry_at, HoldReason.RATE_LIMIT, f"waiting: {c.exc}", c.exc.slot_at),
+    ),
     (errors.DailyLimitReached, _daily),
     (errors.RateLimited, _rate_limited),
-    (errors.CircuitOpen, _circuit),
-    (errors.TokenBudgetExhausted, _budget),
-    (errors.ConfigurationError, _configuration),
-    (errors.MissingScopes, _final(CONFIG_ADVICE + "; Zoom said: ")),
-    (errors.ZoomClientError, _final("Zoom refused the request: ")),
-    (errors.ZoomError, _transient),
-    (errors.InfrastructureError, _transient),
+    (
+        errors.CircuitOpen,
+        lambda c: c.hold(
+            c.exc.retry_at or c.now + MINUTE, HoldReason.CREDENTIALS, f"waiting: {c.exc.reason}"
+        ),
+    ),
+    (
+        errors.TokenBudgetExhausted,
+        lambda c: c.hold(c.exc.retry_at, HoldReason.TOKEN_BUDGET, f"waiting: {c.exc}"),
+    ),
+    (
+        errors.ConfigurationError,
+        lambda c: c.hold(
+            c.now + MINUTE, HoldReason.CONFIGURATION, f"waiting: configuration error: {c.exc}"
+        ),
+    ),
+    (errors.MissingScopes, lambda c: c.fail(f"{CONFIG_ADVICE}; Zoom said: {_text(c.exc)}")),
+    (errors.ZoomClientError, lambda c: c.fail(f"Zoom refused the request: {_text(c.exc)}")),
+    (TRANSIENT, _transient),
 ]

@@ -1,8 +1,8 @@
 """The tables, typed with SQLAlchemy 2.0. Each table is written by one module:
 
 - ``credentials`` and ``token_requests``: :mod:`worker.token_store`
-- ``jobs`` and ``meetings``: :mod:`worker.jobs` (the ledger); the state of stale meetings and
-  the rows of orphans found in Zoom: :mod:`worker.cleanup`
+- ``jobs`` and ``meetings``: :mod:`worker.ledger` (with :mod:`worker.recording`); the state
+  of stale meetings and the rows of orphans found in Zoom: :mod:`worker.cleanup`
 """
 
 from __future__ import annotations
@@ -134,7 +134,7 @@ class Job(Base):
     )
     join_url: Mapped[str | None] = mapped_column(Text)
     error: Mapped[str | None] = mapped_column(Text)
-    # Real attempts (calls that failed); rate-limit deferrals are counted apart.
+    # Attempts that ended (failed, or the final one); holds are counted apart as deferrals.
     attempts: Mapped[int] = mapped_column(Integer, server_default="0")
     deferrals: Mapped[int] = mapped_column(Integer, server_default="0")
     # Claims since the last recorded outcome: more than one means a worker died mid-job.
@@ -143,8 +143,14 @@ class Job(Base):
     maybe_sent: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
     lease_expires_at: Mapped[datetime | None] = mapped_column(_tz())
     next_attempt_at: Mapped[datetime | None] = mapped_column(_tz())
-    # Why a waiting job is held: "credentials" (the circuit is open) or "host_daily".
+    # Why a held job waits: a worker.outcomes.HoldReason ("credentials", "host_daily", ...).
     held_for: Mapped[str | None] = mapped_column(String(16))
+    # A failed job gave up (a budget ran out), rather than Zoom refusing it: its create's
+    # outcome may be unknown, so the cleanup looks for an orphan.
+    gave_up: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    # The first failed attempt, moved later by the time held since: the give-up budget
+    # (JOB_GIVE_UP_AFTER) counts from here.
+    first_failed_at: Mapped[datetime | None] = mapped_column(_tz())
     # Set at each claim; an outcome is recorded only by the holder of the current claim.
     claim_token: Mapped[str | None] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(_tz(), server_default=func.now())

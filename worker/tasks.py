@@ -17,10 +17,10 @@ from typing import Any
 from celery import Task
 from celery.signals import worker_init, worker_process_init, worker_ready
 
-from worker import cleanup, db, errors, gate, jobs, ledger, meetings, metrics, ratelimit, zoom
+from worker import celery_app, cleanup, errors, jobs, meetings, metrics
 from worker.celery_app import CLEANUP_TASK, SWEEP_TASK, app
-from worker.config import Settings, get_settings
-from worker.token_store import TokenStore
+from worker.config import get_settings
+from worker.outcomes import HoldReason
 
 log = logging.getLogger(__name__)
 
@@ -29,32 +29,14 @@ _runtime: tuple[int, meetings.Runtime] | None = None
 
 
 def runtime() -> meetings.Runtime:
-    """This process's Zoom client, token store and gate, built on first use after a fork."""
+    """This process's Zoom client, token store, gate and ledger, built on first use after a
+    fork (``meetings.Runtime.from_settings``)."""
     global _runtime  # noqa: PLW0603 - one runtime per process
     with _runtime_lock:
         if _runtime is None or _runtime[0] != os.getpid():
-            settings = get_settings()
-            store = TokenStore(settings, db.sessions(get_settings()))
-            counters = metrics.FleetCounters.from_url(settings.redis_url)
-            client = zoom.ZoomClient(
-                settings.ZOOM_API_URL,
-                zoom.ZoomAuth(store),
-                timeout_s=settings.ZOOM_HTTP_TIMEOUT,
-                on_response=counters.on_response,
-            )
-            work = meetings.Runtime(
-                settings=settings, client=client, gate=_make_gate(settings), store=store
-            )
+            work = meetings.Runtime.from_settings(get_settings(), send=celery_app.send)
             _runtime = (os.getpid(), work)
         return _runtime[1]
-
-
-def _make_gate(settings: Settings) -> meetings.Gate:
-    if not settings.RATE_GOVERNOR:
-        return meetings.OpenGate()
-    limits = {name: rate * settings.RATE_HEADROOM for name, rate in settings.rate_limits.items()}
-    governor = ratelimit.RateGovernor.from_url(settings.redis_url, limits)
-    return gate.FleetGate(governor, settings)
 
 
 @worker_init.connect
@@ -120,19 +102,18 @@ def sweep() -> int:
     """Dispatch again every unfinished job whose lease ran out (lost messages, dead workers),
     and release the jobs held for the credentials once a probe is due or the circuit closed
     (a rotated secret is noticed here within one sweep interval)."""
-    store = runtime().store
-    if store.probe_due():
-        ledger.release_held("credentials")
-    return ledger.sweep()
+    work = runtime()
+    if work.store.probe_due():
+        work.ledger.release_held(HoldReason.CREDENTIALS)
+    return work.ledger.sweep()
 
 
 @app.task(name=CLEANUP_TASK, ignore_result=True)
 def cleanup_stale() -> dict[str, Any]:
     """Delete meetings this service created whose scheduled end is long past, and the
     orphans of failed creates (see worker.cleanup). Overlapping runs do nothing twice."""
-    settings = get_settings()
     # End well before the next beat; what is left is picked up by the next run.
-    budget_s = settings.CLEANUP_INTERVAL_MINUTES * 60 * 0.8
+    budget_s = celery_app.cleanup_budget_s(get_settings())
     report = cleanup.cleanup_stale(runtime(), time_budget_s=budget_s)
     return dataclasses.asdict(report)
 
@@ -140,11 +121,12 @@ def cleanup_stale() -> dict[str, Any]:
 def _run(
     task: Task[Any, Any], job_id: str, retry_kwargs: dict[str, Any], slot_at: float | None
 ) -> None:
-    claim = ledger.claim(uuid.UUID(job_id))
+    work = runtime()
+    claim = work.ledger.claim(uuid.UUID(job_id))
     if claim is None:
         log.info("job.not_claimed job_id=%s finished, held elsewhere or not due", job_id)
         return
-    reschedule = meetings.run(claim, runtime(), slot_at=slot_at)
+    reschedule = meetings.run(claim, work, slot_at=slot_at)
     if reschedule is not None:
         if reschedule.slot_at is not None:
             retry_kwargs = {**retry_kwargs, "slot_at": reschedule.slot_at}
