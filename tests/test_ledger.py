@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import update
 
 from worker import celery_app, db, errors, jobs, ledger, models, recording
-from worker.config import get_settings
+from worker.config import Settings, get_settings
 from worker.models import Job as JobRow
 from worker.models import Meeting as MeetingRow
 from worker.outcomes import Failed, Hold, HoldReason, Retry, Succeeded
@@ -168,3 +168,23 @@ def test_ledger__release_held__only_that_reason_made_due(work: ledger.Ledger) ->
 
     assert work.claim(credentials.job_id) is not None
     assert work.claim(daily.job_id) is None
+
+
+def test_ledger__lease_shorter_than_one_call__refused_at_start() -> None:
+    with pytest.raises(errors.ConfigurationError) as caught:
+        Settings(JOB_LEASE_SECONDS=30, ZOOM_HTTP_TIMEOUT=10, ZOOM_TOKEN_LOCK_TIMEOUT=5)
+    assert caught.value.setting == "JOB_LEASE_SECONDS"
+    assert "at least 36" in str(caught.value)
+    assert Settings(JOB_LEASE_SECONDS=36, ZOOM_HTTP_TIMEOUT=10, ZOOM_TOKEN_LOCK_TIMEOUT=5)
+
+
+def test_ledger__task_time_limits__jobs_below_their_lease_cleanup_its_own() -> None:
+    settings = Settings(JOB_LEASE_SECONDS=120, CLEANUP_INTERVAL_MINUTES=15)
+
+    limits = celery_app.time_limits(settings)
+
+    for name in ("meetings.create", "meetings.delete"):
+        assert limits[name]["soft_time_limit"] < limits[name]["time_limit"] <= 120
+    cleanup = limits["meetings.cleanup_stale"]
+    assert cleanup["soft_time_limit"] >= celery_app.cleanup_budget_s(settings) > 120
+    assert cleanup["time_limit"] > cleanup["soft_time_limit"]
