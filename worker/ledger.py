@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import secrets
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -354,7 +354,10 @@ def release_held(held_for: str) -> int:
 
 
 def insert(row: JobRow) -> tuple[uuid.UUID, bool]:
-    """Insert the job; with an idempotency key already used, return that job instead."""
+    """Insert the job; with an idempotency key already used, return that job instead.
+
+    The key's job must have been made for the same request (``request_digest``, kind):
+    otherwise IdempotencyConflict names the key and that job."""
     lease = timedelta(seconds=get_settings().JOB_LEASE_SECONDS)
     values = {
         column.key: getattr(row, column.key)
@@ -376,11 +379,17 @@ def insert(row: JobRow) -> tuple[uuid.UUID, bool]:
             log.info("job.recorded job_id=%s kind=%s", inserted, row.kind)
             return inserted, True
         existing = session.execute(
-            select(JobRow.id, JobRow.kind).where(JobRow.idempotency_key == row.idempotency_key)
+            select(JobRow.id, JobRow.kind, JobRow.request_digest).where(
+                JobRow.idempotency_key == row.idempotency_key
+            )
         ).one()
+    key = row.idempotency_key or ""
     if existing.kind != row.kind:
-        raise errors.InvalidMeeting(
-            "idempotency_key", f"was already used for a {existing.kind} job ({existing.id})"
+        raise errors.IdempotencyConflict(key, existing.id, f"was used for a {existing.kind} job")
+    # A job recorded before digests were kept (NULL) is matched on its kind alone.
+    if existing.request_digest not in (None, row.request_digest):
+        raise errors.IdempotencyConflict(
+            key, existing.id, f"was used for a {existing.kind} job with another request"
         )
     return existing.id, False
 
@@ -414,3 +423,29 @@ def topic_of(body: Mapping[str, Any]) -> str | None:
     """The topic of a create body, when it has one."""
     topic = body.get("topic")
     return topic if isinstance(topic, str) else None
+
+
+def requeue_failed(
+    job_id: uuid.UUID, check: Callable[[JobRow | None, uuid.UUID | None], None]
+) -> JobRow:
+    """Put a failed job back to queued under the same key (see :func:`worker.jobs.retry_job`).
+
+    ``check`` sees the locked row (None when there is none) and the delete job that names
+    it, if any, and raises to refuse. Attempts, deferrals and deliveries start again from
+    zero and the lease is fresh; a create's ``maybe_sent`` mark stays, so its worker
+    searches by marker before creating.
+    """
+    lease = timedelta(seconds=get_settings().JOB_LEASE_SECONDS)
+    with db.sessions(get_settings())() as session, session.begin():
+        row = session.get(JobRow, job_id, with_for_update=True)
+        named_by = session.scalar(
+            select(JobRow.id).where(JobRow.after_job_id == job_id, JobRow.kind == DELETE).limit(1)
+        )
+        check(row, named_by)
+        assert row is not None
+        row.status = models.QUEUED
+        row.attempts = row.deferrals = row.deliveries = 0
+        row.claim_token = row.held_for = row.next_attempt_at = row.finished_at = None
+        row.lease_expires_at = datetime.now(UTC) + lease
+        row.updated_at = datetime.now(UTC)
+    return row
