@@ -154,7 +154,7 @@ def unavailable_as_infrastructure() -> Iterator[None]:
     try:
         yield
     except _UNAVAILABLE as exc:
-        raise errors.InfrastructureError(f"PostgreSQL failed: {first_line(exc)}") from exc
+        raise errors.InfrastructureError(f"the database failed: {first_line(exc)}") from exc
 
 
 def first_line(exc: BaseException) -> str:
