@@ -432,8 +432,8 @@ def requeue_failed(
 
     ``check`` sees the locked row (None when there is none) and the delete job that names
     it, if any, and raises to refuse. Attempts, deferrals and deliveries start again from
-    zero and the lease is fresh; a create's ``maybe_sent`` mark stays, so its worker
-    searches by marker before creating.
+    zero, the error is cleared and the lease is fresh; a create's ``maybe_sent`` mark stays,
+    so its worker searches by marker before creating.
     """
     lease = timedelta(seconds=get_settings().JOB_LEASE_SECONDS)
     with db.sessions(get_settings())() as session, session.begin():
@@ -446,6 +446,7 @@ def requeue_failed(
         row.status = models.QUEUED
         row.attempts = row.deferrals = row.deliveries = 0
         row.claim_token = row.held_for = row.next_attempt_at = row.finished_at = None
+        row.error = None
         row.lease_expires_at = datetime.now(UTC) + lease
         row.updated_at = datetime.now(UTC)
     return row
