@@ -175,8 +175,8 @@ def retry_job(job_id: uuid.UUID | str) -> Job:
     that may have reached Zoom keeps that mark, so the worker first searches for the meeting
     by its marker instead of creating a second one. Refused with InvalidMeeting (field
     ``job_id``) when there is no such job, it has not failed, it was invalid, or it is a create
-    that a delete job cancelled; refused with OutcomeUnknown for an instant meeting that may
-    exist (Zoom never lists those, so no search can tell).
+    that a delete job names (cancelled, or meant to be deleted); refused with OutcomeUnknown
+    for an instant meeting that may exist (Zoom never lists those, so no search can tell).
     """
     try:
         key = job_id if isinstance(job_id, uuid.UUID) else uuid.UUID(str(job_id))
