@@ -133,6 +133,16 @@ def delete(
     click.echo(str(job_id))
 
 
+@cli.command()
+@click.argument("job_id")
+def retry(job_id: str) -> None:
+    """Run the failed job JOB_ID again under its idempotency key; prints its id.
+
+    A create that may already have made its meeting looks for it first; an instant meeting
+    whose outcome is unknown is refused with the reason."""
+    click.echo(str(jobs.retry_job(job_id).id))
+
+
 def _text(value: object) -> str:
     if isinstance(value, datetime):
         return value.astimezone(UTC).isoformat(timespec="seconds")

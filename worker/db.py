@@ -5,18 +5,23 @@ the pool), TCP keepalives so a vanished server is noticed, ``statement_timeout``
 ``idle_in_transaction_session_timeout`` so neither a stuck statement nor a frozen process
 holding a transaction keeps row locks for ever. The engine hides bound parameters from its
 error messages, so no meeting body or join URL reaches a log through a database error.
+:func:`unavailable_as_infrastructure` turns "PostgreSQL is down, unreachable or timed out"
+into :class:`~worker.errors.InfrastructureError` at the producers' boundary.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 from psycopg import sql
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
@@ -134,3 +139,25 @@ def ensure_database(url: str, *, connect_timeout_s: int = 10) -> bool:
             f"PostgreSQL at {sa_url.host}:{sa_url.port or 5432} is not reachable: "
             f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
         ) from exc
+
+
+# "The database is unwell", as opposed to "this statement is wrong" (a DataError or an
+# IntegrityError is a bug or a bad request, and is not retried as an outage).
+_UNAVAILABLE = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError)
+
+
+@contextlib.contextmanager
+def unavailable_as_infrastructure() -> Iterator[None]:
+    """Raise :class:`~worker.errors.InfrastructureError` when PostgreSQL is down, unreachable,
+    or a connection or statement timed out; the message carries the server's first line only,
+    never a statement's parameters."""
+    try:
+        yield
+    except _UNAVAILABLE as exc:
+        raise errors.InfrastructureError(f"the database failed: {first_line(exc)}") from exc
+
+
+def first_line(exc: BaseException) -> str:
+    cause = getattr(exc, "orig", None) or exc
+    lines = str(cause).strip().splitlines()
+    return lines[0] if lines else type(cause).__name__

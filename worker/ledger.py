@@ -41,11 +41,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeAlias
 
 from sqlalchemy import ColumnElement, and_, func, or_, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session, sessionmaker
 
 from worker import db, errors, models, recording
-from worker.config import Settings, get_settings
+from worker.config import Settings
 from worker.models import Job as JobRow
 from worker.outcomes import Failed, Hold, HoldReason, Outcome, Reschedule, Retry, Succeeded
 from worker.recording import Claim, CreateResult, CreateState
@@ -61,7 +60,6 @@ __all__ = [
     "Send",
     "agenda_with_marker",
     "dispatch",
-    "insert",
     "topic_of",
 ]
 
@@ -332,38 +330,6 @@ class Ledger:
 
 
 # -- what the producers' API and the cleanup use -------------------------------------------
-
-
-def insert(row: JobRow) -> tuple[uuid.UUID, bool]:
-    """Insert the job; with an idempotency key already used, return that job instead."""
-    lease = timedelta(seconds=get_settings().JOB_LEASE_SECONDS)
-    values = {
-        column.key: getattr(row, column.key)
-        for column in JobRow.__table__.columns
-        if getattr(row, column.key, None) is not None
-    }
-    values.setdefault("status", models.QUEUED)
-    if values["status"] == models.QUEUED:
-        values["lease_expires_at"] = datetime.now(UTC) + lease
-    statement = (
-        pg_insert(JobRow)
-        .values(**values)
-        .on_conflict_do_nothing(index_elements=[JobRow.idempotency_key])
-        .returning(JobRow.id)
-    )
-    with db.sessions(get_settings())() as session, session.begin():
-        inserted = session.execute(statement).scalar_one_or_none()
-        if inserted is not None:
-            log.info("job.recorded job_id=%s kind=%s", inserted, row.kind)
-            return inserted, True
-        existing = session.execute(
-            select(JobRow.id, JobRow.kind).where(JobRow.idempotency_key == row.idempotency_key)
-        ).one()
-    if existing.kind != row.kind:
-        raise errors.InvalidMeeting(
-            "idempotency_key", f"was already used for a {existing.kind} job ({existing.id})"
-        )
-    return existing.id, False
 
 
 def dispatch(

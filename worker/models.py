@@ -121,6 +121,9 @@ class Job(Base):
     kind: Mapped[str] = mapped_column(String(16))
     status: Mapped[str] = mapped_column(String(16), server_default=QUEUED)
     idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+    # SHA-256 of the canonical request the key was first sent with (worker.jobs): the same
+    # key with another request is an IdempotencyConflict. NULL for jobs recorded before 0004.
+    request_digest: Mapped[str | None] = mapped_column(String(64))
     user_id: Mapped[str | None] = mapped_column(String(256))
     topic: Mapped[str | None] = mapped_column(String(200))
     body: Mapped[dict[str, Any] | None] = mapped_column(JSONB)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import random
 import threading
 import uuid
 from typing import Any
@@ -73,7 +74,7 @@ def create_meeting(
     """Create a Zoom meeting for a job (sent by ``worker.jobs`` or by name)."""
     if job_id is None:
         kwargs = {"user_id": user_id, "meeting": meeting, "idempotency_key": idempotency_key}
-        job_id = str(jobs.record_received(jobs.CREATE, kwargs, str(self.request.id)))
+        job_id = _recorded(self, jobs.CREATE, kwargs)
     _run(self, job_id, {"job_id": job_id, "user_id": user_id, "topic": topic}, slot_at)
 
 
@@ -93,7 +94,7 @@ def delete_meeting(
             "occurrence_id": occurrence_id,
             "idempotency_key": idempotency_key,
         }
-        job_id = str(jobs.record_received(jobs.DELETE, kwargs, str(self.request.id)))
+        job_id = _recorded(self, jobs.DELETE, kwargs)
     _run(self, job_id, {"job_id": job_id, "meeting_id": meeting_id}, slot_at)
 
 
@@ -131,3 +132,24 @@ def _run(
         if reschedule.slot_at is not None:
             retry_kwargs = {**retry_kwargs, "slot_at": reschedule.slot_at}
         raise task.retry(countdown=reschedule.countdown_s, kwargs=retry_kwargs)
+
+
+def _recorded(task: Task[Any, Any], kind: str, kwargs: dict[str, Any]) -> str:
+    """Record a job sent by name; its id. While PostgreSQL cannot record it, the message is
+    retried with a growing countdown (Celery publishes the retry, same task id, before the
+    original is acknowledged), so it is never acknowledged as done without its job."""
+    try:
+        return str(jobs.record_received(kind, kwargs, str(task.request.id)))
+    except errors.InfrastructureError as exc:
+        settings = get_settings()
+        growth = 2 ** min(task.request.retries or 0, 30)
+        cap = min(settings.RETRY_BACKOFF_MAX, settings.RETRY_BACKOFF_BASE * growth)
+        countdown = cap / 2 + random.uniform(0, cap / 2)
+        log.warning(
+            "job.unrecorded task_id=%s kind=%s retry in %.1fs: %s",
+            task.request.id,
+            kind,
+            countdown,
+            exc,
+        )
+        raise task.retry(countdown=countdown) from exc
