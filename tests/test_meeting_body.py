@@ -70,7 +70,9 @@ INVALID: list[tuple[str, Any, str]] = [
     ("timezone_path", {"timezone": "../etc/passwd"}, "timezone"),
     ("timezone_not_a_place", {"timezone": "Factory"}, "timezone"),
     ("password_too_long", {"password": "abcdefghijk"}, "password"),
-    ("password_bad_character", {"password": "abc!"}, "password"),
+    ("password_with_space", {"password": "abc 123"}, "password"),
+    ("password_not_ascii", {"password": "pässwort"}, "password"),
+    ("use_pmi_true", {"settings": {"use_pmi": True}}, "settings.use_pmi"),
     ("default_password_string", {"default_password": "true"}, "default_password"),
     ("pre_schedule_int", {"pre_schedule": 1}, "pre_schedule"),
     ("pre_schedule_on_recurring", _weekly() | {"pre_schedule": True}, "pre_schedule"),
@@ -283,6 +285,8 @@ VALID: list[tuple[str, dict[str, Any]]] = [
         {"start_time": "2026-12-01T10:00:00Z", "timezone": "Asia/Tokyo"},
     ),
     ("password_all_allowed_characters", {"password": "aZ09@_*-", "default_password": False}),
+    ("password_2026_special_characters", {"password": "abc#123!"}),
+    ("password_empty", {"password": ""}),
     (
         "tracking_fields",
         {"tracking_fields": [{"field": "team", "value": "ops"}, {"field": "cost"}]},
@@ -403,10 +407,15 @@ def test_scheduled_end__local_start__uses_timezone() -> None:
     ) == (datetime(2026, 12, 1, 9, 30, tzinfo=UTC))
 
 
-def test_scheduled_end__recurring_fixed_time__ends_first_occurrence() -> None:
-    # 09:00 in New York in December is 14:00 UTC; 45 minutes later is 14:45.
+def test_scheduled_end__recurring_fixed_time__not_before_last_occurrence_ends() -> None:
+    # Mondays and Wednesdays at 09:00 New York (14:00 UTC) from Tuesday 1 December, ten
+    # times: the last is Monday 4 January, ending at 14:45 UTC. It was given the first
+    # occurrence's end (1 December 14:45), so the cleanup deleted the whole series then.
     end = meeting_body.scheduled_end(WEEKLY, created_at=CREATED)
-    assert end == datetime(2026, 12, 1, 14, 45, tzinfo=UTC)
+    assert end is not None
+    assert (
+        datetime(2027, 1, 4, 14, 45, tzinfo=UTC) <= end <= datetime(2027, 1, 12, 14, 45, tzinfo=UTC)
+    )
 
 
 @pytest.mark.parametrize(

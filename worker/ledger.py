@@ -24,7 +24,7 @@ from sqlalchemy import ColumnElement, and_, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
-from worker import db, errors, meeting_body, models
+from worker import db, errors, marker, meeting_body, models
 from worker.celery_app import app
 from worker.config import get_settings
 from worker.models import Job as JobRow
@@ -34,16 +34,9 @@ log = logging.getLogger(__name__)
 
 CREATE, DELETE = "create", "delete"
 TASK_NAMES = {CREATE: "meetings.create", DELETE: "meetings.delete"}
-# The correlation marker appended to a created meeting's agenda (see worker.meetings).
-MARKER_SEPARATOR = "\n\n"
-MARKER_LENGTH = len("[zw:0123456789abcdef]")
-RESERVED_AGENDA_CHARS = len(MARKER_SEPARATOR) + MARKER_LENGTH
-
-
-def agenda_with_marker(agenda: object, marker: str) -> str:
-    """The agenda a create sends: the caller's agenda, a blank line, then the job's marker."""
-    text = agenda if isinstance(agenda, str) else ""
-    return f"{text}{MARKER_SEPARATOR}{marker}" if text else marker
+# Moved to worker.marker; kept here while other branches still use these names.
+MARKER_SEPARATOR, MARKER_LENGTH = marker.MARKER_SEPARATOR, marker.MARKER_LENGTH
+RESERVED_AGENDA_CHARS, agenda_with_marker = marker.RESERVED_AGENDA_CHARS, marker.agenda_with_marker
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,11 @@ Zoom's Meetings OpenAPI file (2026), written out here because the worker does no
 - Types, enums, lengths and ranges follow the spec: ``topic`` <= 200 characters, ``agenda``
   <= 2000 less what the worker keeps for its correlation marker, ``type`` 1/2/3/8/10,
   ``duration`` 1..1440 minutes, ``timezone`` an IANA name, booleans real JSON booleans.
-  ``password`` is <= 10 characters of ``[A-Za-z0-9@_*-]``, the set every spec version accepts.
+  ``password`` is <= 10 printable ASCII characters without spaces: the 2026 spec allows
+  "alphanumeric characters as well as special characters such as !, @, #", and sets no minimum,
+  so ``""`` passes (no passcode given; the simulator reads it so too).
+- ``settings.use_pmi: true`` is refused: the meeting would be the host's Personal Meeting ID,
+  their personal room, shared by every job that used it and deleted by none safely.
 - ``start_time`` is ``yyyy-MM-ddTHH:mm:ssZ`` (UTC) or ``yyyy-MM-ddTHH:mm:ss`` in ``timezone``;
   the spec names no fractions and no offsets. Zoom reads a time without ``Z`` or ``timezone``
   in the *account's* time zone, which the worker cannot see, so that is refused. A past start
@@ -38,7 +42,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, NoReturn
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from worker import errors
+from worker import errors, schedule
 
 AGENDA_MAX = 2000
 TOPIC_MAX = 200
@@ -185,6 +189,17 @@ def _utc_time(path: str, value: Any) -> None:
     _parse_time(path, value, None, utc_only=True)
 
 
+def _no_pmi(path: str, value: Any) -> None:
+    _BOOL(path, value)
+    if value:
+        _fail(
+            path,
+            "true is refused: the meeting would be the host's Personal Meeting ID, their "
+            "personal room shared by every meeting that uses it, which this service could "
+            "neither own nor delete safely; leave it out (the worker sends false)",
+        )
+
+
 _STR = _string()
 _BOOL = _choice(True, False)
 _EMAIL = _string(pattern=r"[^@\s]+@[^@\s]+", shape="an email address")
@@ -193,7 +208,7 @@ _BOOL_SETTINGS = """
     allow_multiple_devices alternative_hosts_email_notification close_registration cn_meeting
     email_notification focus_mode host_video in_meeting join_before_host meeting_authentication
     mute_upon_entry participant_video private_meeting registrants_confirmation_email
-    registrants_email_notification show_share_button show_join_info use_pmi waiting_room
+    registrants_email_notification show_share_button show_join_info waiting_room
     watermark host_save_video_order alternative_host_update_polls
     alternative_host_manage_meeting_summary alternative_host_manage_cloud_recording
     internal_meeting participant_focused_meeting push_change_to_calendar
@@ -240,6 +255,7 @@ _SETTINGS = _object(
             required=("mode",),
         ),
         "resources": _array(_object({})),
+        "use_pmi": _no_pmi,
     }
 )
 
@@ -266,7 +282,7 @@ _BODY = _object(
         "agenda": _STR,  # its length is checked against the caller's budget
         "default_password": _BOOL,
         "duration": _integer(1, DURATION_MAX),
-        "password": _string(PASSWORD_MAX, r"[A-Za-z0-9@_*-]*", "letters, digits, @ _ * - only"),
+        "password": _string(PASSWORD_MAX, r"[!-~]*", "printable ASCII without spaces"),
         "pre_schedule": _BOOL,
         "recurrence": _RECURRENCE,
         "schedule_for": _STR,
@@ -425,11 +441,12 @@ def validate_meeting_id(meeting_id: object) -> int:
 def scheduled_end(body: Mapping[str, Any], *, created_at: datetime) -> datetime | None:
     """When a validated body's meeting ends: start_time + duration, in UTC.
 
-    None when the meeting has no fixed time (type 3). A start_time without Z is read in the
-    body's ``timezone`` (zoneinfo). A missing or past ``start_time`` counts as ``created_at``,
-    because Zoom starts such a meeting at once; a missing ``duration`` counts as Zoom's default
-    of 60 minutes. For type 8 it is the end of the first occurrence. ``created_at`` must be
-    timezone-aware.
+    None when the meeting has no fixed time (type 3) or is a series with no end. A start_time
+    without Z is read in the body's ``timezone`` (zoneinfo). A missing or past ``start_time``
+    counts as ``created_at``, because Zoom starts such a meeting at once; a missing
+    ``duration`` counts as Zoom's default of 60 minutes. For a series (type 8) it is a bound
+    no earlier than its last occurrence's end (:func:`worker.schedule.series_end`), never the
+    first occurrence's. ``created_at`` must be timezone-aware.
     """
     if created_at.utcoffset() is None:
         raise ValueError("created_at must be a timezone-aware datetime")
@@ -440,4 +457,7 @@ def scheduled_end(body: Mapping[str, Any], *, created_at: datetime) -> datetime 
     if kind != 1 and "start_time" in body:
         start = max(start, _parse_time("start_time", body["start_time"], body.get("timezone")))
     duration = timedelta(minutes=body.get("duration", DEFAULT_DURATION))
+    if kind == 8:
+        recurrence = body.get("recurrence")
+        return schedule.series_end(start, duration, recurrence) if recurrence else None
     return (start + duration).astimezone(UTC)
