@@ -25,14 +25,11 @@ Protocol
    in-process. A farther one, a 429, an open circuit, Zoom unreachable or the time budget
    stops the run: unworked claims are released and the next scheduled run goes on.
 6. Orphans: a create whose reply was lost and whose job then failed may have made a meeting
-   the ledger never heard of. For recent (:data:`ORPHAN_WINDOW`) failed creates with a
-   marker, no meeting id and an unknown outcome (``maybe_sent``, kept by a failed create
-   whose last request may have reached Zoom, or an error saying the job gave up), the hosts
-   with the newest (at most :data:`ORPHAN_HOSTS_PER_RUN`) are searched with
-   :func:`worker.marker.find` (under ``schedule_for`` when the body names one; instant
-   meetings cannot be listed, so are not searched); a meeting carrying such a marker joins
-   the ledger (linked to its job) and is deleted at once, whatever its schedule: nobody
-   holds its join URL.
+   the ledger never heard of. The recent (:data:`ORPHAN_WINDOW`) such jobs of at most
+   :data:`ORPHAN_HOSTS_PER_RUN` hosts (:func:`worker.orphans.candidates`) are searched for
+   with :func:`worker.marker.find`; a meeting carrying such a marker joins the ledger
+   (linked to its job) and is deleted at once, whatever its schedule: nobody holds its
+   join URL.
 
 Only ledger meetings, and meetings on a job's host carrying one of our failed jobs' markers,
 are ever deleted: foreign, future, recently ended, type 3 and endless series are never
@@ -48,7 +45,6 @@ import dataclasses
 import hashlib
 import logging
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -58,8 +54,7 @@ from typing import Any
 from sqlalchemy import Engine, func, or_, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 
-from worker import db, errors, ledger, marker, meeting_body, meetings, models, schedule, zoom
-from worker.models import Job as JobRow
+from worker import db, errors, marker, meetings, models, orphans, schedule, zoom
 from worker.models import Meeting as MeetingRow
 
 log = logging.getLogger(__name__)
@@ -122,7 +117,7 @@ def cleanup_stale(
         run = _Run(runtime, time_budget_s)
         try:
             run.stale(page_size)
-            run.orphans()
+            run.orphan_pass()
         except _Stop as stop:
             run.stopped = str(stop)
             log.warning("cleanup.stopped reason=%s", stop)
@@ -161,13 +156,6 @@ class _Claimed:
     until: datetime  # this run's claim: outcomes are recorded only while it is still there
     end: datetime | None = None  # scheduled_end, the keyset of the pages
     orphan: bool = False  # deleted whatever its schedule: nobody holds its join URL
-
-
-@dataclass(frozen=True)
-class _Lost:
-    job_id: uuid.UUID
-    wanted: marker.Wanted
-    scheduled_end: datetime | None
 
 
 class _Run:
@@ -341,8 +329,9 @@ class _Run:
 
     # -- orphans of failed creates ---------------------------------------------------------
 
-    def orphans(self) -> None:
-        for host, lost in self._orphan_candidates().items():
+    def orphan_pass(self) -> None:
+        candidates = orphans.candidates(self.sessions, ORPHAN_WINDOW, ORPHAN_HOSTS_PER_RUN)
+        for host, lost in candidates.items():
             self._check_budget()
             for meeting, job in self._find(host, lost):
                 self.counts["orphans_found"] += 1
@@ -351,44 +340,7 @@ class _Run:
                 if row is not None:
                     self.counts["orphans_deleted"] += self._work([row])
 
-    def _orphan_candidates(self) -> dict[str, list[_Lost]]:
-        j, m = JobRow, MeetingRow
-        finished = func.coalesce(j.finished_at, j.updated_at)
-        known = select(m.meeting_id).where(m.job_id == j.id, m.state != models.LIVE).exists()
-        where = (
-            j.kind == ledger.CREATE,
-            j.status == models.FAILED,
-            j.marker.is_not(None),
-            j.meeting_id.is_(None),
-            j.user_id.is_not(None),
-            finished > func.now() - ORPHAN_WINDOW,
-            or_(j.maybe_sent, j.error.like("gave up%")),
-            ~known,
-        )
-        hosts = (
-            select(j.user_id)
-            .where(*where)
-            .group_by(j.user_id)
-            .order_by(func.max(finished).desc())
-            .limit(ORPHAN_HOSTS_PER_RUN)
-            .correlate(None)  # its own jobs, not the outer query's
-        )
-        query = select(j.id, j.user_id, j.marker, j.body, j.created_at).where(
-            *where, j.user_id.in_(hosts.scalar_subquery())
-        )
-        with self.sessions() as session, session.begin():
-            rows = session.execute(query).all()
-        found: dict[str, list[_Lost]] = {}
-        for job_id, user_id, job_marker, body, created_at in rows:
-            assert user_id is not None and job_marker is not None  # the query asked for both
-            if (body or {}).get("type") == marker.INSTANT:
-                continue  # Zoom never lists instant meetings: its job says "outcome unknown"
-            end = meeting_body.scheduled_end(body or {}, created_at=created_at)
-            lost = _Lost(job_id, marker.Wanted.of(body, job_marker), end)
-            found.setdefault(marker.host_of(user_id, body), []).append(lost)
-        return found
-
-    def _find(self, host: str, lost: list[_Lost]) -> list[tuple[zoom.Meeting, _Lost]]:
+    def _find(self, host: str, lost: list[orphans.Lost]) -> list[tuple[zoom.Meeting, orphans.Lost]]:
         """Meetings of ``host`` carrying one of ``lost``'s markers (:func:`marker.find`)."""
         by_marker = {job.wanted.marker: job for job in lost}
         try:
@@ -401,7 +353,7 @@ class _Run:
             raise self._call_failed("list", exc) from exc
         return [(meeting, by_marker[key]) for key, meeting in found.items()]
 
-    def _adopt(self, host: str, meeting: zoom.Meeting, job: _Lost) -> _Claimed | None:
+    def _adopt(self, host: str, meeting: zoom.Meeting, job: orphans.Lost) -> _Claimed | None:
         """Add the orphan to the ledger, linked to its job, and claim it; None when the ledger
         already knows the meeting under another job, or another claim holds it."""
         m, now = MeetingRow, func.now()
