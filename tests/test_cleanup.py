@@ -502,6 +502,7 @@ def test_cleanup__gone_in_zoom__recorded_gone_without_a_delete(
 
     assert report == cleanup.CleanupReport(already_gone=1)
     assert sim_client.stats()["api_calls"] - calls == 1, "one GET, no DELETE"
+    assert sim_client.stats()["calls_by_operation"]["delete"] == 1, "only the test's own"
     assert _ledger(gone).state == "deleted"
 
 

@@ -510,6 +510,7 @@ def test_simulator__stats__counts_tokens_calls_and_meetings(
 
     assert (stats["token_requests"], stats["tokens_issued"], stats["token_errors"]) == (2, 1, 1)
     assert (stats["api_calls"], stats["api_401"]) == (4, 1)
+    assert stats["calls_by_operation"] == {"create": 3, "delete": 1}
     assert (stats["meetings_created"], stats["meetings_deleted"], stats["live_meetings"]) == (
         2,
         1,

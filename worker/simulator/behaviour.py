@@ -109,13 +109,15 @@ class Simulator:
             return utc_stamp(self._clock.advance(seconds))
 
     def stats(self) -> dict[str, Any]:
-        """Counters since start or reset, plus live meetings, valid tokens and peak rates."""
+        """Counters since start or reset, plus live meetings, valid tokens, peak rates and
+        API calls by operation."""
         with self._lock:
             return {
                 **self._counters.values,
                 "live_meetings": sum(not m.deleted for m in self._book.meetings.values()),
                 "tokens_valid": self._tokens.valid(),
                 "max_calls_per_second": dict(self._rates.max_qps),
+                "calls_by_operation": dict(self._counters.by_operation),
             }
 
     def meetings(self) -> list[dict[str, Any]]:
@@ -193,6 +195,8 @@ class Simulator:
         body = parse_object(request.body) if operation in ("create", "update") else {}
         with self._lock:
             self._counters.add("api_calls")
+            by_operation = self._counters.by_operation
+            by_operation[operation] = by_operation.get(operation, 0) + 1
             reply = self._api_locked(request, operation, argument, body)
             if reply.status == 401:
                 self._counters.add("api_401")

@@ -39,6 +39,7 @@ class Counters:
 
     def __init__(self) -> None:
         self.values = dict.fromkeys(COUNTERS, 0)
+        self.by_operation: dict[str, int] = {}  # API calls by operation ("create", "get", ...)
 
     def add(self, name: str, n: int = 1) -> None:
         self.values[name] += n
