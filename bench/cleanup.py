@@ -64,6 +64,7 @@ def run(args: argparse.Namespace, out: Console) -> dict[str, Any]:
     rows += [
         [f"{args.jobs} stale meetings: deleted", str(big["deleted"]), "", str(args.jobs)],
         ["Zoom calls in that run", str(big["calls"]), "", f"<= {2 * args.jobs}"],
+        ["  of which GET / DELETE", "{get} / {delete}".format(**big["calls_by_operation"]), "", ""],
         ["calls per deleted meeting", f"{per_deleted:.2f}", "", "<= 2"],
         ["run time (s)", f"{big['seconds']:.1f}", "", ""],
     ]
@@ -182,14 +183,20 @@ def _stale_run(runtime: meetings.Runtime, control: Any, count: int) -> dict[str,
     finally:
         control.advance_clock(STALE.total_seconds() + 1800)
     _ledger(ids)
-    calls = control.stats()["api_calls"]
+    before = control.stats()
     started = time.monotonic()
     result = cleanup.cleanup_stale(runtime)
     seconds = time.monotonic() - started
+    after = control.stats()
+    by_operation = {
+        op: n - before["calls_by_operation"].get(op, 0)
+        for op, n in after["calls_by_operation"].items()
+    }
     return {
         "meetings": count,
         "deleted": result.deleted,
         "kept": result.kept,
-        "calls": control.stats()["api_calls"] - calls,
+        "calls": after["api_calls"] - before["api_calls"],
+        "calls_by_operation": {op: n for op, n in by_operation.items() if n},
         "seconds": round(seconds, 2),
     }
