@@ -48,8 +48,18 @@ def runtime() -> Iterator[meetings.Runtime]:
 
 def _ours(runtime: meetings.Runtime, ends_in: timedelta, n: int = 1) -> list[int]:
     """Meetings made in the simulator through the API and recorded in the ledger, ending at
-    now + ``ends_in`` (hosts rotate: the simulator caps creates at 100 per host and day)."""
-    ids = [runtime.client.create_meeting(f"host{i % 5}@example.com", BODY).id for i in range(n)]
+    now + ``ends_in`` in both (the simulator's clock is moved for the creates, since Zoom
+    starts a meeting with a past start time now; hosts rotate: the simulator caps creates at
+    100 per host and day)."""
+    shift = (ends_in - timedelta(minutes=BODY["duration"])).total_seconds()
+    with SimulatorClient(runtime.settings.ZOOM_API_URL.removesuffix("/v2")) as control:
+        control.advance_clock(shift)
+        try:
+            ids = [
+                runtime.client.create_meeting(f"host{i % 5}@example.com", BODY).id for i in range(n)
+            ]
+        finally:
+            control.advance_clock(-shift)
     end = datetime.now(UTC) + ends_in
     rows = [{"meeting_id": i, "user_id": "host@example.com", "scheduled_end": end} for i in ids]
     with db.sessions(get_settings())() as session, session.begin():
@@ -209,7 +219,8 @@ def test_cleanup__450_stale_in_pages_of_200__all_deleted_in_one_run(
 
     assert report == cleanup.CleanupReport(deleted=450)
     assert sim_client.stats()["meetings_deleted"] == 450
-    assert sim_client.stats()["api_calls"] - calls == 450, "each meeting asked once"
+    # Zoom is asked before each delete (GET), so two calls a meeting: read once, deleted once.
+    assert sim_client.stats()["api_calls"] - calls == 2 * 450, "each meeting asked once"
     with db.sessions(get_settings())() as session:
         states = session.scalars(select(MeetingRow.state).where(MeetingRow.meeting_id.in_(ids)))
         assert set(states) == {"deleted"}
@@ -255,7 +266,7 @@ def test_cleanup__two_concurrent_runs__each_meeting_deleted_once(
     assert sum(r.deleted for r in reports) == count
     assert sum(r.already_gone for r in reports) == 0, "no meeting deleted twice (no 404)"
     assert sim_client.stats()["meetings_deleted"] == count
-    assert sim_client.stats()["api_calls"] - calls == count, "each meeting asked once"
+    assert sim_client.stats()["api_calls"] - calls == 2 * count, "each meeting asked once"
     if guarded:
         assert any(r.skipped_locked or r == cleanup.CleanupReport() for r in reports)
 
@@ -277,7 +288,8 @@ def test_cleanup__lock_held_by_another_run__skipped_without_calls(
 
 
 class _StingyGate(meetings.OpenGate):
-    """Grants ``allowed`` permits, then defers every call by a minute with no slot."""
+    """Grants ``allowed`` delete permits (reads always), then defers every delete by a
+    minute with no slot."""
 
     def __init__(self, allowed: int) -> None:
         self.allowed = allowed
@@ -285,6 +297,8 @@ class _StingyGate(meetings.OpenGate):
     def before_call(
         self, operation: str, user_id: str | None = None, slot_at: float | None = None
     ) -> None:
+        if operation != "delete":
+            return
         if self.allowed <= 0:
             later = datetime.now(UTC) + timedelta(minutes=1)
             raise errors.Deferred("no permit", retry_at=later, slot_at=None)
@@ -383,3 +397,127 @@ def test_cleanup__orphan_with_agenda_cut_in_list__found_through_get(
 
     assert report == cleanup.CleanupReport(deleted=1, orphans_found=1, orphans_deleted=1)
     assert _deleted_in_sim(sim_client) == {orphan.id: True, other.id: False, unknown.id: False}
+
+
+# -- Zoom is the truth before a delete (issue 9) ---------------------------------------------
+
+DAY = 86400
+
+
+def _record(meeting_id: int, scheduled_end: datetime | None, **values: Any) -> None:
+    row = {"meeting_id": meeting_id, "user_id": "host@example.com", "scheduled_end": scheduled_end}
+    with db.sessions(get_settings())() as session, session.begin():
+        session.execute(insert(MeetingRow).values(**row, **values))
+
+
+def _series(runtime: meetings.Runtime, sim_client: SimulatorClient, began_days_ago: int) -> int:
+    """A weekly series of three made ``began_days_ago`` days ago (the simulator's clock moved
+    back for the create), recorded in the ledger as stale."""
+    began = datetime.now(UTC) - timedelta(days=began_days_ago)
+    recurrence = {"type": 2, "weekly_days": str(began.isoweekday() % 7 + 1), "end_times": 3}
+    sim_client.advance_clock(-began_days_ago * DAY)
+    try:
+        meeting = runtime.client.create_meeting(
+            "series@example.com", {**BODY, "type": 8, "recurrence": recurrence}
+        )
+    finally:
+        sim_client.advance_clock(began_days_ago * DAY)
+    _record(meeting.id, datetime.now(UTC) + STALE)
+    return meeting.id
+
+
+def _occurrence_ends(sim_client: SimulatorClient, meeting_id: int) -> list[datetime]:
+    [meeting] = [m for m in sim_client.meetings() if m["id"] == meeting_id]
+    return [
+        datetime.fromisoformat(o["start_time"].replace("Z", "+00:00"))
+        + timedelta(minutes=o["duration"])
+        for o in meeting["occurrences"]
+    ]
+
+
+def test_cleanup__weekly_series_first_occurrence_ended__kept_until_its_last(
+    runtime: meetings.Runtime, sim_client: SimulatorClient
+) -> None:
+    running = _series(runtime, sim_client, began_days_ago=8)  # 8 and 1 days ago, in 6 days
+    over = _series(runtime, sim_client, began_days_ago=30)  # 30, 23 and 16 days ago
+
+    report = cleanup.cleanup_stale(runtime)
+
+    assert report == cleanup.CleanupReport(deleted=1, kept=1)
+    assert _deleted_in_sim(sim_client) == {running: False, over: True}
+    last_end = max(_occurrence_ends(sim_client, running))
+    assert last_end > datetime.now(UTC) + timedelta(days=5)
+    assert _ledger(running).scheduled_end == last_end, "looked at again after its last"
+    assert _ledger(running).state == "live" and _ledger(running).cleanup_attempts == 0
+    assert _ledger(over).state == "deleted"
+
+
+def test_cleanup__meeting_moved_later_in_zoom__kept_ledger_shows_new_end(
+    runtime: meetings.Runtime, sim_client: SimulatorClient
+) -> None:
+    [moved] = _ours(runtime, STALE)
+    sim_client.update_meeting(moved, {"start_time": "2099-03-02T09:00:00Z", "duration": 45})
+
+    report = cleanup.cleanup_stale(runtime)
+    calls = sim_client.stats()["api_calls"]
+    again = cleanup.cleanup_stale(runtime)
+
+    assert report == cleanup.CleanupReport(kept=1) and again == cleanup.CleanupReport()
+    assert _deleted_in_sim(sim_client) == {moved: False}
+    assert _ledger(moved).scheduled_end == datetime(2099, 3, 2, 9, 45, tzinfo=UTC)
+    assert sim_client.stats()["api_calls"] == calls, "not asked again before its new end"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"type": 3},
+        {"type": 8, "recurrence": {"type": 1, "end_times": 0}},
+    ],
+    ids=["no_fixed_time", "series_without_end"],
+)
+def test_cleanup__never_ending_meeting__kept_and_never_stale(
+    runtime: meetings.Runtime, sim_client: SimulatorClient, body: dict[str, Any]
+) -> None:
+    meeting = runtime.client.create_meeting("forever@example.com", {**BODY, **body})
+    _record(meeting.id, datetime.now(UTC) + STALE)
+
+    report = cleanup.cleanup_stale(runtime)
+
+    assert report == cleanup.CleanupReport(kept=1)
+    assert _ledger(meeting.id).scheduled_end is None and _ledger(meeting.id).state == "live"
+    assert _deleted_in_sim(sim_client) == {meeting.id: False}
+
+
+def test_cleanup__gone_in_zoom__recorded_gone_without_a_delete(
+    runtime: meetings.Runtime, sim_client: SimulatorClient
+) -> None:
+    [gone] = _ours(runtime, STALE)
+    runtime.client.delete_meeting(gone)
+    calls = sim_client.stats()["api_calls"]
+
+    report = cleanup.cleanup_stale(runtime)
+
+    assert report == cleanup.CleanupReport(already_gone=1)
+    assert sim_client.stats()["api_calls"] - calls == 1, "one GET, no DELETE"
+    assert sim_client.stats()["calls_by_operation"]["delete"] == 1, "only the test's own"
+    assert _ledger(gone).state == "deleted"
+
+
+def test_cleanup__orphan_of_schedule_for_create__found_under_its_host(
+    runtime: meetings.Runtime, sim_client: SimulatorClient
+) -> None:
+    job_marker = _failed_job("assistant@example.com", "Board", maybe_sent=True)
+    with db.sessions(get_settings())() as session, session.begin():
+        session.execute(
+            text('UPDATE jobs SET body = body || \'{"schedule_for": "boss@example.com"}\'')
+        )
+    orphan = runtime.client.create_meeting(
+        "assistant@example.com",
+        {**BODY, "agenda": f"Board\n\n{job_marker}", "schedule_for": "boss@example.com"},
+    )
+
+    report = cleanup.cleanup_stale(runtime)
+
+    assert report == cleanup.CleanupReport(deleted=1, orphans_found=1, orphans_deleted=1)
+    assert _deleted_in_sim(sim_client) == {orphan.id: True}

@@ -174,7 +174,14 @@ def test_fleet__cleanup_task__deletes_stale_meeting_through_celery(
     start_worker: Callable[..., WorkerProcess], sim_client: SimulatorClient
 ) -> None:
     start_worker(concurrency=2)
-    [made] = _all_final([jobs.create_meeting("host@example.com", _body(1))])
+    # Zoom is asked before a delete, so the meeting must have ended in Zoom too: it is made
+    # with the simulator's clock a day back, and no start_time (a past one means "now").
+    body = {k: v for k, v in _body(1).items() if k != "start_time"}
+    sim_client.advance_clock(-86400)
+    try:
+        [made] = _all_final([jobs.create_meeting("host@example.com", body)])
+    finally:
+        sim_client.advance_clock(86400)
     with db.sessions(get_settings())() as session, session.begin():
         session.execute(
             update(Meeting)

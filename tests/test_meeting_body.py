@@ -8,9 +8,13 @@ import json
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+import httpx
 import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 
-from worker import errors, meeting_body
+from worker import errors, marker, meeting_body
+from worker.simulator import start_simulator
 
 EXAMPLE = {
     "topic": "Standup",
@@ -70,7 +74,9 @@ INVALID: list[tuple[str, Any, str]] = [
     ("timezone_path", {"timezone": "../etc/passwd"}, "timezone"),
     ("timezone_not_a_place", {"timezone": "Factory"}, "timezone"),
     ("password_too_long", {"password": "abcdefghijk"}, "password"),
-    ("password_bad_character", {"password": "abc!"}, "password"),
+    ("password_with_space", {"password": "abc 123"}, "password"),
+    ("password_not_ascii", {"password": "pässwort"}, "password"),
+    ("use_pmi_true", {"settings": {"use_pmi": True}}, "settings.use_pmi"),
     ("default_password_string", {"default_password": "true"}, "default_password"),
     ("pre_schedule_int", {"pre_schedule": 1}, "pre_schedule"),
     ("pre_schedule_on_recurring", _weekly() | {"pre_schedule": True}, "pre_schedule"),
@@ -283,6 +289,8 @@ VALID: list[tuple[str, dict[str, Any]]] = [
         {"start_time": "2026-12-01T10:00:00Z", "timezone": "Asia/Tokyo"},
     ),
     ("password_all_allowed_characters", {"password": "aZ09@_*-", "default_password": False}),
+    ("password_2026_special_characters", {"password": "abc#123!"}),
+    ("password_empty", {"password": ""}),
     (
         "tracking_fields",
         {"tracking_fields": [{"field": "team", "value": "ops"}, {"field": "cost"}]},
@@ -403,10 +411,15 @@ def test_scheduled_end__local_start__uses_timezone() -> None:
     ) == (datetime(2026, 12, 1, 9, 30, tzinfo=UTC))
 
 
-def test_scheduled_end__recurring_fixed_time__ends_first_occurrence() -> None:
-    # 09:00 in New York in December is 14:00 UTC; 45 minutes later is 14:45.
+def test_scheduled_end__recurring_fixed_time__not_before_last_occurrence_ends() -> None:
+    # Mondays and Wednesdays at 09:00 New York (14:00 UTC) from Tuesday 1 December, ten
+    # times: the last is Monday 4 January, ending at 14:45 UTC. It was given the first
+    # occurrence's end (1 December 14:45), so the cleanup deleted the whole series then.
     end = meeting_body.scheduled_end(WEEKLY, created_at=CREATED)
-    assert end == datetime(2026, 12, 1, 14, 45, tzinfo=UTC)
+    assert end is not None
+    assert (
+        datetime(2027, 1, 4, 14, 45, tzinfo=UTC) <= end <= datetime(2027, 1, 12, 14, 45, tzinfo=UTC)
+    )
 
 
 @pytest.mark.parametrize(
@@ -525,3 +538,100 @@ def test_validate_meeting_id__invalid__names_meeting_id(meeting_id: object) -> N
         meeting_body.validate_meeting_id(meeting_id)
     assert isinstance(caught.value, ValueError)
     assert caught.value.field == "meeting_id"
+
+
+# -- every body the validator accepts, Zoom (the simulator) accepts --------------------------
+
+_TEXT = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=40)
+_PASSWORDS = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=10)
+_ZONES = st.sampled_from(["UTC", "Europe/Berlin", "America/New_York", "Asia/Kolkata"])
+_STAMPS = st.datetimes(min_value=datetime(2026, 1, 1), max_value=datetime(2030, 12, 31)).map(
+    lambda t: t.strftime("%Y-%m-%dT%H:%M:%S")
+)
+_SETTINGS = st.fixed_dictionaries(
+    {},
+    optional={
+        "use_pmi": st.just(False),
+        "waiting_room": st.booleans(),
+        "approval_type": st.sampled_from([0, 1, 2]),
+        "auto_recording": st.sampled_from(["local", "cloud", "none"]),
+        "jbh_time": st.sampled_from([0, 5, 10, 15]),
+        "alternative_hosts": _TEXT,
+    },
+)
+_WEEKLY = st.fixed_dictionaries(
+    {
+        "type": st.just(2),
+        "weekly_days": st.sets(st.integers(1, 7), min_size=1).map(
+            lambda days: ",".join(map(str, sorted(days)))
+        ),
+    },
+    optional={"repeat_interval": st.integers(1, 50), "end_times": st.integers(0, 60)},
+)
+_DAILY = st.fixed_dictionaries(
+    {"type": st.just(1)},
+    optional={
+        "repeat_interval": st.integers(1, 99),
+        "end_date_time": _STAMPS.map(lambda t: t + "Z"),
+    },
+)
+
+
+@st.composite
+def _accepted_bodies(draw: st.DrawFn) -> dict[str, Any]:
+    """Bodies drawn from the validator's own rules (fields, types, ranges, passcodes)."""
+    kind = draw(st.sampled_from([1, 2, 3, 8, 10, None]))
+    body: dict[str, Any] = draw(
+        st.fixed_dictionaries(
+            {},
+            optional={
+                "topic": st.text(max_size=200),
+                "agenda": st.text(max_size=300),
+                "duration": st.integers(1, meeting_body.DURATION_MAX),
+                "password": _PASSWORDS,
+                "default_password": st.booleans(),
+                "schedule_for": st.sampled_from(["boss@example.com", "U2xvdHM"]),
+                "settings": _SETTINGS,
+                "tracking_fields": st.lists(
+                    st.fixed_dictionaries({"field": _TEXT}, optional={"value": _TEXT}), max_size=2
+                ),
+            },
+        )
+    )
+    if kind is not None:
+        body["type"] = kind
+    if kind not in (1, 3) and draw(st.booleans()):
+        stamp = draw(_STAMPS)
+        zone = draw(st.none() | _ZONES)
+        body |= {"start_time": stamp + ("" if zone else "Z")} | ({"timezone": zone} if zone else {})
+    if kind == 8:
+        body["recurrence"] = draw(_WEEKLY | _DAILY)
+    try:
+        return meeting_body.validate_create_body(
+            body, reserved_agenda_chars=marker.RESERVED_AGENDA_CHARS
+        )
+    except errors.InvalidMeeting:
+        assume(False)
+        raise
+
+
+def test_validate_create_body__every_accepted_body__simulator_accepts_it() -> None:
+    with start_simulator() as sim, httpx.Client(timeout=10) as http:
+        form = {"grant_type": "account_credentials", "account_id": "sim-account"}
+        answer = http.post(sim.oauth_url, auth=("sim-client", "sim-secret"), data=form)
+        headers = {"Authorization": f"Bearer {answer.json()['access_token']}"}
+        sim.simulator.configure(daily_create_limit=100_000)
+        refused: list[tuple[dict[str, Any], str]] = []
+
+        @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+        @given(_accepted_bodies())
+        def post(body: dict[str, Any]) -> None:
+            sent = marker.create_body(body, "[zw:0123456789abcdef]")
+            response = http.post(
+                f"{sim.api_url}/users/h@example.com/meetings", json=sent, headers=headers
+            )
+            if response.status_code != 201:
+                refused.append((body, response.text))
+
+        post()
+    assert refused == []

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
+import jsonschema
 import pytest
 
 from worker.simulator import (
@@ -507,6 +510,7 @@ def test_simulator__stats__counts_tokens_calls_and_meetings(
 
     assert (stats["token_requests"], stats["tokens_issued"], stats["token_errors"]) == (2, 1, 1)
     assert (stats["api_calls"], stats["api_401"]) == (4, 1)
+    assert stats["calls_by_operation"] == {"create": 3, "delete": 1}
     assert (stats["meetings_created"], stats["meetings_deleted"], stats["live_meetings"]) == (
         2,
         1,
@@ -580,3 +584,166 @@ def test_simulator__stop__port_closed(http: httpx.Client) -> None:
 
     with pytest.raises(httpx.TransportError):
         http.get(f"{running.url}/_sim/stats")
+
+
+# -- behaving like Zoom (issue 9) -----------------------------------------------------------
+
+SCHEMAS = Path(__file__).parent / "zoom_schemas"  # cut from Zoom's Meetings OpenAPI file
+
+
+def _schema_errors(name: str, answer: Any) -> list[str]:
+    schema = json.loads((SCHEMAS / f"{name}.json").read_text())
+    validator = jsonschema.Draft4Validator(schema)
+    return [f"{list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(answer)]
+
+
+def _weekly_from(start: datetime, end_times: int) -> dict[str, Any]:
+    zoom_day = start.isoweekday() % 7 + 1  # Zoom counts 1 = Sunday ... 7 = Saturday
+    return {"type": 2, "repeat_interval": 1, "weekly_days": str(zoom_day), "end_times": end_times}
+
+
+def test_simulator__answers__match_zoom_openapi_response_schemas(
+    api: Api, control: SimulatorClient
+) -> None:
+    start = datetime.now(UTC) + timedelta(days=1)
+    created = api.create(
+        topic="Schema",
+        type=8,
+        start_time=f"{start:%Y-%m-%dT%H:%M:%SZ}",
+        recurrence=_weekly_from(start, 3),
+        tracking_fields=[{"field": "team", "value": "ops"}],
+    )
+    fetched = api.call("GET", f"/meetings/{created.json()['id']}")
+    listed = api.call("GET", "/users/alice@example.com/meetings", params={"page_size": 300})
+
+    assert created.status_code == 201 and fetched.status_code == 200
+    assert _schema_errors("create_meeting_201", created.json()) == []
+    assert _schema_errors("get_meeting_200", fetched.json()) == []
+    assert _schema_errors("list_meetings_200", listed.json()) == []
+    assert len(fetched.json()["occurrences"]) == 3
+
+
+def test_simulator__list__leaves_out_instant_meetings(api: Api) -> None:
+    instant = api.create("ivy", type=1).json()["id"]
+    scheduled = api.create("ivy", type=2).json()["id"]
+
+    listed = api.call("GET", "/users/ivy/meetings").json()["meetings"]
+    fetched = api.call("GET", f"/meetings/{instant}")
+
+    assert [m["id"] for m in listed] == [scheduled]
+    assert fetched.status_code == 200, "an instant meeting exists; it is just not listed"
+
+
+def test_simulator__schedule_for__other_user_is_host_and_lists_it(api: Api) -> None:
+    created = api.create("assistant@example.com", schedule_for="boss@example.com").json()
+
+    under_boss = api.call("GET", "/users/boss@example.com/meetings").json()["meetings"]
+    under_assistant = api.call("GET", "/users/assistant@example.com/meetings").json()["meetings"]
+
+    assert created["host_email"] == "boss@example.com"
+    assert [m["id"] for m in under_boss] == [created["id"]]
+    assert under_assistant == []
+
+
+def test_simulator__series__occurrences_past_only_when_asked_deleted_marked(
+    api: Api, control: SimulatorClient
+) -> None:
+    control.advance_clock(-8 * 86400)  # the series began eight days ago
+    past_start = datetime.now(UTC) - timedelta(days=8)
+    meeting_id = api.create(type=8, duration=30, recurrence=_weekly_from(past_start, 3)).json()[
+        "id"
+    ]
+    control.advance_clock(8 * 86400)
+
+    upcoming = api.call("GET", f"/meetings/{meeting_id}").json()["occurrences"]
+    every = api.call(
+        "GET", f"/meetings/{meeting_id}", params={"show_previous_occurrences": "true"}
+    ).json()["occurrences"]
+    deleted = api.call(
+        "DELETE", f"/meetings/{meeting_id}", params={"occurrence_id": upcoming[0]["occurrence_id"]}
+    )
+    after = api.call("GET", f"/meetings/{meeting_id}").json()["occurrences"]
+
+    assert len(every) == 3 and len(upcoming) == 1 and upcoming[0] == every[2]
+    assert deleted.status_code == 204
+    assert [o["status"] for o in after] == ["deleted"]
+    assert api.call("GET", f"/meetings/{meeting_id}").status_code == 200, "the series remains"
+    assert control.stats()["occurrences_deleted"] == 1
+
+
+def test_simulator__clock_moved_forward__series_has_no_upcoming_occurrence(
+    api: Api, control: SimulatorClient
+) -> None:
+    start = datetime.now(UTC) + timedelta(hours=1)
+    body = {"type": 8, "start_time": f"{start:%Y-%m-%dT%H:%M:%SZ}", "duration": 30}
+    meeting_id = api.create(**body, recurrence=_weekly_from(start, 2)).json()["id"]
+
+    before = api.call("GET", f"/meetings/{meeting_id}").json()["occurrences"]
+    control.advance_clock(15 * 86400)
+    after = api.call("GET", f"/meetings/{meeting_id}").json()["occurrences"]
+
+    assert len(before) == 2 and after == []
+
+
+def test_simulator__clock_moved_back__create_starts_in_the_past(
+    api: Api, control: SimulatorClient
+) -> None:
+    now = control.advance_clock(-7200)
+
+    meeting = api.create(duration=30).json()
+
+    assert meeting["start_time"] == meeting["created_at"] == now
+    started = datetime.fromisoformat(now.replace("Z", "+00:00"))
+    assert datetime.now(UTC) - started > timedelta(minutes=119)
+
+
+def test_simulator__update_by_host__moves_the_meeting(api: Api, control: SimulatorClient) -> None:
+    meeting_id = api.create().json()["id"]
+
+    control.update_meeting(meeting_id, {"start_time": "2099-01-05T10:00:00Z", "duration": 90})
+
+    fetched = api.call("GET", f"/meetings/{meeting_id}").json()
+    assert (fetched["start_time"], fetched["duration"]) == ("2099-01-05T10:00:00Z", 90)
+    assert control.stats()["api_calls"] == 2, "the host's change is not one of the app's calls"
+
+
+def test_simulator__host_uses_pmi__create_without_use_pmi_false_gets_the_pmi(
+    api: Api, control: SimulatorClient
+) -> None:
+    pmi = control.set_use_pmi("pat@example.com")
+
+    plain = api.create("pat@example.com").json()
+    again = api.create("pat@example.com").json()
+    refused = api.create("pat@example.com", settings={"use_pmi": False}).json()
+    series = api.create("pat@example.com", type=8).json()
+
+    assert plain["id"] == again["id"] == pmi, "two creates share the host's personal room"
+    assert refused["id"] != pmi and series["id"] != pmi
+    assert 1_000_000_000 <= pmi <= 9_999_999_999
+
+
+@pytest.mark.parametrize("rule", ["code_points", "utf16"])
+def test_simulator__list_agenda_cut__by_the_configured_rule(
+    api: Api, control: SimulatorClient, rule: str
+) -> None:
+    control.configure(list_agenda_cut=rule)
+    api.create("uma", agenda="\N{GRINNING FACE}" * 240)
+
+    [listed] = api.call("GET", "/users/uma/meetings").json()["meetings"]
+
+    expected = 240 if rule == "code_points" else 125  # 250 UTF-16 units: 125 emoji
+    assert listed["agenda"] == "\N{GRINNING FACE}" * expected
+
+
+@pytest.mark.parametrize("password", ["abc#123!", "", "!@#$%^&*()"])
+def test_simulator__passcode_of_2026_spec__accepted(api: Api, password: str) -> None:
+    response = api.create(password=password)
+
+    assert response.status_code == 201, response.text
+    assert response.json()["password"] == (password or response.json()["password"])
+    assert response.json()["password"], "an empty passcode is none given: one is made"
+
+
+def test_simulator__passcode_with_space_or_too_long__400(api: Api) -> None:
+    assert api.create(password="abc 123").status_code == 400
+    assert api.create(password="x" * 11).status_code == 400

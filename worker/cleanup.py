@@ -10,22 +10,29 @@ Protocol
    = now() + CLAIM_FOR``), keyset-ordered by ``(scheduled_end, meeting_id)``. The deletes run
    with no transaction open; each outcome is recorded in its own short transaction, only
    while the row still carries this run's claim (compare-and-swap on the claim's time).
-3. 204 or 404/3001 -> ``deleted``; 400/3007 "has ended" -> ``ended`` (final); 400/3002 "in
-   progress" -> stays ``live``, asked again after :data:`IN_PROGRESS_RETRY`; a 5xx or other
-   4xx -> ``last_error``, tried next run. A meeting Zoom refuses (4xx) :data:`MAX_ATTEMPTS`
-   times is given up: ``ended``, the reason in ``last_error``.
-4. Every call passes ``runtime.gate``; a slot under :data:`MAX_WAIT_S` away is waited for
+3. Zoom is asked first (``GET /meetings/{id}``, a light call through the gate), because
+   hosts move meetings and a series lives until its last occurrence
+   (:func:`worker.schedule.zoom_end`): a meeting that now ends later, or never (type 3, a
+   series with no end), is ``kept``: its ``scheduled_end`` becomes Zoom's (NULL: never stale)
+   and it is looked at again then; one Zoom says has started is ``in_progress``; 404/3001 ->
+   ``already_gone`` with no delete. Only then is it deleted: two calls per deleted meeting.
+4. Delete: 204 or 404/3001 -> ``deleted``; 400/3007 "has ended" -> ``ended`` (final); in
+   progress (3002, or started per the GET) -> stays ``live``, asked again after
+   :data:`IN_PROGRESS_RETRY`; a 5xx or other 4xx (or an answer without a readable end) ->
+   ``last_error``, tried next run. A meeting refused :data:`MAX_ATTEMPTS` times is given up:
+   ``ended``, the reason in ``last_error``.
+5. Every call passes ``runtime.gate``; a slot under :data:`MAX_WAIT_S` away is waited for
    in-process. A farther one, a 429, an open circuit, Zoom unreachable or the time budget
    stops the run: unworked claims are released and the next scheduled run goes on.
-5. Orphans: a create whose reply was lost and whose job then failed may have made a meeting
-   the ledger never heard of. For recent (:data:`ORPHAN_WINDOW`) failed creates with a
-   marker, no meeting id and an unknown outcome (``maybe_sent``, kept by a failed create
-   whose last request may have reached Zoom, or an error saying the job gave up), the hosts
-   with the newest (at most :data:`ORPHAN_HOSTS_PER_RUN`) are listed; a meeting whose agenda
-   ends with such a marker joins the ledger (linked to its job) and is deleted at once.
+6. Orphans: a create whose reply was lost and whose job then failed may have made a meeting
+   the ledger never heard of. The recent (:data:`ORPHAN_WINDOW`) such jobs of at most
+   :data:`ORPHAN_HOSTS_PER_RUN` hosts (:func:`worker.orphans.candidates`) are searched for
+   with :func:`worker.marker.find`; a meeting carrying such a marker joins the ledger
+   (linked to its job) and is deleted at once, whatever its schedule: nobody holds its
+   join URL.
 
 Only ledger meetings, and meetings on a job's host carrying one of our failed jobs' markers,
-are ever deleted: foreign, future, recently ended and type 3 (no end) meetings are never
+are ever deleted: foreign, future, recently ended, type 3 and endless series are never
 touched. ``jobs`` stuck in a non-final state are the sweeper's (:func:`worker.ledger.sweep`).
 ``meetings`` is otherwise written by :mod:`worker.ledger`; cleanup owns the state transitions
 of stale meetings and the orphan rows it adds.
@@ -38,7 +45,6 @@ import dataclasses
 import hashlib
 import logging
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -48,8 +54,7 @@ from typing import Any
 from sqlalchemy import Engine, func, or_, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 
-from worker import db, errors, ledger, meeting_body, meetings, models, zoom
-from worker.models import Job as JobRow
+from worker import db, errors, marker, meetings, models, orphans, schedule, zoom
 from worker.models import Meeting as MeetingRow
 
 log = logging.getLogger(__name__)
@@ -74,12 +79,14 @@ IN_PROGRESS, HAS_ENDED = 3002, 3007
 
 @dataclass(frozen=True)
 class CleanupReport:
-    """What one run did (counts of meetings). ``deferred``: claimed but left for the next run
+    """What one run did (counts of meetings). ``kept``: Zoom says it ends later (or never), so
+    it stays, its ``scheduled_end`` corrected. ``deferred``: claimed but left for the next run
     because the run stopped (``stopped`` says why). Orphans are also counted by outcome;
     ``given_up`` ones also in ``in_progress`` or ``failed``. ``skipped_locked``: another run
     held the lock, nothing was done."""
 
     deleted: int = 0
+    kept: int = 0
     already_gone: int = 0
     ended: int = 0
     in_progress: int = 0
@@ -110,7 +117,7 @@ def cleanup_stale(
         run = _Run(runtime, time_budget_s)
         try:
             run.stale(page_size)
-            run.orphans()
+            run.orphan_pass()
         except _Stop as stop:
             run.stopped = str(stop)
             log.warning("cleanup.stopped reason=%s", stop)
@@ -148,14 +155,7 @@ class _Claimed:
     attempts: int
     until: datetime  # this run's claim: outcomes are recorded only while it is still there
     end: datetime | None = None  # scheduled_end, the keyset of the pages
-
-
-@dataclass(frozen=True)
-class _Lost:
-    job_id: uuid.UUID
-    marker: str
-    expected_agenda: str
-    scheduled_end: datetime | None
+    orphan: bool = False  # deleted whatever its schedule: nobody holds its join URL
 
 
 class _Run:
@@ -203,7 +203,7 @@ class _Run:
         for index, row in enumerate(page):
             try:
                 self._check_budget()
-                gone += self._delete(row)
+                gone += self._settle(row)
             except BaseException as exc:
                 released = self._release(page[index:])
                 if isinstance(exc, _Stop):
@@ -224,9 +224,42 @@ class _Run:
 
     # -- one delete and what Zoom's answer means -------------------------------------------
 
+    def _settle(self, row: _Claimed) -> bool:
+        """Ask Zoom, then delete the meeting only if it has ended; True when it is gone."""
+        if not row.orphan:
+            outcome = self._ask_zoom(row)
+            if outcome is not None:
+                return outcome
+        return self._delete(row)
+
+    def _ask_zoom(self, row: _Claimed) -> bool | None:
+        """Read the meeting: None when it may be deleted, else the recorded outcome."""
+        try:
+            self._permit("get")
+            end = schedule.zoom_end(self.client.get_meeting(row.meeting_id))
+        except errors.MeetingNotFound:
+            self._record(row, "already_gone", state=models.DELETED, deleted_at=func.now())
+            return True
+        except ValueError as exc:
+            return self._refused(row, f"unreadable answer: {exc}", None)
+        except (errors.ZoomClientError, errors.ZoomServerError) as exc:
+            return self._refused(
+                row, exc.describe(), exc.code, isinstance(exc, errors.ZoomClientError)
+            )
+        except errors.ZoomWorkerError as exc:
+            raise self._call_failed("get", exc) from exc
+        if end.in_progress:
+            text = "in progress: Zoom says it has started (its delete would be refused, 3002)"
+            return self._refused(row, text, IN_PROGRESS)
+        stale_after = timedelta(minutes=self.settings.STALE_AFTER_MINUTES)
+        if end.at is None or end.at > datetime.now(UTC) - stale_after:
+            self._record(row, "kept", attempt=False, scheduled_end=end.at, last_error=None)
+            return False
+        return None
+
     def _delete(self, row: _Claimed) -> bool:
         """Delete one claimed meeting and record the outcome; True when it is gone."""
-        now, attempts = func.now(), row.attempts + 1
+        now = func.now()
         try:
             self._permit("delete")
             self.client.delete_meeting(row.meeting_id)
@@ -234,32 +267,40 @@ class _Run:
             self._record(row, "already_gone", state=models.DELETED, deleted_at=now)
             return True
         except (errors.ZoomClientError, errors.ZoomServerError) as exc:
-            text = exc.describe()
-            if exc.code == HAS_ENDED:
-                self._record(row, "ended", state=models.ENDED, last_error=text)
-                return False
-            event = "in_progress" if exc.code == IN_PROGRESS else "failed"
-            if isinstance(exc, errors.ZoomClientError) and attempts >= MAX_ATTEMPTS:
-                self.counts[event] += 1
-                reason = f"gave up after {attempts} attempts: {text}"
-                self._record(row, "given_up", state=models.ENDED, last_error=reason)
-                return False
-            retry = now + IN_PROGRESS_RETRY if event == "in_progress" else None
-            self._record(row, event, cleanup_claimed_until=retry, last_error=text)
-            return False
+            return self._refused(
+                row, exc.describe(), exc.code, isinstance(exc, errors.ZoomClientError)
+            )
         except errors.ZoomWorkerError as exc:
             raise self._call_failed("delete", exc) from exc
         self._record(row, "deleted", state=models.DELETED, deleted_at=now)
         return True
 
-    def _record(self, row: _Claimed, event: str, **values: Any) -> None:
+    def _refused(self, row: _Claimed, text: str, code: int | None, counts: bool = True) -> bool:
+        """Record why the meeting stays; ``counts``: a refusal that may give it up (not 5xx)."""
+        if code == HAS_ENDED:
+            self._record(row, "ended", state=models.ENDED, last_error=text)
+            return False
+        event = "in_progress" if code == IN_PROGRESS else "failed"
+        attempts = row.attempts + 1
+        if counts and attempts >= MAX_ATTEMPTS:
+            self.counts[event] += 1
+            reason = f"gave up after {attempts} attempts: {text}"
+            self._record(row, "given_up", state=models.ENDED, last_error=reason)
+            return False
+        retry = func.now() + IN_PROGRESS_RETRY if event == "in_progress" else None
+        self._record(row, event, cleanup_claimed_until=retry, last_error=text)
+        return False
+
+    def _record(self, row: _Claimed, event: str, *, attempt: bool = True, **values: Any) -> None:
         m = MeetingRow
         values.setdefault("cleanup_claimed_until", None)
+        if attempt:
+            values["cleanup_attempts"] = m.cleanup_attempts + 1
         with self.sessions() as session, session.begin():
             result = session.execute(
                 update(m)
                 .where(m.meeting_id == row.meeting_id, m.cleanup_claimed_until == row.until)
-                .values(cleanup_attempts=m.cleanup_attempts + 1, **values)
+                .values(**values)
             )
         if not result.rowcount:  # type: ignore[attr-defined]
             log.warning("cleanup.claim_lost meeting_id=%s %s not recorded", row.meeting_id, event)
@@ -288,8 +329,9 @@ class _Run:
 
     # -- orphans of failed creates ---------------------------------------------------------
 
-    def orphans(self) -> None:
-        for host, lost in self._orphan_candidates().items():
+    def orphan_pass(self) -> None:
+        candidates = orphans.candidates(self.sessions, ORPHAN_WINDOW, ORPHAN_HOSTS_PER_RUN)
+        for host, lost in candidates.items():
             self._check_budget()
             for meeting, job in self._find(host, lost):
                 self.counts["orphans_found"] += 1
@@ -298,67 +340,20 @@ class _Run:
                 if row is not None:
                     self.counts["orphans_deleted"] += self._work([row])
 
-    def _orphan_candidates(self) -> dict[str, list[_Lost]]:
-        j, m = JobRow, MeetingRow
-        finished = func.coalesce(j.finished_at, j.updated_at)
-        known = select(m.meeting_id).where(m.job_id == j.id, m.state != models.LIVE).exists()
-        where = (
-            j.kind == ledger.CREATE,
-            j.status == models.FAILED,
-            j.marker.is_not(None),
-            j.meeting_id.is_(None),
-            j.user_id.is_not(None),
-            finished > func.now() - ORPHAN_WINDOW,
-            or_(j.maybe_sent, j.gave_up),
-            ~known,
-        )
-        hosts = (
-            select(j.user_id)
-            .where(*where)
-            .group_by(j.user_id)
-            .order_by(func.max(finished).desc())
-            .limit(ORPHAN_HOSTS_PER_RUN)
-            .correlate(None)  # its own jobs, not the outer query's
-        )
-        query = select(j.id, j.user_id, j.marker, j.body, j.created_at).where(
-            *where, j.user_id.in_(hosts.scalar_subquery())
-        )
-        with self.sessions() as session, session.begin():
-            rows = session.execute(query).all()
-        found: dict[str, list[_Lost]] = {}
-        for job_id, host, marker, body, created_at in rows:
-            assert host is not None and marker is not None  # the query asked for both
-            expected = ledger.agenda_with_marker((body or {}).get("agenda"), marker)
-            end = meeting_body.scheduled_end(body or {}, created_at=created_at)
-            found.setdefault(host, []).append(_Lost(job_id, marker, expected, end))
-        return found
-
-    def _find(self, host: str, lost: list[_Lost]) -> list[tuple[zoom.Meeting, _Lost]]:
-        """Meetings of ``host`` carrying one of ``lost``'s markers (fetched whole when the
-        list call cut the agenda short, as :mod:`worker.meetings` does)."""
-        by_marker = {job.marker: job for job in lost}
-        limit = meetings.LIST_AGENDA_LIMIT
-        cut = {j.expected_agenda[:limit] for j in lost if len(j.expected_agenda) > limit}
-        found: list[tuple[zoom.Meeting, _Lost]] = []
-        # One permit per host: a host rarely has more than one page (300) of upcoming meetings.
-        self._permit("list")
+    def _find(self, host: str, lost: list[orphans.Lost]) -> list[tuple[zoom.Meeting, orphans.Lost]]:
+        """Meetings of ``host`` carrying one of ``lost``'s markers (:func:`marker.find`)."""
+        by_marker = {job.wanted.marker: job for job in lost}
         try:
-            for listed in self.client.list_meetings(host):
-                meeting = listed
-                if listed.agenda in cut:  # the marker was cut off: fetch the whole agenda
-                    self._permit("get")
-                    meeting = self.client.get_meeting(listed.id)
-                job = by_marker.get((meeting.agenda or "")[-ledger.MARKER_LENGTH :])
-                if job is not None:
-                    found.append((meeting, job))
+            found = marker.find(self.client, self._permit, host, [j.wanted for j in lost])
         except (errors.ZoomClientError, errors.ZoomServerError) as exc:
             self.counts["failed"] += 1
             log.warning("cleanup.orphan_list_failed jobs=%d %s", len(lost), exc.describe())
+            return []
         except errors.ZoomWorkerError as exc:
             raise self._call_failed("list", exc) from exc
-        return found
+        return [(meeting, by_marker[key]) for key, meeting in found.items()]
 
-    def _adopt(self, host: str, meeting: zoom.Meeting, job: _Lost) -> _Claimed | None:
+    def _adopt(self, host: str, meeting: zoom.Meeting, job: orphans.Lost) -> _Claimed | None:
         """Add the orphan to the ledger, linked to its job, and claim it; None when the ledger
         already knows the meeting under another job, or another claim holds it."""
         m, now = MeetingRow, func.now()
@@ -385,4 +380,4 @@ class _Run:
             session.execute(add.on_conflict_do_nothing(index_elements=[m.meeting_id]))
             claimed = session.execute(claim).one_or_none()
         until = claimed[1] if claimed else None
-        return _Claimed(meeting.id, claimed[0], until) if claimed and until else None
+        return _Claimed(meeting.id, claimed[0], until, orphan=True) if claimed and until else None

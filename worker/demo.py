@@ -17,7 +17,6 @@ import collections
 import contextlib
 import dataclasses
 import os
-import re
 import secrets
 import signal
 import subprocess
@@ -37,7 +36,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from sqlalchemy import delete
 
-from worker import db, errors, jobs, models, schema, simulator, token_store
+from worker import db, errors, jobs, marker, models, schema, simulator, token_store
 from worker.config import Settings, get_settings
 
 POLL_INTERVAL_S = 0.2
@@ -47,7 +46,6 @@ HOSTS = ("alice@demo.example", "bob@demo.example", "carol@demo.example")
 # With --faults: 5% of API calls answered 5xx, 3% of creates made but their reply lost.
 ERROR_RATE, REPLY_LOST_RATE = 0.05, 0.03
 RATE_LIMITS = {"light": 30, "medium": 20, "heavy": 10}
-MARKER = re.compile(r"\[zw:[0-9a-f]{16}\]")
 
 
 class DemoFailed(Exception):
@@ -326,7 +324,7 @@ def _result(sim_url: str, ids: list[uuid.UUID], wall_s: float, create_s: float) 
         stats = client.stats()
         meetings = client.meetings()
     markers = collections.Counter(
-        marker for meeting in meetings for marker in MARKER.findall(meeting.get("agenda") or "")
+        found for meeting in meetings for found in marker.markers_in(meeting.get("agenda"))
     )
     created = sum(job.kind == jobs.CREATE and job.status == models.SUCCEEDED for job in found)
     return DemoResult(

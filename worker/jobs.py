@@ -27,9 +27,10 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from worker import admission, celery_app, db, errors, ledger, meeting_body, models
+from worker import admission, celery_app, db, errors, ledger, marker, meeting_body, models
 from worker.config import get_settings
-from worker.ledger import CREATE, DELETE, RESERVED_AGENDA_CHARS
+from worker.ledger import CREATE, DELETE
+from worker.marker import RESERVED_AGENDA_CHARS
 from worker.models import Job as JobRow
 from worker.models import Meeting as MeetingRow
 
@@ -302,7 +303,7 @@ def _new_create(user_id: object, meeting: object, idempotency_key: object) -> Jo
         user_id=user,
         topic=ledger.topic_of(body),
         body=body,
-        marker=f"[zw:{job_id.hex[:16]}]",
+        marker=marker.for_job(job_id),
     )
 
 

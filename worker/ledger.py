@@ -58,7 +58,6 @@ __all__ = [
     "CreateState",
     "Ledger",
     "Send",
-    "agenda_with_marker",
     "dispatch",
     "topic_of",
 ]
@@ -67,22 +66,12 @@ log = logging.getLogger(__name__)
 
 CREATE, DELETE = "create", "delete"
 TASK_NAMES = {CREATE: "meetings.create", DELETE: "meetings.delete"}
-# The correlation marker appended to a created meeting's agenda (see worker.meetings).
-MARKER_SEPARATOR = "\n\n"
-MARKER_LENGTH = len("[zw:0123456789abcdef]")
-RESERVED_AGENDA_CHARS = len(MARKER_SEPARATOR) + MARKER_LENGTH
 # A message may arrive this much before next_attempt_at (hosts' clocks differ from the
 # database's by a little); earlier than that it is a stray and claims nothing.
 CLAIM_EARLY = timedelta(seconds=1)
 
 Send: TypeAlias = Callable[[str, dict[str, Any]], None]
 """Puts a task on the broker by name with these kwargs (``worker.celery_app.send``)."""
-
-
-def agenda_with_marker(agenda: object, marker: str) -> str:
-    """The agenda a create sends: the caller's agenda, a blank line, then the job's marker."""
-    text = agenda if isinstance(agenda, str) else ""
-    return f"{text}{MARKER_SEPARATOR}{marker}" if text else marker
 
 
 class Ledger:

@@ -2,7 +2,8 @@
 
 A body that Zoom would refuse, or would quietly read differently from what the caller meant,
 fails before its job is stored or queued, with ``errors.InvalidMeeting`` naming the field's
-dotted path (``settings.approval_type``, ``tracking_fields[0].field``). The limits are those of
+dotted path (``settings.approval_type``, ``tracking_fields[0].field``). The checks are built
+with :mod:`worker.checks`. The limits are those of
 Zoom's Meetings OpenAPI file (2026), written out here because the worker does not ship it.
 
 - JSON must be able to carry every value: a ``datetime``, ``set`` or ``bytes`` is refused (pass
@@ -15,7 +16,11 @@ Zoom's Meetings OpenAPI file (2026), written out here because the worker does no
 - Types, enums, lengths and ranges follow the spec: ``topic`` <= 200 characters, ``agenda``
   <= 2000 less what the worker keeps for its correlation marker, ``type`` 1/2/3/8/10,
   ``duration`` 1..1440 minutes, ``timezone`` an IANA name, booleans real JSON booleans.
-  ``password`` is <= 10 characters of ``[A-Za-z0-9@_*-]``, the set every spec version accepts.
+  ``password`` is <= 10 printable ASCII characters without spaces: the 2026 spec allows
+  "alphanumeric characters as well as special characters such as !, @, #", and sets no minimum,
+  so ``""`` passes (no passcode given; the simulator reads it so too).
+- ``settings.use_pmi: true`` is refused: the meeting would be the host's Personal Meeting ID,
+  their personal room, shared by every job that used it and deleted by none safely.
 - ``start_time`` is ``yyyy-MM-ddTHH:mm:ssZ`` (UTC) or ``yyyy-MM-ddTHH:mm:ss`` in ``timezone``;
   the spec names no fractions and no offsets. Zoom reads a time without ``Z`` or ``timezone``
   in the *account's* time zone, which the worker cannot see, so that is refused. A past start
@@ -29,16 +34,13 @@ Zoom's Meetings OpenAPI file (2026), written out here because the worker does no
 
 from __future__ import annotations
 
-import difflib
-import json
-import math
 import re
-from collections.abc import Callable, Mapping
-from datetime import UTC, date, datetime, time, timedelta
-from typing import Any, NoReturn
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from worker import errors
+from worker import checks, schedule
 
 AGENDA_MAX = 2000
 TOPIC_MAX = 200
@@ -48,126 +50,10 @@ PASSWORD_MAX = 10
 USER_ID_MAX = 256
 INT64_MAX = 2**63 - 1
 
-# A check takes the field's dotted path and a value already copied by _json_copy.
-_Check = Callable[[str, Any], None]
-
 _TIME = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})(Z?)")
 _TYPE_NAMES = {1: "instant", 3: "recurring with no fixed time"}
-_JSON_KINDS: dict[type, str] = {bool: "a boolean", int: "an integer", float: "a number"}
-_JSON_KINDS |= {str: "a string", list: "a list", dict: "an object", type(None): "null"}
 # Files in the tz database that name no place, so Zoom would not know them.
 _NOT_ZONES = frozenset({"Factory", "localtime", "posixrules"})
-
-
-def _fail(path: str, message: str) -> NoReturn:
-    raise errors.InvalidMeeting(path, message)
-
-
-def _join(path: str, name: str) -> str:
-    return f"{path}.{name}" if path else name
-
-
-def _show(value: object) -> str:
-    text = json.dumps(value, ensure_ascii=False)
-    return text if len(text) <= 60 else f"{text[:57]}..."
-
-
-def _kind(value: object) -> str:
-    return _JSON_KINDS[type(value)]  # every value has been through _json_copy
-
-
-def _json_copy(path: str, value: object) -> Any:
-    """A deep copy of ``value`` made only of dict, list, str, int, float, bool and None."""
-    if value is None or isinstance(value, bool):
-        return value
-    if isinstance(value, str):
-        return str.__str__(value)
-    if isinstance(value, int):
-        return int(value)
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            _fail(path or "body", f"is {value}, which JSON cannot carry")
-        return float(value)
-    if isinstance(value, Mapping):
-        for key in value:
-            if not isinstance(key, str):
-                _fail(path or "body", f"has the key {key!r}; JSON object keys must be strings")
-        return {str.__str__(k): _json_copy(_join(path, k), v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_copy(f"{path}[{i}]", item) for i, item in enumerate(value)]
-    if isinstance(value, datetime | date | time):
-        _fail(path, 'is a Python datetime; pass an ISO string such as "2026-12-01T10:00:00Z"')
-    _fail(path or "body", f"is a {type(value).__name__}, which JSON cannot carry; use list or str")
-
-
-# -- checks, built from the spec's schema ----------------------------------------------------
-
-
-def _string(max_len: int | None = None, pattern: str = "", shape: str = "") -> _Check:
-    compiled = re.compile(pattern) if pattern else None
-
-    def check(path: str, value: Any) -> None:
-        if not isinstance(value, str):
-            _fail(path, f"must be a string, not {_kind(value)}")
-        if max_len is not None and len(value) > max_len:
-            _fail(path, f"must be at most {max_len} characters; got {len(value)}")
-        if compiled is not None and not compiled.fullmatch(value):
-            _fail(path, f"must be {shape}; got {_show(value)}")
-
-    return check
-
-
-def _integer(low: int, high: int) -> _Check:
-    def check(path: str, value: Any) -> None:
-        if not isinstance(value, int) or isinstance(value, bool):
-            _fail(path, f"must be an integer, not {_kind(value)}")
-        if not low <= value <= high:
-            _fail(path, f"must be between {low} and {high}; got {value}")
-
-    return check
-
-
-def _choice(*choices: bool | int | str) -> _Check:
-    def check(path: str, value: Any) -> None:
-        # type() as well as ==: True == 1 and 1.0 == 1, but Zoom refuses both for an integer.
-        if type(value) is not type(choices[0]) or value not in choices:
-            _fail(path, f"must be one of {', '.join(map(_show, choices))}; got {_show(value)}")
-
-    return check
-
-
-def _array(item: _Check) -> _Check:
-    def check(path: str, value: Any) -> None:
-        if not isinstance(value, list):
-            _fail(path, f"must be a list, not {_kind(value)}")
-        for index, element in enumerate(value):
-            item(f"{path}[{index}]", element)
-
-    return check
-
-
-def _object(
-    fields: Mapping[str, _Check], *, required: tuple[str, ...] = (), closed: bool = False
-) -> _Check:
-    def check(path: str, value: Any) -> None:
-        if not isinstance(value, dict):
-            _fail(path or "body", f"must be an object, not {_kind(value)}")
-        for name in required:
-            if name not in value:
-                _fail(_join(path, name), "is required")
-        for name, element in value.items():
-            if name in fields:
-                fields[name](_join(path, name), element)
-            elif closed:
-                _fail(_join(path, name), _unknown(name, fields))
-
-    return check
-
-
-def _unknown(name: str, fields: Mapping[str, _Check]) -> str:
-    guess = difflib.get_close_matches(name, list(fields), n=1)
-    hint = f'did you mean "{guess[0]}"?' if guess else f"known fields: {', '.join(sorted(fields))}"
-    return f"is not a field Zoom knows here, and Zoom would silently ignore it; {hint}"
 
 
 def _timezone(path: str, value: Any) -> None:
@@ -177,7 +63,10 @@ def _timezone(path: str, value: Any) -> None:
     except (ZoneInfoNotFoundError, ValueError, OSError):
         known = False
     if not known:
-        _fail(path, f'must be an IANA time zone name such as "Europe/Berlin"; got {_show(value)}')
+        checks.fail(
+            path,
+            f'must be an IANA time zone name such as "Europe/Berlin"; got {checks.show(value)}',
+        )
 
 
 def _utc_time(path: str, value: Any) -> None:
@@ -185,15 +74,26 @@ def _utc_time(path: str, value: Any) -> None:
     _parse_time(path, value, None, utc_only=True)
 
 
-_STR = _string()
-_BOOL = _choice(True, False)
-_EMAIL = _string(pattern=r"[^@\s]+@[^@\s]+", shape="an email address")
+def _no_pmi(path: str, value: Any) -> None:
+    _BOOL(path, value)
+    if value:
+        checks.fail(
+            path,
+            "true is refused: the meeting would be the host's Personal Meeting ID, their "
+            "personal room shared by every meeting that uses it, which this service could "
+            "neither own nor delete safely; leave it out (the worker sends false)",
+        )
+
+
+_STR = checks.string()
+_BOOL = checks.choice(True, False)
+_EMAIL = checks.string(pattern=r"[^@\s]+@[^@\s]+", shape="an email address")
 # Settings are many and mostly flags: the names, as the spec lists them, read best as words.
 _BOOL_SETTINGS = """
     allow_multiple_devices alternative_hosts_email_notification close_registration cn_meeting
     email_notification focus_mode host_video in_meeting join_before_host meeting_authentication
     mute_upon_entry participant_video private_meeting registrants_confirmation_email
-    registrants_email_notification show_share_button show_join_info use_pmi waiting_room
+    registrants_email_notification show_share_button show_join_info waiting_room
     watermark host_save_video_order alternative_host_update_polls
     alternative_host_manage_meeting_summary alternative_host_manage_cloud_recording
     internal_meeting participant_focused_meeting push_change_to_calendar
@@ -211,62 +111,65 @@ _ENABLE_SETTINGS = """
     question_and_answer
 """.split()  # noqa: SIM905
 
-_SETTINGS = _object(
+_SETTINGS = checks.obj(
     {
         **dict.fromkeys(_BOOL_SETTINGS, _BOOL),
         **dict.fromkeys(_STR_SETTINGS, _STR),
-        **dict.fromkeys(_ENABLE_SETTINGS, _object({"enable": _BOOL})),
-        "auto_add_recording_to_video_management": _object({"enable": _BOOL}, required=("enable",)),
-        "additional_data_center_regions": _array(_STR),
-        "global_dial_in_countries": _array(_STR),
-        "approval_type": _choice(0, 1, 2),
-        "registration_type": _choice(1, 2, 3),
-        "audio": _choice("both", "telephony", "voip", "thirdParty"),
-        "audio_conference_info": _string(2048),
-        "auto_recording": _choice("local", "cloud", "none"),
-        "calendar_type": _choice(1, 2),
-        "encryption_type": _choice("enhanced_encryption", "e2ee"),
-        "jbh_time": _choice(0, 5, 10, 15),
-        "who_will_receive_summary": _choice(1, 2, 3, 4),
-        "who_can_ask_questions": _choice(1, 2, 3, 4, 5),
-        "meeting_invitees": _array(_object({"email": _EMAIL})),
-        "authentication_exception": _array(_object({"email": _EMAIL, "name": _STR})),
-        "approved_or_denied_countries_or_regions": _object(
-            {"enable": _BOOL, "method": _choice("approve", "deny")}
-            | dict.fromkeys(("approved_list", "denied_list"), _array(_STR))
+        **dict.fromkeys(_ENABLE_SETTINGS, checks.obj({"enable": _BOOL})),
+        "auto_add_recording_to_video_management": checks.obj(
+            {"enable": _BOOL}, required=("enable",)
         ),
-        "waiting_room_options": _object(
-            {"mode": _choice("follow_setting", "custom"), "who_goes_to_waiting_room": _STR},
+        "additional_data_center_regions": checks.array(_STR),
+        "global_dial_in_countries": checks.array(_STR),
+        "approval_type": checks.choice(0, 1, 2),
+        "registration_type": checks.choice(1, 2, 3),
+        "audio": checks.choice("both", "telephony", "voip", "thirdParty"),
+        "audio_conference_info": checks.string(2048),
+        "auto_recording": checks.choice("local", "cloud", "none"),
+        "calendar_type": checks.choice(1, 2),
+        "encryption_type": checks.choice("enhanced_encryption", "e2ee"),
+        "jbh_time": checks.choice(0, 5, 10, 15),
+        "who_will_receive_summary": checks.choice(1, 2, 3, 4),
+        "who_can_ask_questions": checks.choice(1, 2, 3, 4, 5),
+        "meeting_invitees": checks.array(checks.obj({"email": _EMAIL})),
+        "authentication_exception": checks.array(checks.obj({"email": _EMAIL, "name": _STR})),
+        "approved_or_denied_countries_or_regions": checks.obj(
+            {"enable": _BOOL, "method": checks.choice("approve", "deny")}
+            | dict.fromkeys(("approved_list", "denied_list"), checks.array(_STR))
+        ),
+        "waiting_room_options": checks.obj(
+            {"mode": checks.choice("follow_setting", "custom"), "who_goes_to_waiting_room": _STR},
             required=("mode",),
         ),
-        "resources": _array(_object({})),
+        "resources": checks.array(checks.obj({})),
+        "use_pmi": _no_pmi,
     }
 )
 
-_RECURRENCE = _object(
+_RECURRENCE = checks.obj(
     {
-        "type": _choice(1, 2, 3),
-        "repeat_interval": _integer(1, 99),  # the per-kind maximum is checked below
-        "weekly_days": _string(
+        "type": checks.choice(1, 2, 3),
+        "repeat_interval": checks.integer(1, 99),  # the per-kind maximum is checked below
+        "weekly_days": checks.string(
             pattern=r"[1-7](,[1-7])*",
             shape='comma-separated days from 1 (Sunday) to 7 (Saturday), such as "2,4"',
         ),
-        "monthly_day": _integer(1, 31),
-        "monthly_week": _choice(-1, 1, 2, 3, 4),
-        "monthly_week_day": _choice(1, 2, 3, 4, 5, 6, 7),
-        "end_times": _integer(0, 60),
+        "monthly_day": checks.integer(1, 31),
+        "monthly_week": checks.choice(-1, 1, 2, 3, 4),
+        "monthly_week_day": checks.choice(1, 2, 3, 4, 5, 6, 7),
+        "end_times": checks.integer(0, 60),
         "end_date_time": _utc_time,
     },
     required=("type",),
     closed=True,
 )
 
-_BODY = _object(
+_BODY = checks.obj(
     {
         "agenda": _STR,  # its length is checked against the caller's budget
         "default_password": _BOOL,
-        "duration": _integer(1, DURATION_MAX),
-        "password": _string(PASSWORD_MAX, r"[A-Za-z0-9@_*-]*", "letters, digits, @ _ * - only"),
+        "duration": checks.integer(1, DURATION_MAX),
+        "password": checks.string(PASSWORD_MAX, r"[!-~]*", "printable ASCII without spaces"),
         "pre_schedule": _BOOL,
         "recurrence": _RECURRENCE,
         "schedule_for": _STR,
@@ -274,11 +177,11 @@ _BODY = _object(
         "start_time": _STR,  # its format is checked together with timezone
         "template_id": _STR,
         "timezone": _timezone,
-        "topic": _string(TOPIC_MAX),
-        "tracking_fields": _array(
-            _object({"field": _STR, "value": _STR}, required=("field",), closed=True)
+        "topic": checks.string(TOPIC_MAX),
+        "tracking_fields": checks.array(
+            checks.obj({"field": _STR, "value": _STR}, required=("field",), closed=True)
         ),
-        "type": _choice(1, 2, 3, 8, 10),
+        "type": checks.choice(1, 2, 3, 8, 10),
     },
     closed=True,
 )
@@ -299,9 +202,9 @@ def _parse_time(path: str, text: str, zone: str | None, *, utc_only: bool = Fals
             if utc_only
             else 'like "2026-12-01T10:00:00Z" (UTC) or "2026-12-01T10:00:00" (in timezone)'
         )
-        _fail(path, f"must be {shape}, without fractions or offsets; got {_show(text)}")
+        checks.fail(path, f"must be {shape}, without fractions or offsets; got {checks.show(text)}")
     if not match[7] and zone is None:
-        _fail(
+        checks.fail(
             "timezone",
             f"is required when {path} has no Z: Zoom would read the time in the Zoom account's "
             "time zone, which the worker cannot know; add Z for UTC or give a timezone",
@@ -311,27 +214,33 @@ def _parse_time(path: str, text: str, zone: str | None, *, utc_only: bool = Fals
         year, month, day, hour, minute, second = (int(part) for part in match.groups()[:6])
         return datetime(year, month, day, hour, minute, second, tzinfo=tzinfo)
     except ValueError:
-        _fail(path, f"is not a real date and time: {_show(text)}")
+        checks.fail(path, f"is not a real date and time: {checks.show(text)}")
 
 
 def _check_recurrence(recurrence: dict[str, Any]) -> None:
     kind = recurrence["type"]
     name, most = _RECURRENCE_KINDS[kind]
     if (interval := recurrence.get("repeat_interval", 1)) > most:
-        _fail("recurrence.repeat_interval", f"must be at most {most} when {name}; got {interval}")
+        checks.fail(
+            "recurrence.repeat_interval", f"must be at most {most} when {name}; got {interval}"
+        )
     if kind == 2 and "weekly_days" not in recurrence:
-        _fail("recurrence.weekly_days", "is required for a weekly recurrence (type 2)")
+        checks.fail("recurrence.weekly_days", "is required for a weekly recurrence (type 2)")
     for field, wanted in _RECURRENCE_ONLY_FOR.items():
         if field in recurrence and kind != wanted:
             only = f"{_RECURRENCE_KINDS[wanted][0]} (type {wanted})"
-            _fail(f"recurrence.{field}", f"is only used when {only}; Zoom ignores it when {name}")
+            checks.fail(
+                f"recurrence.{field}", f"is only used when {only}; Zoom ignores it when {name}"
+            )
     if "monthly_day" in recurrence and "monthly_week" in recurrence:
-        _fail("recurrence.monthly_week", "cannot be used with monthly_day; give one of them")
+        checks.fail("recurrence.monthly_week", "cannot be used with monthly_day; give one of them")
     if len(pair := _MONTHLY_PAIR & recurrence.keys()) == 1:
         missing = next(iter(_MONTHLY_PAIR - pair))
-        _fail(f"recurrence.{missing}", "is required: monthly_week and monthly_week_day go together")
+        checks.fail(
+            f"recurrence.{missing}", "is required: monthly_week and monthly_week_day go together"
+        )
     if "end_times" in recurrence and "end_date_time" in recurrence:
-        _fail("recurrence.end_date_time", "cannot be used with end_times; give one of them")
+        checks.fail("recurrence.end_date_time", "cannot be used with end_times; give one of them")
 
 
 def validate_create_body(
@@ -347,8 +256,8 @@ def validate_create_body(
     if not 0 <= reserved_agenda_chars < AGENDA_MAX:
         raise ValueError(f"reserved_agenda_chars must be 0..{AGENDA_MAX - 1}")
     if not isinstance(body, Mapping):
-        _fail("body", f"must be a mapping (a JSON object), not {type(body).__name__}")
-    copy: dict[str, Any] = _json_copy("", body)
+        checks.fail("body", f"must be a mapping (a JSON object), not {type(body).__name__}")
+    copy: dict[str, Any] = checks.json_copy("", body)
     _BODY("", copy)
 
     allowed = AGENDA_MAX - reserved_agenda_chars
@@ -358,12 +267,14 @@ def validate_create_body(
             if reserved_agenda_chars
             else ""
         )
-        _fail("agenda", f"must be at most {allowed} characters{why}; got {len(copy['agenda'])}")
+        checks.fail(
+            "agenda", f"must be at most {allowed} characters{why}; got {len(copy['agenda'])}"
+        )
 
     kind = copy.get("type", 2)
     if "start_time" in copy:
         if kind in (1, 3):
-            _fail(
+            checks.fail(
                 "start_time",
                 f"is ignored by Zoom for type {kind} ({_TYPE_NAMES[kind]}) meetings; use type 2 "
                 "or 8 for a meeting at a set time, or leave start_time out",
@@ -371,10 +282,12 @@ def validate_create_body(
         _parse_time("start_time", copy["start_time"], copy.get("timezone"))
     if "recurrence" in copy:
         if kind != 8:
-            _fail("recurrence", f"is only used for type 8 meetings (fixed time), not type {kind}")
+            checks.fail(
+                "recurrence", f"is only used for type 8 meetings (fixed time), not type {kind}"
+            )
         _check_recurrence(copy["recurrence"])
     if copy.get("pre_schedule") and kind not in (2, 3):
-        _fail("pre_schedule", f"is only supported for type 2 and 3 meetings, not type {kind}")
+        checks.fail("pre_schedule", f"is only supported for type 2 and 3 meetings, not type {kind}")
     return copy
 
 
@@ -386,13 +299,15 @@ def validate_user_id(user_id: object) -> str:
     has none, so the host must be named by user id or email address.
     """
     if not isinstance(user_id, str) or not user_id:
-        _fail("user_id", "must be a non-empty string: the host's Zoom user id or email address")
+        checks.fail(
+            "user_id", "must be a non-empty string: the host's Zoom user id or email address"
+        )
     if len(user_id) > USER_ID_MAX:
-        _fail("user_id", f"must be at most {USER_ID_MAX} characters; got {len(user_id)}")
+        checks.fail("user_id", f"must be at most {USER_ID_MAX} characters; got {len(user_id)}")
     if any(char == "/" or char.isspace() or not char.isprintable() for char in user_id):
-        _fail("user_id", "must not contain '/', whitespace or control characters (URL path)")
+        checks.fail("user_id", "must not contain '/', whitespace or control characters (URL path)")
     if user_id.lower() == "me":
-        _fail(
+        checks.fail(
             "user_id",
             '"me" is refused: a Server-to-Server OAuth app has no user of its own; '
             "name the host by Zoom user id or email address",
@@ -409,27 +324,30 @@ def validate_meeting_id(meeting_id: object) -> int:
     """
     if isinstance(meeting_id, str) and meeting_id.isascii() and meeting_id.isdigit():
         if len(meeting_id) > 19:
-            _fail("meeting_id", f"has {len(meeting_id)} digits; a Zoom meeting id has at most 19")
+            checks.fail(
+                "meeting_id", f"has {len(meeting_id)} digits; a Zoom meeting id has at most 19"
+            )
         value = int(meeting_id)
     elif isinstance(meeting_id, int) and not isinstance(meeting_id, bool):
         value = int(meeting_id)
     else:
-        _fail(
+        checks.fail(
             "meeting_id", f"must be an int or a string of digits, not {type(meeting_id).__name__}"
         )
     if not 1 <= value <= INT64_MAX:
-        _fail("meeting_id", f"must be between 1 and {INT64_MAX}; got {value}")
+        checks.fail("meeting_id", f"must be between 1 and {INT64_MAX}; got {value}")
     return value
 
 
 def scheduled_end(body: Mapping[str, Any], *, created_at: datetime) -> datetime | None:
     """When a validated body's meeting ends: start_time + duration, in UTC.
 
-    None when the meeting has no fixed time (type 3). A start_time without Z is read in the
-    body's ``timezone`` (zoneinfo). A missing or past ``start_time`` counts as ``created_at``,
-    because Zoom starts such a meeting at once; a missing ``duration`` counts as Zoom's default
-    of 60 minutes. For type 8 it is the end of the first occurrence. ``created_at`` must be
-    timezone-aware.
+    None when the meeting has no fixed time (type 3) or is a series with no end. A start_time
+    without Z is read in the body's ``timezone`` (zoneinfo). A missing or past ``start_time``
+    counts as ``created_at``, because Zoom starts such a meeting at once; a missing
+    ``duration`` counts as Zoom's default of 60 minutes. For a series (type 8) it is a bound
+    no earlier than its last occurrence's end (:func:`worker.schedule.series_end`), never the
+    first occurrence's. ``created_at`` must be timezone-aware.
     """
     if created_at.utcoffset() is None:
         raise ValueError("created_at must be a timezone-aware datetime")
@@ -440,4 +358,7 @@ def scheduled_end(body: Mapping[str, Any], *, created_at: datetime) -> datetime 
     if kind != 1 and "start_time" in body:
         start = max(start, _parse_time("start_time", body["start_time"], body.get("timezone")))
     duration = timedelta(minutes=body.get("duration", DEFAULT_DURATION))
+    if kind == 8:
+        recurrence = body.get("recurrence")
+        return schedule.series_end(start, duration, recurrence) if recurrence else None
     return (start + duration).astimezone(UTC)

@@ -2,15 +2,10 @@
 
 Finding a meeting whose create reply was lost
 ---------------------------------------------
-Zoom has no idempotency key, so each create carries a correlation marker: the job's own
-``[zw:<16 hex>]`` appended to the agenda after a blank line. Why the agenda: it is the one
-free-text field every account has (tracking fields must be set up per account first), it is
-returned by the list call, and it does not change the meeting's title in calendars. Before a
-create is retried after an unknown outcome (a timeout or dropped connection after sending, a
-5xx, a worker killed mid-call) the host's scheduled meetings are listed and a meeting that
-carries the marker is adopted instead of creating a second one. The list call truncates the
-agenda to 250 characters, so when the marker could be cut off a candidate whose visible
-agenda matches is fetched whole with ``GET /meetings/{id}`` before it is adopted.
+Zoom has no idempotency key, so each create carries a correlation marker in its agenda.
+Before a create is retried after an unknown outcome (a timeout or dropped connection after
+sending, a 5xx, a worker killed mid-call) the meeting is looked for with the one search of
+:mod:`worker.marker`, and adopted instead of creating a second one.
 
 What a failure means
 --------------------
@@ -35,14 +30,13 @@ from typing import Any, Protocol
 
 import sqlalchemy.exc
 
-from worker import db, errors, gate, ledger, metrics, zoom
+from worker import db, errors, gate, ledger, marker, metrics, zoom
 from worker.config import Settings
 from worker.outcomes import Failed, Hold, HoldReason, Outcome, Reschedule, Retry, Succeeded
 from worker.token_store import TokenStore
 
 log = logging.getLogger(__name__)
 
-LIST_AGENDA_LIMIT = 250
 # How long a delete first waits for the create job it names; doubled at each wait.
 CREATE_WAIT = timedelta(seconds=2)
 
@@ -153,8 +147,7 @@ class _Attempt:
                 note = "adopted the meeting a lost reply had made"
                 return Succeeded(found.id, found.join_url, note=note)
             log.info("meeting.reconciled job_id=%s no meeting made before; creating", job.job_id)
-        body = dict(job.body or {})
-        body["agenda"] = ledger.agenda_with_marker(body.get("agenda"), job.marker)
+        body = marker.create_body(job.body, job.marker)
         self._permit("create", job.user_id)
         self.ledger.fence(job)
         self.create_sent = True
@@ -189,19 +182,12 @@ class _Attempt:
     def _find_lost_meeting(self) -> zoom.Meeting | None:
         job = self.job
         assert job.user_id is not None and job.marker is not None
-        expected = ledger.agenda_with_marker((job.body or {}).get("agenda"), job.marker)
-        self._permit("list")
-        for meeting in self.client.list_meetings(job.user_id):
-            agenda = meeting.agenda or ""
-            if agenda.endswith(job.marker):
-                return meeting
-            cut = len(agenda) >= LIST_AGENDA_LIMIT and expected.startswith(agenda)
-            if cut and len(expected) > len(agenda):
-                self._permit("get")
-                whole = self.client.get_meeting(meeting.id)
-                if (whole.agenda or "").endswith(job.marker):
-                    return whole
-        return None
+        host = marker.host_of(job.user_id, job.body)
+        marker.check_searchable(job.body, job.marker, host)
+        found = marker.find(
+            self.client, self._permit, host, [marker.Wanted.of(job.body, job.marker)]
+        )
+        return found.get(job.marker)
 
 
 def wait_for_create(job: ledger.Claim, settings: Settings, now: datetime) -> Outcome:

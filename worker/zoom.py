@@ -185,8 +185,21 @@ def _is_token_refusal(response: httpx.Response) -> bool:
 
 
 @dataclass(frozen=True)
+class Occurrence:
+    """One occurrence of a recurring meeting (type 8), as ``GET /meetings/{id}`` lists it."""
+
+    occurrence_id: str
+    start_time: str | None
+    duration: int | None
+    status: str | None
+
+
+@dataclass(frozen=True)
 class Meeting:
-    """A meeting as Zoom described it, without ``start_url`` (a host credential)."""
+    """A meeting as Zoom described it, without ``start_url`` (a host credential).
+
+    ``occurrences`` and ``endless`` (a series with ``end_times: 0`` and no end date) come
+    only with ``GET /meetings/{id}`` of a series."""
 
     id: int
     host_email: str | None
@@ -199,6 +212,8 @@ class Meeting:
     join_url: str | None
     created_at: str | None
     status: str | None = None
+    occurrences: tuple[Occurrence, ...] = ()
+    endless: bool = False
 
     @classmethod
     def from_zoom(cls, body: dict[str, Any]) -> Meeting:
@@ -218,6 +233,17 @@ class Meeting:
             join_url=_str_or_none(body.get("join_url")),
             created_at=_str_or_none(body.get("created_at")),
             status=_str_or_none(body.get("status")),
+            occurrences=tuple(
+                Occurrence(
+                    occurrence_id=str(item.get("occurrence_id")),
+                    start_time=_str_or_none(item.get("start_time")),
+                    duration=_int_or_none(item.get("duration")),
+                    status=_str_or_none(item.get("status")),
+                )
+                for item in body.get("occurrences") or ()
+                if isinstance(item, dict)
+            ),
+            endless=_endless(body.get("recurrence")),
         )
 
 
@@ -410,6 +436,13 @@ def _int_or_none(value: object) -> int | None:
         except ValueError:
             return None
     return None
+
+
+def _endless(recurrence: object) -> bool:
+    """Whether a series' recurrence has no end (``end_times`` 0 and no ``end_date_time``)."""
+    if not isinstance(recurrence, dict):
+        return False
+    return recurrence.get("end_times") == 0 and not recurrence.get("end_date_time")
 
 
 def _str_or_none(value: object) -> str | None:

@@ -2,7 +2,9 @@
 
 It serves tests, the demo and benchmarks, so it is standard library only
 (``http.server.ThreadingHTTPServer``, HTTP/1.1 keep-alive, one daemon thread per connection),
-keeps all state under one ``threading.Lock`` and never logs a request line.
+never logs a request line, and is made of parts owned by one :class:`Simulator` under one
+``threading.Lock``: the token issuer (``tokens``), the meeting book (``meetings``, with
+``recurrence``), the rate windows (``limits``), the counters and the clock (``state``).
 
 Zoom's side
 -----------
@@ -19,6 +21,10 @@ Zoom's side
     code 124 (unknown, invalidated or expired token), 401 4711 (missing scopes), 404 1001
     (no such user), 404 3001 (no such meeting; legacy 300), 400 3002 / 3007 (deleting a
     started / ended meeting), 400 300 (validation), 429 (per-second and per-user daily limits).
+    As Zoom: the list leaves out instant meetings and lists a ``schedule_for`` meeting under
+    its host; a series answers ``occurrences`` (``show_previous_occurrences``, per-occurrence
+    ``DELETE``/``PATCH`` with ``occurrence_id``); a host whose profile uses the PMI gets it for
+    a type 2/3 create without ``settings.use_pmi: false``. See :mod:`.meetings`.
 
 Switches (:class:`SimulatorConfig`, also settable at run time with ``POST /_sim/config``)
 -----------------------------------------------------------------------------------------
@@ -27,7 +33,8 @@ Credentials ``account_id``, ``client_id``, ``client_secret``. Tokens ``token_lif
 2023; None: tokens live until expiry, as today), ``token_error_codes``, ``token_latency_s``,
 ``app_disabled``, ``refuse_fresh_tokens`` (tokens are issued but every API call is answered
 401 code 124: the "ownership transferred" state that only a secret rotation ends),
-``missing_scopes``. Meetings ``missing_users``, ``legacy_not_found_code``. Rate limits
+``missing_scopes``. Meetings ``missing_users``, ``legacy_not_found_code``, ``list_agenda_cut``
+("code_points" or "utf16": how the list counts the 250 characters of agenda it shows). Rate limits
 ``rate_limits`` (per category, calls accepted in any sliding 1 s window), ``rate_limit_headers``,
 ``categories`` and ``create_category`` (operation -> category; an explicit
 ``categories["create"]`` wins over ``create_category``), ``daily_create_limit`` and
@@ -43,8 +50,12 @@ Control API (no auth)
 ``start_url``), ``GET|POST /_sim/config``, ``POST /_sim/reset`` (everything but the config),
 ``POST /_sim/invalidate-tokens``, ``POST /_sim/rotate-secret`` ``{"client_secret"}`` (also
 ends ``refuse_fresh_tokens`` and kills every token), ``POST /_sim/meetings``
-``{"user_id", "body"}`` (a meeting made by another app) and ``POST /_sim/meetings/{id}/status``
-``{"status": "waiting" | "started" | "ended"}``. :class:`SimulatorClient` wraps them.
+``{"user_id", "body"}`` (a meeting made by another app), ``POST /_sim/meetings/{id}/status``
+``{"status": "waiting" | "started" | "ended"}``, ``PATCH /_sim/meetings/{id}`` (the host moves
+or changes it in Zoom's web page), ``POST /_sim/clock`` ``{"advance_s"}`` (move the clock;
+negative moves it back, so a create makes a meeting that already started or ended) and
+``POST /_sim/users/{user}/settings`` ``{"use_pmi"}`` (answers the host's ``pmi``).
+:class:`SimulatorClient` wraps them.
 """
 
 from worker.simulator.behaviour import Simulator

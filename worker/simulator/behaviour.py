@@ -1,19 +1,28 @@
-"""The :class:`Simulator`: its parts put together, faults, request dispatch and control actions.
+"""The :class:`Simulator`: its parts under one lock, faults, and the one request dispatch.
 
-The parts are mixins over one :class:`~worker.simulator.state.SimulatorState`: the token
-endpoint (``tokens``), the Meetings API (``meetings``) and the rate limits (``limits``).
+The parts are plain objects, each owning its own state, and only the Simulator calls them,
+always while holding its lock: the token issuer (:class:`TokenIssuer`), the meeting book
+(:class:`MeetingBook`), the rate windows (:class:`RateWindows`), the counters and the clock.
+Every control request (``/_sim/...``) goes through :meth:`Simulator._control`.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import random
 import re
+import threading
 import time
+import urllib.parse
+from datetime import timedelta
 from typing import Any
 
 from worker.simulator.config import SWITCHES, SimulatorConfig
-from worker.simulator.meetings import MEETING_STATUSES, MeetingsAPI, validate
-from worker.simulator.tokens import TokenEndpoint
+from worker.simulator.limits import RateWindows
+from worker.simulator.meetings import MEETING_STATUSES, MeetingBook, validate, validation_failed
+from worker.simulator.state import Clock, Counters
+from worker.simulator.tokens import TokenIssuer
 from worker.simulator.wire import (
     DROPPED,
     Reply,
@@ -22,17 +31,34 @@ from worker.simulator.wire import (
     error_reply,
     json_reply,
     parse_object,
+    utc_stamp,
 )
 
 SERVER_ERRORS = {500: "Internal server error", 502: "Bad gateway", 503: "Service unavailable"}
 _MEETING_STATUS = re.compile(r"/_sim/meetings/(\d+)/status")
+_MEETING = re.compile(r"/_sim/meetings/(\d+)")
+_USER_SETTINGS = re.compile(r"/_sim/users/([^/]+)/settings")
 
 
-class Simulator(TokenEndpoint, MeetingsAPI):
+class Simulator:
     """The state of one simulated Zoom account and the answers it gives; thread-safe.
 
-    All state lives under one lock held only for bookkeeping, never while sleeping.
+    All state lives in the parts, under one lock held only for bookkeeping, never while
+    sleeping.
     """
+
+    def __init__(self, config: SimulatorConfig | None = None) -> None:
+        self._lock = threading.Lock()
+        self._config = copy.deepcopy(config) if config else SimulatorConfig()
+        self._rng = random.Random(self._config.seed)
+        self._clock = Clock()
+        self._new_parts()
+
+    def _new_parts(self) -> None:
+        self._counters = Counters()
+        self._tokens = TokenIssuer()
+        self._rates = RateWindows()
+        self._book = MeetingBook(self._rng, self._clock, self._counters)
 
     @property
     def config(self) -> SimulatorConfig:
@@ -53,15 +79,17 @@ class Simulator(TokenEndpoint, MeetingsAPI):
             return self._config
 
     def reset(self) -> None:
-        """Forget meetings, tokens, page tokens, counters and daily counts; keep the config."""
+        """Forget meetings, tokens, pages, counters, daily counts and the clock's offset;
+        keep the config."""
         with self._lock:
-            self._reset_state()
+            self._clock.offset = timedelta()
+            self._new_parts()
             self._rng.seed(self._config.seed)
 
     def invalidate_tokens(self) -> None:
         """Kill every access token issued so far."""
         with self._lock:
-            self._tokens.clear()
+            self._tokens.invalidate()
 
     def rotate_secret(self, new_secret: str) -> None:
         """Rotate the client secret, as an ownership transfer is completed in Zoom.
@@ -73,17 +101,23 @@ class Simulator(TokenEndpoint, MeetingsAPI):
             self._config = dataclasses.replace(
                 self._config, client_secret=new_secret, refuse_fresh_tokens=False
             )
-            self._tokens.clear()
+            self._tokens.invalidate()
+
+    def advance_clock(self, seconds: float) -> str:
+        """Move the simulator's clock (negative: back); returns its new now as Zoom spells it."""
+        with self._lock:
+            return utc_stamp(self._clock.advance(seconds))
 
     def stats(self) -> dict[str, Any]:
-        """Counters since start or reset, plus live meetings, valid tokens and peak rates."""
+        """Counters since start or reset, plus live meetings, valid tokens, peak rates and
+        API calls by operation."""
         with self._lock:
-            now = time.monotonic()
             return {
-                **self._counters,
-                "live_meetings": sum(not m.deleted for m in self._meetings.values()),
-                "tokens_valid": sum(expiry > now for expiry in self._tokens.values()),
-                "max_calls_per_second": dict(self._max_qps),
+                **self._counters.values,
+                "live_meetings": sum(not m.deleted for m in self._book.meetings.values()),
+                "tokens_valid": self._tokens.valid(),
+                "max_calls_per_second": dict(self._rates.max_qps),
+                "calls_by_operation": dict(self._counters.by_operation),
             }
 
     def meetings(self) -> list[dict[str, Any]]:
@@ -92,7 +126,8 @@ class Simulator(TokenEndpoint, MeetingsAPI):
             return [
                 {k: v for k, v in m.body.items() if k != "start_url"}
                 | {"deleted": m.deleted, "foreign": m.foreign, "user_id": m.user_id}
-                for m in self._meetings.values()
+                | ({"occurrences": [dict(o) for o in m.occurrences]} if m.occurrences else {})
+                for m in self._book.meetings.values()
             ]
 
     def seed_meeting(self, user_id: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -102,18 +137,35 @@ class Simulator(TokenEndpoint, MeetingsAPI):
         if problems:
             raise ValueError(f"invalid meeting body: {problems}")
         with self._lock:
-            self._counters["meetings_seeded"] += 1
-            return dict(self._new_meeting(user_id, body, foreign=True).body)
+            self._counters.add("meetings_seeded")
+            return dict(self._book.create(user_id, body, foreign=True).body)
+
+    def update_meeting(self, meeting_id: int, body: dict[str, Any]) -> None:
+        """Change a meeting as its host would in Zoom's web page (no token, no daily count);
+        KeyError if it does not exist."""
+        problems = validate(body)
+        if problems:
+            raise ValueError(f"invalid meeting body: {problems}")
+        with self._lock:
+            meeting = self._book.live(str(meeting_id))
+            if meeting is None:
+                raise KeyError(meeting_id)
+            self._book.update(meeting, body, {})
 
     def set_meeting_status(self, meeting_id: int, status: str) -> None:
         """Mark a meeting waiting, started or ended; KeyError if it does not exist."""
         if status not in MEETING_STATUSES:
             raise ValueError(f"status must be one of {MEETING_STATUSES}")
         with self._lock:
-            meeting = self._meetings.get(meeting_id)
-            if meeting is None or meeting.deleted:
+            meeting = self._book.live(str(meeting_id))
+            if meeting is None:
                 raise KeyError(meeting_id)
             meeting.body["status"] = status
+
+    def set_use_pmi(self, user_id: str, enabled: bool) -> int:
+        """Set a host's "use PMI for scheduled meetings" profile setting; returns the PMI."""
+        with self._lock:
+            return self._book.use_pmi(user_id, enabled)
 
     def handle(self, request: Request) -> Reply:
         """Answer one HTTP request (the server's handler calls this)."""
@@ -126,6 +178,15 @@ class Simulator(TokenEndpoint, MeetingsAPI):
             return error_reply(404, 404, "Not Found")
         return self._api(request, *route)
 
+    def _token_endpoint(self, request: Request) -> Reply:
+        if self._config.token_latency_s:
+            time.sleep(self._config.token_latency_s)
+        with self._lock:
+            self._counters.add("token_requests")
+            reply = self._tokens.issue(request, self._config)
+            self._counters.add("tokens_issued" if reply.status == 200 else "token_errors")
+            return reply
+
     # -- Meetings API -----------------------------------------------------------------------
 
     def _api(self, request: Request, operation: str, argument: str) -> Reply:
@@ -133,14 +194,16 @@ class Simulator(TokenEndpoint, MeetingsAPI):
             time.sleep(self._config.latency_s)
         body = parse_object(request.body) if operation in ("create", "update") else {}
         with self._lock:
-            self._counters["api_calls"] += 1
+            self._counters.add("api_calls")
+            by_operation = self._counters.by_operation
+            by_operation[operation] = by_operation.get(operation, 0) + 1
             reply = self._api_locked(request, operation, argument, body)
             if reply.status == 401:
-                self._counters["api_401"] += 1
+                self._counters.add("api_401")
             elif reply.status == 429:
-                self._counters["api_429"] += 1
+                self._counters.add("api_429")
             elif reply.status >= 500:
-                self._counters["api_5xx"] += 1
+                self._counters.add("api_5xx")
             return reply
 
     def _api_locked(
@@ -148,15 +211,15 @@ class Simulator(TokenEndpoint, MeetingsAPI):
     ) -> Reply:
         cfg = self._config
         if cfg.drop_rate and self._rng.random() < cfg.drop_rate:
-            self._counters["connections_dropped"] += 1
+            self._counters.add("connections_dropped")
             return DROPPED
         if cfg.error_rate and self._rng.random() < cfg.error_rate:
             status = self._rng.choice(list(SERVER_ERRORS))
             return error_reply(status, status, SERVER_ERRORS[status])
-        refused = self._check_token(request.authorization, operation, cfg)
+        refused = self._tokens.check(request.authorization, operation, cfg)
         if refused is not None:
             return refused
-        limited = self._take_rate_slot(cfg.category_for(operation), cfg)
+        limited = self._rates.take_slot(cfg.category_for(operation), cfg)
         if limited is not None:
             return limited
         if operation in ("create", "list") and argument in cfg.missing_users:
@@ -166,19 +229,43 @@ class Simulator(TokenEndpoint, MeetingsAPI):
         if operation == "create":
             return self._create(argument, body, cfg)
         if operation == "list":
-            return self._list(argument, request.query)
-        meeting_id = int(argument) if argument.isdigit() else None
-        meeting = self._meetings.get(meeting_id) if meeting_id is not None else None
-        if meeting is None or meeting.deleted:
+            return self._book.list(argument, request.query, cfg.list_agenda_cut)
+        meeting = self._book.live(argument)
+        if meeting is None:
             code = 300 if operation == "delete" and cfg.legacy_not_found_code else 3001
             return error_reply(404, code, f"Meeting does not exist: {argument}.")
         if operation == "get":
-            return json_reply(200, meeting.body)
+            return self._book.answer(meeting, request.query)
         if operation == "update":
-            return self._update(meeting, body, cfg)
-        return self._delete(meeting)
+            problems = validate(body)
+            if problems:
+                return validation_failed(problems)
+            limited = self._daily(meeting.body["host_id"], cfg)
+            return limited or self._book.update(meeting, body, request.query)
+        return self._book.delete(meeting, request.query)
 
-    # -- control API ------------------------------------------------------------------------
+    def _create(self, user_id: str, body: dict[str, Any], cfg: SimulatorConfig) -> Reply:
+        problems = validate(body)
+        if problems:
+            return validation_failed(problems)
+        limited = self._daily(self._book.host(user_id)[0], cfg)
+        if limited is not None:
+            return limited
+        meeting = self._book.create(user_id, body, foreign=False)
+        self._counters.add("meetings_created")
+        if cfg.reply_lost_rate and self._rng.random() < cfg.reply_lost_rate:
+            # The meeting exists but the caller never hears: Zoom has no idempotency key.
+            self._counters.add("replies_lost")
+            return DROPPED
+        return json_reply(201, meeting.body)
+
+    def _daily(self, host_id: str, cfg: SimulatorConfig) -> Reply | None:
+        limited = self._rates.take_daily(host_id, cfg, self._clock.now())
+        if limited is not None:
+            self._counters.add("api_429_daily")
+        return limited
+
+    # -- control API: every /_sim/ request is dispatched here -------------------------------
 
     def _control(self, request: Request) -> Reply:
         method, path = request.method, request.path.rstrip("/")
@@ -186,36 +273,53 @@ class Simulator(TokenEndpoint, MeetingsAPI):
         if body is None:
             return error_reply(400, 300, "Request Body should be a valid JSON object.")
         try:
-            if method == "GET" and path == "/_sim/stats":
-                return json_reply(200, self.stats())
-            if method == "GET" and path == "/_sim/meetings":
-                return json_reply(200, self.meetings())
-            if method == "GET" and path == "/_sim/config":
-                return json_reply(200, self._config.public_dict())
-            if method != "POST":
-                return error_reply(404, 404, "Not Found")
-            if path == "/_sim/config":
-                return json_reply(200, self.configure(**body).public_dict())
-            if path == "/_sim/reset":
-                self.reset()
-            elif path == "/_sim/invalidate-tokens":
-                self.invalidate_tokens()
-            elif path == "/_sim/rotate-secret":
-                secret = body.get("client_secret")
-                if not isinstance(secret, str) or not secret:
-                    return error_reply(400, 300, "client_secret: a non-empty string is required")
-                self.rotate_secret(secret)
-            elif path == "/_sim/meetings":
-                user_id, meeting = body.get("user_id"), body.get("body") or {}
-                if not isinstance(user_id, str) or not user_id or not isinstance(meeting, dict):
-                    return error_reply(400, 300, "user_id (a string) and body (an object) required")
-                return json_reply(201, self.seed_meeting(user_id, meeting))
-            elif match := _MEETING_STATUS.fullmatch(path):
-                self.set_meeting_status(int(match.group(1)), str(body.get("status")))
-            else:
-                return error_reply(404, 404, "Not Found")
+            return self._control_action(method, path, body) or json_reply(200, {"ok": True})
         except ValueError as exc:
             return error_reply(400, 300, str(exc))
         except KeyError as exc:
             return error_reply(404, 3001, f"Meeting does not exist: {exc.args[0]}.")
-        return json_reply(200, {"ok": True})
+
+    def _control_action(self, method: str, path: str, body: dict[str, Any]) -> Reply | None:
+        """The answer to one control request; None for a plain ``{"ok": true}``."""
+        if method == "GET" and path == "/_sim/stats":
+            return json_reply(200, self.stats())
+        if method == "GET" and path == "/_sim/meetings":
+            return json_reply(200, self.meetings())
+        if method == "GET" and path == "/_sim/config":
+            return json_reply(200, self._config.public_dict())
+        if method == "PATCH" and (match := _MEETING.fullmatch(path)):
+            self.update_meeting(int(match.group(1)), body)
+            return None
+        if method != "POST":
+            return error_reply(404, 404, "Not Found")
+        if path == "/_sim/config":
+            return json_reply(200, self.configure(**body).public_dict())
+        if path == "/_sim/reset":
+            self.reset()
+        elif path == "/_sim/invalidate-tokens":
+            self.invalidate_tokens()
+        elif path == "/_sim/rotate-secret":
+            secret = body.get("client_secret")
+            if not isinstance(secret, str) or not secret:
+                return error_reply(400, 300, "client_secret: a non-empty string is required")
+            self.rotate_secret(secret)
+        elif path == "/_sim/clock":
+            seconds = body.get("advance_s")
+            if not isinstance(seconds, int | float) or isinstance(seconds, bool):
+                return error_reply(400, 300, "advance_s: a number of seconds is required")
+            return json_reply(200, {"now": self.advance_clock(seconds)})
+        elif path == "/_sim/meetings":
+            user_id, meeting = body.get("user_id"), body.get("body") or {}
+            if not isinstance(user_id, str) or not user_id or not isinstance(meeting, dict):
+                return error_reply(400, 300, "user_id (a string) and body (an object) required")
+            return json_reply(201, self.seed_meeting(user_id, meeting))
+        elif match := _MEETING_STATUS.fullmatch(path):
+            self.set_meeting_status(int(match.group(1)), str(body.get("status")))
+        elif match := _USER_SETTINGS.fullmatch(path):
+            if not isinstance(enabled := body.get("use_pmi"), bool):
+                return error_reply(400, 300, "use_pmi: true or false is required")
+            user_id = urllib.parse.unquote(match.group(1))
+            return json_reply(200, {"pmi": self.set_use_pmi(user_id, enabled)})
+        else:
+            return error_reply(404, 404, "Not Found")
+        return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import typing
+import urllib.parse
 from typing import Any
 
 import httpx
@@ -60,6 +61,19 @@ class SimulatorClient:
     def set_meeting_status(self, meeting_id: int, status: str) -> None:
         """Mark a meeting "waiting", "started" or "ended"."""
         self._call("POST", f"/meetings/{meeting_id}/status", {"status": status})
+
+    def update_meeting(self, meeting_id: int, body: dict[str, Any]) -> None:
+        """Change a meeting as its host would in Zoom's web page (move it, change a series)."""
+        self._call("PATCH", f"/meetings/{meeting_id}", body)
+
+    def advance_clock(self, seconds: float) -> str:
+        """Move the simulator's clock by ``seconds`` (negative: back); returns its new now."""
+        return str(self._call("POST", "/clock", {"advance_s": seconds})["now"])
+
+    def set_use_pmi(self, user_id: str, enabled: bool = True) -> int:
+        """Set the host's "use PMI for scheduled meetings" setting; returns the host's PMI."""
+        path = f"/users/{urllib.parse.quote(user_id, safe='')}/settings"
+        return int(self._call("POST", path, {"use_pmi": enabled})["pmi"])
 
     def close(self) -> None:
         """Close the HTTP connection pool."""

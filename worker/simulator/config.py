@@ -43,6 +43,8 @@ class SimulatorConfig:
     missing_scopes: bool = False
     missing_users: set[str] = field(default_factory=set)
     legacy_not_found_code: bool = False
+    # How the list call counts the 250 characters of agenda it shows.
+    list_agenda_cut: Literal["code_points", "utf16"] = "code_points"
     rate_limits: dict[str, int] | None = None
     rate_limit_headers: bool = True
     create_category: str = "light"

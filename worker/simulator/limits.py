@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime, timedelta
+from collections import deque
+from datetime import date, datetime, timedelta
 
-from worker.simulator.config import SimulatorConfig
-from worker.simulator.state import SimulatorState
+from worker.simulator.config import RATE_CATEGORIES, SimulatorConfig
 from worker.simulator.wire import Reply, error_reply, utc_stamp
 
 PER_SECOND_MESSAGE = (
@@ -18,10 +18,19 @@ DAILY_MESSAGE = (
 )
 
 
-class RateLimits(SimulatorState):
-    """The per-second and daily limits; a part of :class:`Simulator`."""
+class RateWindows:
+    """The per-second windows, their peaks and the daily counts; a part of :class:`Simulator`.
 
-    def _take_rate_slot(self, category: str, cfg: SimulatorConfig) -> Reply | None:
+    Not thread-safe on its own: the Simulator calls it under its lock.
+    """
+
+    def __init__(self) -> None:
+        self._windows: dict[str, deque[float]] = {c: deque() for c in RATE_CATEGORIES}
+        self.max_qps: dict[str, int] = dict.fromkeys(RATE_CATEGORIES, 0)
+        self._daily: dict[str, int] = {}
+        self._daily_date: date | None = None
+
+    def take_slot(self, category: str, cfg: SimulatorConfig) -> Reply | None:
         """Accept a call into the category's sliding 1 s window, or answer 429."""
         window = self._windows[category]
         now = time.monotonic()
@@ -39,19 +48,17 @@ class RateLimits(SimulatorState):
                 }
             return error_reply(429, 429, PER_SECOND_MESSAGE, headers)
         window.append(now)
-        self._max_qps[category] = max(self._max_qps[category], len(window))
+        self.max_qps[category] = max(self.max_qps[category], len(window))
         return None
 
-    def _take_daily(self, host_id: str, cfg: SimulatorConfig) -> Reply | None:
-        """Count one create or update against the host's cap for this UTC day, or refuse."""
-        now = datetime.now(UTC)
+    def take_daily(self, host_id: str, cfg: SimulatorConfig, now: datetime) -> Reply | None:
+        """Count one create or update against the host's cap for ``now``'s UTC day, or refuse."""
         if now.date() != self._daily_date:
             self._daily, self._daily_date = {}, now.date()
         used = self._daily.get(host_id, 0)
         if used < cfg.daily_create_limit:
             self._daily[host_id] = used + 1
             return None
-        self._counters["api_429_daily"] += 1
         headers = {}
         if cfg.rate_limit_headers:
             midnight = now.replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)

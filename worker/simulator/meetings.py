@@ -1,17 +1,33 @@
-"""The Meetings API: body validation, and creating, updating, deleting and listing meetings."""
+"""The meeting book: body validation, and creating, reading, updating, deleting and listing.
+
+What it copies from Zoom, beyond the plain calls:
+
+- "List meetings" leaves out instant meetings (type 1), and lists a meeting under its host:
+  ``schedule_for`` makes that user the host, so the meeting is listed under them.
+- The list shows the agenda cut to 250, counted in code points or in UTF-16 units
+  (``list_agenda_cut``); a UTF-16 cut may split a surrogate pair, as a Java service would.
+- ``GET /meetings/{id}`` answers ``occurrences`` for a series (type 8): upcoming ones only
+  unless ``show_previous_occurrences=true``; a deleted occurrence has ``status: deleted``.
+  ``DELETE`` and ``PATCH`` with ``occurrence_id`` act on one occurrence.
+- A host whose settings say "use PMI for scheduled meetings" gets the Personal Meeting ID as
+  the id of a type 2 or 3 meeting, unless the body says ``settings.use_pmi: false``.
+- A missing or past ``start_time`` means now (the book's :class:`Clock`); an empty
+  ``password`` is no passcode given (the spec has no minimum length).
+"""
 
 from __future__ import annotations
 
 import base64
 import re
 import secrets
-from datetime import UTC, datetime
-from typing import Any
+from datetime import datetime, timedelta
+from random import Random
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from worker.simulator.config import SimulatorConfig
-from worker.simulator.limits import RateLimits
-from worker.simulator.state import Meeting, Page
-from worker.simulator.wire import DROPPED, Reply, error_reply, json_reply, utc_stamp
+from worker.simulator.recurrence import occurrences
+from worker.simulator.state import Clock, Counters, Meeting, Page
+from worker.simulator.wire import Reply, error_reply, json_reply, utc_stamp
 
 MEETING_TYPES = frozenset({1, 2, 3, 8, 10})
 MEETING_STATUSES = ("waiting", "started", "ended")
@@ -39,7 +55,11 @@ LIST_AGENDA_CHARS = 250
 MAX_PAGE_SIZE = 300
 # Meeting ids are int64 and have had 11 digits for years: never assume a 32-bit int.
 MEETING_ID_RANGE = (80_000_000_000, 99_999_999_999)
-PASSWORD_PATTERN = re.compile(r"[A-Za-z0-9@_*-]{1,10}")
+PMI_RANGE = (2_000_000_000, 9_999_999_999)  # a PMI has 10 digits
+PMI_TYPES = frozenset({2, 3})  # the spec: use_pmi "is only used for" types 2 and 3
+# The 2026 spec: up to 10 characters, "alphanumeric characters as well as special characters
+# such as !, @, #, etc."; read as printable ASCII without spaces. Empty: no passcode given.
+PASSWORD_PATTERN = re.compile(r"[!-~]{0,10}")
 DEFAULT_SETTINGS: dict[str, Any] = {
     "host_video": False,
     "participant_video": False,
@@ -55,6 +75,8 @@ UPDATABLE_FIELDS = frozenset(
     {"topic", "type", "start_time", "duration", "timezone", "agenda", "password", "settings"}
     | {"recurrence", "tracking_fields"}
 )
+_SCHEDULE = frozenset({"start_time", "duration", "timezone", "recurrence", "type"})
+_ALPHABET = "abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789"
 
 
 def _is_int(value: object) -> bool:
@@ -76,26 +98,46 @@ def validate(body: dict[str, Any]) -> list[dict[str, str]]:
     if password is not None and not (
         isinstance(password, str) and PASSWORD_PATTERN.fullmatch(password)
     ):
-        problems.append(("password", "Password must be at most 10 characters of [a-zA-Z0-9@-_*]."))
-    for name in ("start_time", "timezone"):
+        problems.append(("password", "Password must be at most 10 characters."))
+    for name in ("start_time", "timezone", "schedule_for"):
         if body.get(name) is not None and not isinstance(body[name], str):
             problems.append((name, "Invalid field."))
     if "settings" in body and not isinstance(body["settings"], dict):
         problems.append(("settings", "Invalid field."))
+    if "recurrence" in body and not isinstance(body["recurrence"], dict):
+        problems.append(("recurrence", "Invalid field."))
     return [{"field": name, "message": message} for name, message in problems]
 
 
-def _validation_failed(problems: list[dict[str, str]]) -> Reply:
+def validation_failed(problems: list[dict[str, str]]) -> Reply:
     return json_reply(400, {"code": 300, "message": "Validation Failed.", "errors": problems})
 
 
-class MeetingsAPI(RateLimits):
-    """The meetings of the account and the answers about them; a part of :class:`Simulator`.
+def cut_agenda(agenda: str, rule: Literal["code_points", "utf16"]) -> str:
+    """The agenda as the list call shows it: its first 250 code points or UTF-16 units."""
+    if rule == "code_points":
+        return agenda[:LIST_AGENDA_CHARS]
+    units = agenda.encode("utf-16-le", "surrogatepass")[: 2 * LIST_AGENDA_CHARS]
+    return units.decode("utf-16-le", "surrogatepass")  # may end in half a surrogate pair
 
-    Creates and updates count against the daily limit of :class:`RateLimits`.
+
+class MeetingBook:
+    """The account's meetings, hosts, PMIs and list pages; a part of :class:`Simulator`.
+
+    Not thread-safe on its own: the Simulator calls it under its lock.
     """
 
-    def _user(self, user_id: str) -> tuple[str, str]:
+    def __init__(self, rng: Random, clock: Clock, counters: Counters) -> None:
+        self._rng, self._clock, self._counters = rng, clock, counters
+        self.meetings: dict[int, Meeting] = {}
+        self._by_host: dict[str, list[Meeting]] = {}  # in creation order
+        self._host_ids: dict[str, str] = {}  # email -> host_id
+        self._host_emails: dict[str, str] = {}  # host_id -> email
+        self._pmis: dict[str, int] = {}  # host_id -> Personal Meeting ID
+        self._pmi_hosts: set[str] = set()  # host ids whose profile uses the PMI
+        self._pages: dict[str, Page] = {}
+
+    def host(self, user_id: str) -> tuple[str, str]:
         """The (host_id, host_email) that a path's userId (an id or an email) names."""
         if user_id in self._host_emails:
             return user_id, self._host_emails[user_id]
@@ -105,71 +147,123 @@ class MeetingsAPI(RateLimits):
             self._host_ids[email], self._host_emails[host_id] = host_id, email
         return self._host_ids[email], email
 
-    def _new_meeting(self, user_id: str, body: dict[str, Any], *, foreign: bool) -> Meeting:
-        host_id, host_email = self._user(user_id)
-        meeting_id = self._rng.randint(*MEETING_ID_RANGE)
-        while meeting_id in self._meetings:
+    def use_pmi(self, user_id: str, enabled: bool) -> int:
+        """Set the host's "use PMI for scheduled meetings" setting; returns their PMI."""
+        host_id = self.host(user_id)[0]
+        (self._pmi_hosts.add if enabled else self._pmi_hosts.discard)(host_id)
+        return self._pmi(host_id)
+
+    def _pmi(self, host_id: str) -> int:
+        if host_id not in self._pmis:
+            self._pmis[host_id] = self._rng.randint(*PMI_RANGE)
+        return self._pmis[host_id]
+
+    def live(self, argument: str) -> Meeting | None:
+        """The meeting a path's meetingId names, unless it does not exist or was deleted."""
+        meeting = self.meetings.get(int(argument)) if argument.isdigit() else None
+        return meeting if meeting is not None and not meeting.deleted else None
+
+    def create(self, user_id: str, body: dict[str, Any], *, foreign: bool) -> Meeting:
+        """Make a meeting for ``user_id`` (or for ``body["schedule_for"]``, its host then)."""
+        host_id, host_email = self.host(body.get("schedule_for") or user_id)
+        kind = body.get("type", 2)
+        wants_pmi = body.get("settings", {}).get("use_pmi", host_id in self._pmi_hosts)
+        if kind in PMI_TYPES and wants_pmi is True:
+            meeting_id = self._pmi(host_id)
+            if (old := self.meetings.get(meeting_id)) is not None:
+                self._by_host[old.body["host_id"]].remove(old)
+        else:
             meeting_id = self._rng.randint(*MEETING_ID_RANGE)
-        now = utc_stamp(datetime.now(UTC))
-        alphabet = "abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789"
-        encrypted = "".join(self._rng.choices(alphabet, k=32))
+            while meeting_id in self.meetings:
+                meeting_id = self._rng.randint(*MEETING_ID_RANGE)
+        now = self._clock.now()
+        encrypted = "".join(self._rng.choices(_ALPHABET, k=32))
         record: dict[str, Any] = {
             "uuid": base64.b64encode(self._rng.randbytes(16)).decode(),
             "id": meeting_id,
             "host_id": host_id,
             "host_email": host_email,
             "topic": body.get("topic") or "Zoom Meeting",
-            "type": body.get("type", 2),
+            "type": kind,
             "status": "waiting",
-            "start_time": body.get("start_time") or now,
+            "start_time": utc_stamp(self._start(body, now)),
             "duration": body.get("duration", 60),
             "timezone": body.get("timezone") or "UTC",
             "agenda": body.get("agenda") or "",
-            "created_at": now,
+            "created_at": utc_stamp(now),
             # A host credential, as in Zoom: whoever holds it starts the meeting as host.
             "start_url": f"https://sim.zoom.us/s/{meeting_id}?zak={secrets.token_urlsafe(32)}",
             "join_url": f"https://sim.zoom.us/j/{meeting_id}?pwd={encrypted}",
-            "password": body.get("password") or "".join(self._rng.choices(alphabet, k=6)),
+            "password": body.get("password") or "".join(self._rng.choices(_ALPHABET, k=6)),
             "encrypted_password": encrypted,
             "settings": DEFAULT_SETTINGS | body.get("settings", {}),
             "pre_schedule": False,
         }
         record |= {k: body[k] for k in ("recurrence", "tracking_fields") if k in body}
         meeting = Meeting(record, user_id, foreign)
-        self._meetings[meeting_id] = meeting
+        self._lay_out(meeting, {})
+        self.meetings[meeting_id] = meeting
         self._by_host.setdefault(host_id, []).append(meeting)
         return meeting
 
-    def _create(self, user_id: str, body: dict[str, Any], cfg: SimulatorConfig) -> Reply:
-        problems = validate(body)
-        if problems:
-            return _validation_failed(problems)
-        limited = self._take_daily(self._user(user_id)[0], cfg)
-        if limited is not None:
-            return limited
-        meeting = self._new_meeting(user_id, body, foreign=False)
-        self._counters["meetings_created"] += 1
-        if cfg.reply_lost_rate and self._rng.random() < cfg.reply_lost_rate:
-            # The meeting exists but the caller never hears: Zoom has no idempotency key.
-            self._counters["replies_lost"] += 1
-            return DROPPED
-        return json_reply(201, meeting.body)
+    def _start(self, body: dict[str, Any], now: datetime) -> datetime:
+        """When the meeting starts: its start_time (read in its timezone), or now if past."""
+        text = body.get("start_time")
+        if not isinstance(text, str) or body.get("type") in (1, 3):
+            return now
+        try:
+            moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=ZoneInfo(body.get("timezone") or "UTC"))
+        except (ValueError, ZoneInfoNotFoundError):
+            return now
+        return max(now, moment.replace(microsecond=0))
 
-    def _update(self, meeting: Meeting, body: dict[str, Any], cfg: SimulatorConfig) -> Reply:
-        problems = validate(body)
-        if problems:
-            return _validation_failed(problems)
-        limited = self._take_daily(meeting.body["host_id"], cfg)
-        if limited is not None:
-            return limited
+    def _lay_out(self, meeting: Meeting, deleted: dict[str, bool]) -> None:
+        """(Re)compute a series' occurrences, keeping the ones deleted before."""
+        body = meeting.body
+        if body["type"] != 8 or not isinstance(body.get("recurrence"), dict):
+            meeting.occurrences = []
+            return
+        start = datetime.fromisoformat(body["start_time"].replace("Z", "+00:00"))
+        meeting.occurrences = occurrences(start, body["duration"], body["recurrence"])
+        for occurrence in meeting.occurrences:
+            if deleted.get(occurrence["occurrence_id"]):
+                occurrence["status"] = "deleted"
+
+    def answer(self, meeting: Meeting, query: dict[str, list[str]]) -> Reply:
+        """``GET /meetings/{id}``: the meeting, with a series' occurrences."""
+        body = dict(meeting.body)
+        if meeting.occurrences:
+            show_previous = query.get("show_previous_occurrences", [""])[0] == "true"
+            now = self._clock.now()
+            body["occurrences"] = [o for o in meeting.occurrences if show_previous or _end(o) > now]
+        return json_reply(200, body)
+
+    def update(self, meeting: Meeting, body: dict[str, Any], query: dict[str, list[str]]) -> Reply:
+        """``PATCH /meetings/{id}``: the whole meeting, or one occurrence of a series."""
+        if occurrence_id := query.get("occurrence_id", [""])[0]:
+            occurrence = self._occurrence(meeting, occurrence_id)
+            if occurrence is None:
+                return _no_occurrence(occurrence_id)
+            if "start_time" in body:
+                occurrence["start_time"] = utc_stamp(self._start(body, self._clock.now()))
+            occurrence["duration"] = body.get("duration", occurrence["duration"])
+            return Reply(204)
         for key in UPDATABLE_FIELDS & body.keys():
             if key == "settings":
                 meeting.body["settings"] = meeting.body["settings"] | body["settings"]
+            elif key == "start_time":
+                meeting.body["start_time"] = utc_stamp(self._start(body, self._clock.now()))
             else:
                 meeting.body[key] = body[key]
+        if _SCHEDULE & body.keys():
+            deleted = {o["occurrence_id"]: o["status"] == "deleted" for o in meeting.occurrences}
+            self._lay_out(meeting, deleted)
         return Reply(204)
 
-    def _delete(self, meeting: Meeting) -> Reply:
+    def delete(self, meeting: Meeting, query: dict[str, list[str]]) -> Reply:
+        """``DELETE /meetings/{id}``: the meeting, or one occurrence of a series."""
         status = meeting.body["status"]
         if status == "started":
             message = "Sorry, you cannot delete this meeting since it is in progress."
@@ -178,15 +272,30 @@ class MeetingsAPI(RateLimits):
             return error_reply(
                 400, 3007, "Sorry, you cannot delete this meeting since it has ended."
             )
+        occurrence_id = query.get("occurrence_id", [""])[0]
+        if occurrence_id and meeting.occurrences:
+            occurrence = self._occurrence(meeting, occurrence_id)
+            if occurrence is None or occurrence["status"] == "deleted":
+                return _no_occurrence(occurrence_id)
+            occurrence["status"] = "deleted"
+            self._counters.add("occurrences_deleted")
+            return Reply(204)
         meeting.deleted = True
-        self._counters["meetings_deleted"] += 1
+        self._counters.add("meetings_deleted")
         return Reply(204)
 
-    def _list(self, user_id: str, query: dict[str, list[str]]) -> Reply:
-        host_id = self._user(user_id)[0]
+    @staticmethod
+    def _occurrence(meeting: Meeting, occurrence_id: str) -> dict[str, Any] | None:
+        return next((o for o in meeting.occurrences if o["occurrence_id"] == occurrence_id), None)
+
+    def list(
+        self, user_id: str, query: dict[str, list[str]], rule: Literal["code_points", "utf16"]
+    ) -> Reply:
+        """``GET /users/{userId}/meetings``: the host's meetings, a page at a time."""
+        host_id = self.host(user_id)[0]
         raw_size = query.get("page_size", ["30"])[0]
         if not raw_size.isdigit() or int(raw_size) < 1:
-            return _validation_failed([{"field": "page_size", "message": "Invalid field."}])
+            return validation_failed([{"field": "page_size", "message": "Invalid field."}])
         page_size = min(int(raw_size), MAX_PAGE_SIZE)
         page_token = query.get("next_page_token", [""])[0]
         if page_token:
@@ -196,22 +305,23 @@ class MeetingsAPI(RateLimits):
         else:
             list_type = query.get("type", ["scheduled"])[0]
             if list_type not in LIST_TYPES:
-                return _validation_failed([{"field": "type", "message": "Invalid field."}])
+                return validation_failed([{"field": "type", "message": "Invalid field."}])
             statuses = LIST_TYPES[list_type]
             ids = tuple(
                 m.body["id"]
                 for m in self._by_host.get(host_id, ())
-                if not m.deleted and m.body["status"] in statuses
+                # "This API does not return information about instant meetings."
+                if not m.deleted and m.body["status"] in statuses and m.body["type"] != 1
             )
             page = Page(host_id, ids, 0)
         end = page.offset + page_size
-        listed = (self._meetings[i] for i in page.ids[page.offset : end])
+        listed = (self.meetings[i] for i in page.ids[page.offset : end])
         next_token = ""
         if end < len(page.ids):
             next_token = secrets.token_urlsafe(16)
             self._pages[next_token] = Page(host_id, page.ids, end)
         meetings = [
-            {k: m.body[k] for k in LIST_FIELDS} | {"agenda": m.body["agenda"][:LIST_AGENDA_CHARS]}
+            {k: m.body[k] for k in LIST_FIELDS} | {"agenda": cut_agenda(m.body["agenda"], rule)}
             for m in listed
             if not m.deleted
         ]
@@ -224,3 +334,12 @@ class MeetingsAPI(RateLimits):
                 "meetings": meetings,
             },
         )
+
+
+def _end(occurrence: dict[str, Any]) -> datetime:
+    start = datetime.fromisoformat(occurrence["start_time"].replace("Z", "+00:00"))
+    return start + timedelta(minutes=occurrence["duration"])
+
+
+def _no_occurrence(occurrence_id: str) -> Reply:
+    return error_reply(404, 3001, f"Meeting occurrence does not exist: {occurrence_id}.")

@@ -8,7 +8,6 @@ import urllib.parse
 from typing import Any
 
 from worker.simulator.config import SimulatorConfig
-from worker.simulator.state import SimulatorState
 from worker.simulator.wire import Reply, Request, basic_credentials, error_reply, json_reply
 
 OPERATION_SCOPES = {
@@ -20,19 +19,27 @@ OPERATION_SCOPES = {
 }
 
 
-class TokenEndpoint(SimulatorState):
-    """``POST /oauth/token`` and the 401s of the Meetings API; a part of :class:`Simulator`."""
+class TokenIssuer:
+    """The access tokens issued so far and their expiry; a part of :class:`Simulator`.
 
-    def _token_endpoint(self, request: Request) -> Reply:
-        if self._config.token_latency_s:
-            time.sleep(self._config.token_latency_s)
-        with self._lock:
-            self._counters["token_requests"] += 1
-            reply = self._issue_token(request, self._config)
-            self._counters["tokens_issued" if reply.status == 200 else "token_errors"] += 1
-            return reply
+    Not thread-safe on its own: the Simulator calls it under its lock.
+    """
 
-    def _issue_token(self, request: Request, cfg: SimulatorConfig) -> Reply:
+    def __init__(self) -> None:
+        self._tokens: dict[str, float] = {}  # token -> monotonic expiry, oldest first
+
+    def invalidate(self) -> None:
+        """Kill every token issued so far."""
+        self._tokens.clear()
+
+    def valid(self) -> int:
+        """How many tokens are still alive."""
+        now = time.monotonic()
+        return sum(expiry > now for expiry in self._tokens.values())
+
+    def issue(self, request: Request, cfg: SimulatorConfig) -> Reply:
+        """Answer ``POST /oauth/token``: a new token, or Zoom's refusal."""
+
         def refuse(status: int, error: str, code: int | None, reason: str) -> Reply:
             payload: dict[str, Any] = {"reason": reason, "error": error}
             if code is not None and cfg.token_error_codes:
@@ -77,9 +84,10 @@ class TokenEndpoint(SimulatorState):
             },
         )
 
-    def _check_token(
+    def check(
         self, authorization: str | None, operation: str, cfg: SimulatorConfig
     ) -> Reply | None:
+        """None when the bearer token may make this call; Zoom's 401 otherwise."""
         scheme, _, token = (authorization or "").partition(" ")
         expiry = self._tokens.get(token.strip()) if scheme.lower() == "bearer" else None
         if expiry is None or cfg.refuse_fresh_tokens:
