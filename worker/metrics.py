@@ -129,6 +129,22 @@ def _is_daily_limit(response: httpx.Response) -> bool:
     return isinstance(message, str) and bool(zoom.DAILY_LIMIT_PATTERN.search(message))
 
 
+# A scrape's three reads of the jobs (bench/scrape.py times them over a large table): jobs not
+# finished, in the (status, lease_expires_at) index; finished ones, kept counted by triggers;
+# the oldest waiting job, the first entry of the partial index on created_at.
+UNFINISHED_COUNTS = (
+    select(models.Job.status, func.count())
+    .where(models.Job.status.in_(UNFINISHED))
+    .group_by(models.Job.status)
+)
+FINISHED_COUNTS = select(
+    models.JobStatusCount.status, func.sum(models.JobStatusCount.jobs)
+).group_by(models.JobStatusCount.status)
+OLDEST_PENDING_AGE = select(
+    func.extract("epoch", func.now() - func.min(models.Job.created_at))
+).where(models.PENDING)
+
+
 class FleetCollector(Collector):
     """Reads the figures: three index-only reads of job counts and ages,
     :meth:`TokenStore.status` (the credential row and the last day of ``token_requests``),
@@ -190,18 +206,10 @@ class FleetCollector(Collector):
             return figures
 
     def _jobs(self) -> Iterator[Metric]:
-        job, shard = models.Job, models.JobStatusCount
-        unfinished = (
-            select(job.status, func.count()).where(job.status.in_(UNFINISHED)).group_by(job.status)
-        )
-        finished = select(shard.status, func.sum(shard.jobs)).group_by(shard.status)
-        oldest = select(func.extract("epoch", func.now() - func.min(job.created_at))).where(
-            models.PENDING
-        )
         with db.sessions(self._settings)() as session:
-            counts = {status: int(n) for status, n in session.execute(unfinished)}
-            counts |= {status: int(n) for status, n in session.execute(finished)}
-            age = session.execute(oldest).scalar()
+            counts = {status: int(n) for status, n in session.execute(UNFINISHED_COUNTS)}
+            counts |= {status: int(n) for status, n in session.execute(FINISHED_COUNTS)}
+            age = session.execute(OLDEST_PENDING_AGE).scalar()
         jobs = GaugeMetricFamily("zoom_worker_jobs", "Jobs by status", labels=["status"])
         for status in sorted({*STATUSES, *counts}):
             jobs.add_metric([status], counts.get(status, 0))
