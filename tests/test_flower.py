@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -109,19 +110,11 @@ def test_flower__by_name_create_with_passcode__no_passcode_in_task_detail(
 ) -> None:
     worker = start_worker(concurrency=1)
     _wait_until_online(flower)
-    meeting = {**_body("By-name standup"), "password": PASSCODE, "agenda": "Dial in"}
-    kwargs = {"user_id": "host@example.com", "meeting": meeting}
-    # A producer in another language: no task-sent event, and its own kwargsrepr header
-    # carrying the whole body; the worker must not repeat it.
-    producer = Celery("by-name-producer", broker=env["CELERY_BROKER_URL"])
-    producer.conf.task_send_sent_event = False
-    try:
-        result = producer.send_task("meetings.create", kwargs=kwargs, kwargsrepr=repr(kwargs))
-    finally:
-        producer.close()
+
+    task_id = _send_by_name(env)
 
     def detail() -> dict[str, Any] | None:
-        response = flower.get(f"/api/task/info/{result.id}", auth=AUTH)
+        response = flower.get(f"/api/task/info/{task_id}", auth=AUTH)
         info: dict[str, Any] = response.json() if response.status_code == 200 else {}
         return info if info.get("state") == "SUCCESS" else None
 
@@ -133,6 +126,42 @@ def test_flower__by_name_create_with_passcode__no_passcode_in_task_detail(
     listed = flower.get("/api/tasks", params={"taskname": "meetings.create"}, auth=AUTH).text
     for shown in (str(info), listed, worker.log(), flower.process.log()):
         assert PASSCODE not in shown and "Dial in" not in shown
+
+
+def test_flower__by_name_create_scheduled__worker_page_shows_no_passcode(
+    env: dict[str, str], start_worker: Callable[..., WorkerProcess], flower: Flower
+) -> None:
+    start_worker(concurrency=1, name="scheduler")
+    _wait_until_online(flower)
+
+    task_id = _send_by_name(env, countdown=600)  # held by the worker: `inspect scheduled`
+
+    # Only a worker named in the query is asked for its reserved and scheduled tasks.
+    query = {"workername": f"scheduler@{socket.gethostname()}", "refresh": "1"}
+
+    def worker_page() -> str | None:
+        response = flower.get("/api/workers", params=query, auth=AUTH)
+        return response.text if task_id in response.text else None
+
+    shown = wait_for(worker_page, timeout=60, interval=0.5)
+    assert PASSCODE not in shown and "Dial in" not in shown
+    assert "topic='By-name standup'" in shown
+
+
+def _send_by_name(env: dict[str, str], **options: Any) -> str:
+    """A by-name create carrying a passcode, as a producer in another language sends it: no
+    task-sent event, and its own kwargsrepr header with the whole body in it."""
+    meeting = {**_body("By-name standup"), "password": PASSCODE, "agenda": "Dial in"}
+    kwargs = {"user_id": "host@example.com", "meeting": meeting}
+    producer = Celery("by-name-producer", broker=env["CELERY_BROKER_URL"])
+    producer.conf.task_send_sent_event = False
+    try:
+        result = producer.send_task(
+            "meetings.create", kwargs=kwargs, kwargsrepr=repr(kwargs), **options
+        )
+    finally:
+        producer.close()
+    return str(result.id)
 
 
 def _wait_until_online(flower: Flower) -> None:

@@ -2,15 +2,16 @@
 
 A task's ``task-received`` event (read by Flower), the worker's own log lines and
 ``celery inspect`` show the message's ``argsrepr`` and ``kwargsrepr`` headers, which the
-*sender* wrote. A producer that sends ``meetings.create`` by name may have put the whole
-meeting body there, passcode (``password``) included, or left the headers out, in which case
-Celery builds them from the arguments.
+*sender* wrote; ``inspect reserved`` and ``inspect scheduled`` (on Flower's worker page)
+even show the arguments themselves. A producer that sends ``meetings.create`` by name may
+have put the whole meeting body in those headers, passcode (``password``) included, or left
+them out, in which case Celery builds them from the arguments.
 
 :class:`MaskedRequest` rewrites both headers as the message is received, before any event
-or log line is made from it: every ``dict`` argument (a meeting body; no task of ours takes
-another kind of dict) is shown as :class:`MaskedBody`, which keeps only the ``topic``. The
-arguments the task runs with are untouched. The app's task class, :class:`MaskedTask`, uses
-it for every task.
+or log line is made from it, and answers ``inspect`` with them: every ``dict`` argument (a
+meeting body; no task of ours takes another kind of dict) is shown as :class:`MaskedBody`,
+which keeps only the ``topic``. The arguments the task runs with are untouched. The app's
+task class, :class:`MaskedTask`, uses it for every task.
 
 What the sender itself reports (its ``task-sent`` event) is the sender's business: the README
 shows by-name producers how to pass ``kwargsrepr``.
@@ -66,6 +67,11 @@ class MaskedRequest(Request):
         # The request dict becomes the task's context in the pool process (its log lines).
         self._argsrepr = self.request_dict["argsrepr"] = argsrepr
         self._kwargsrepr = self.request_dict["kwargsrepr"] = kwargsrepr
+
+    def info(self, safe: bool = False) -> Any:
+        """What ``celery inspect`` shows of the request (Flower's worker page asks for the
+        reserved and scheduled ones unsafe): always the masked reprs, never the arguments."""
+        return super().info(safe=True)
 
 
 class MaskedTask(Task):  # type: ignore[type-arg]  # the app's base task class
