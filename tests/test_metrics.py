@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,7 +13,7 @@ import pytest
 from addresses import non_loopback_address
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import delete, func, select, text, update
+from sqlalchemy import delete, func, insert, select, text, update
 
 from worker import db, errors, jobs, metrics, models, zoom
 from worker.config import get_settings
@@ -240,13 +241,15 @@ def test_collector__jobs_change_status__figures_match_the_table(
         session.execute(update(job).where(job.id == ids[0]).values(status=models.SUCCEEDED))
         session.execute(update(job).where(job.id == ids[1]).values(status=models.RETRYING))
         session.execute(delete(job).where(job.id == ids[2]))
+        rejected = [{"id": uuid.uuid4(), "kind": "create", "status": models.FAILED} for _ in "ab"]
+        session.execute(insert(job), rejected)  # one statement, as a rejected by-name job
     collector = metrics.FleetCollector(get_settings(), counters, cache_s=0)
 
     found = _scrape(collector)
     with db.sessions(get_settings())() as session:
         table = dict(session.execute(select(job.status, func.count()).group_by(job.status)).all())
 
-    assert table == {models.SUCCEEDED: 1, models.FAILED: 1, models.RETRYING: 1, models.QUEUED: 2}
+    assert table == {models.SUCCEEDED: 1, models.FAILED: 3, models.RETRYING: 1, models.QUEUED: 2}
     for status in metrics.STATUSES:
         assert found[("zoom_worker_jobs", (("status", status),))] == table.get(status, 0), status
     with db.sessions(get_settings())() as session, session.begin():
