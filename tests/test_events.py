@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -17,8 +18,10 @@ BODY = {"topic": "Board", "password": "Pq7-zX9@w", "agenda": "Dial in", "type": 
         ((), {"user_id": "host@example.com", "meeting": BODY}),
         (("host@example.com", BODY), {}),
         ((), {"user_id": "host@example.com", "unexpected": {"nested": BODY}}),
+        ((), {"user_id": "host@example.com", "meeting": json.dumps(BODY)}),
+        (("host@example.com", [BODY]), {}),
     ],
-    ids=["keyword", "positional", "unknown-keyword"],
+    ids=["keyword", "positional", "unknown-keyword", "body-as-text", "in-a-list"],
 )
 def test_events__bodies_in_args__shown_as_topic_only(
     args: tuple[Any, ...], kwargs: dict[str, Any]

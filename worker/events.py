@@ -9,8 +9,9 @@ them out, in which case Celery builds them from the arguments.
 
 :class:`MaskedRequest` rewrites both headers as the message is received, before any event
 or log line is made from it, and answers ``inspect`` with them: every ``dict`` argument (a
-meeting body; no task of ours takes another kind of dict) is shown as :class:`MaskedBody`,
-which keeps only the ``topic``. The arguments the task runs with are untouched. The app's
+meeting body; no task of ours takes another kind of dict), even inside a list, and the
+``meeting`` argument whatever its type, are shown as :class:`MaskedBody`, which keeps only
+the ``topic``. The arguments the task runs with are untouched. The app's
 task class, :class:`MaskedTask`, uses it for every task.
 
 What the sender itself reports (its ``task-sent`` event) is the sender's business: the README
@@ -29,13 +30,17 @@ from celery.worker.request import Request
 REPR_MAXSIZE = 1024
 
 
+# Arguments that carry a meeting body, masked whatever the sender put in them.
+BODY_ARGUMENTS = frozenset({"meeting"})
+
+
 class MaskedBody:
     """Stands for a masked body in a repr; shows its topic only."""
 
     __slots__ = ("topic",)
 
-    def __init__(self, body: dict[Any, Any]) -> None:
-        topic = body.get("topic")
+    def __init__(self, body: object) -> None:
+        topic = body.get("topic") if isinstance(body, dict) else None
         self.topic = topic if isinstance(topic, str) else None
 
     def __repr__(self) -> str:
@@ -43,19 +48,25 @@ class MaskedBody:
 
 
 def masked(value: Any) -> Any:
-    """``value``, or a :class:`MaskedBody` in its place when it is a dict."""
-    return MaskedBody(value) if isinstance(value, dict) else value
+    """``value`` with every dict in it (at any depth of lists) replaced by a MaskedBody."""
+    if isinstance(value, dict):
+        return MaskedBody(value)
+    if isinstance(value, list | tuple):
+        return type(value)(masked(item) for item in value)
+    return value
 
 
 def masked_reprs(args: Any, kwargs: Any) -> tuple[str, str]:
-    """``argsrepr`` and ``kwargsrepr`` for these arguments, every dict masked."""
-    shown_args = [masked(arg) for arg in args] if isinstance(args, list | tuple) else args
-    shown_kwargs = (
-        {name: masked(value) for name, value in kwargs.items()}
-        if isinstance(kwargs, dict)
-        else kwargs
-    )
-    return saferepr(shown_args, REPR_MAXSIZE), saferepr(shown_kwargs, REPR_MAXSIZE)
+    """``argsrepr`` and ``kwargsrepr`` for these arguments: every dict masked, and a
+    ``meeting`` argument masked whatever its type."""
+    if isinstance(kwargs, dict):
+        shown_kwargs = {
+            name: MaskedBody(value) if name in BODY_ARGUMENTS else masked(value)
+            for name, value in kwargs.items()
+        }
+    else:
+        shown_kwargs = masked(kwargs)
+    return saferepr(masked(args), REPR_MAXSIZE), saferepr(shown_kwargs, REPR_MAXSIZE)
 
 
 class MaskedRequest(Request):
