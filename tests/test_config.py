@@ -104,3 +104,67 @@ def test_worker__missing_credentials__refuses_to_start_naming_variable() -> None
     )
     assert result.returncode != 0
     assert "invalid configuration: ZOOM_ACCOUNT_ID: is not set" in result.stderr
+
+
+@pytest.mark.parametrize("name", ["ZOOM_OAUTH_URL", "ZOOM_API_URL"])
+def test_settings__http_zoom_url_on_network_host__refused_naming_variable(
+    monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    monkeypatch.setenv(name, "http://zoom.example.com/oauth/token")
+    monkeypatch.setenv("ZOOM_CLIENT_SECRET", "do-not-echo-me")
+    monkeypatch.delenv("ZOOM_ALLOW_INSECURE_URLS", raising=False)
+    with pytest.raises(errors.ConfigurationError) as caught:
+        load_settings()
+    assert caught.value.setting == name
+    assert str(caught.value).startswith(f"{name}: must be an https:// URL")
+    assert "do-not-echo-me" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "allow", "accepted"),
+    [
+        ("https://zoom.us/oauth/token", "false", True),
+        ("http://127.0.0.1:9900/oauth/token", "false", True),
+        ("http://[::1]:9900/oauth/token", "false", True),
+        ("http://localhost:9900/oauth/token", "false", True),
+        ("http://simulator:9900/oauth/token", "false", False),
+        ("http://simulator:9900/oauth/token", "true", True),
+        ("ftp://zoom.us/oauth/token", "true", False),
+        ("zoom.us/oauth/token", "false", False),
+    ],
+)
+def test_settings__zoom_url_schemes__https_or_loopback_or_allowed(
+    monkeypatch: pytest.MonkeyPatch, url: str, allow: str, accepted: bool
+) -> None:
+    monkeypatch.setenv("ZOOM_OAUTH_URL", url)
+    monkeypatch.setenv("ZOOM_ALLOW_INSECURE_URLS", allow)
+    if accepted:
+        settings = load_settings()
+        assert url == settings.ZOOM_OAUTH_URL
+    else:
+        with pytest.raises(errors.ConfigurationError, match=r"^ZOOM_OAUTH_URL: "):
+            load_settings()
+
+
+def test_worker__http_oauth_url_on_network_host__refuses_to_start_naming_variable() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ZOOM_")}
+    env.update(
+        ZOOM_ACCOUNT_ID="acc",
+        ZOOM_CLIENT_ID="client",
+        ZOOM_CLIENT_SECRET="do-not-echo-me",
+        ZOOM_OAUTH_URL="http://zoom.example.com/oauth/token",
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "worker", "worker", "--concurrency", "1"],
+        cwd=Path(__file__).resolve().parent.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode != 0
+    # Celery reads the settings while parsing its options, before worker_init: the process
+    # ends with the ConfigurationError itself.
+    assert "ConfigurationError: ZOOM_OAUTH_URL: must be an https:// URL" in result.stderr
+    assert "do-not-echo-me" not in result.stderr + result.stdout

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import re
+import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from celery import Celery
 from conftest import WorkerProcess, spawn_celery, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -17,6 +19,7 @@ from worker import jobs
 pytestmark = [pytest.mark.fleet, pytest.mark.usefixtures("env")]
 
 AUTH = ("ops", "pw")
+PASSCODE = "Pq7-zX9@w"
 BANNER = re.compile(r"Visit me at http://127\.0\.0\.1:(\d+)")
 
 
@@ -100,6 +103,77 @@ def test_flower__finished_task__listed_by_name_without_secrets(
         and ("type", "task-succeeded") in labels
     ]
     assert sum(succeeded) >= 1
+
+
+def test_flower__by_name_create_with_passcode__no_passcode_in_task_detail(
+    env: dict[str, str], start_worker: Callable[..., WorkerProcess], flower: Flower
+) -> None:
+    worker = start_worker(concurrency=1)
+    _wait_until_online(flower)
+
+    task_id = _send_by_name(env)
+
+    def detail() -> dict[str, Any] | None:
+        response = flower.get(f"/api/task/info/{task_id}", auth=AUTH)
+        info: dict[str, Any] = response.json() if response.status_code == 200 else {}
+        return info if info.get("state") == "SUCCESS" else None
+
+    info = wait_for(detail, timeout=60, interval=0.2)
+
+    assert info["received"], "the worker's task-received event reached Flower"
+    assert "'topic': 'By-name standup'" not in info["kwargs"]
+    assert "topic='By-name standup'" in info["kwargs"] and "host@example.com" in info["kwargs"]
+    listed = flower.get("/api/tasks", params={"taskname": "meetings.create"}, auth=AUTH).text
+    for shown in (str(info), listed, worker.log(), flower.process.log()):
+        assert PASSCODE not in shown and "Dial in" not in shown
+
+
+def test_flower__by_name_create_scheduled__worker_page_shows_no_passcode(
+    env: dict[str, str], start_worker: Callable[..., WorkerProcess], flower: Flower
+) -> None:
+    start_worker(concurrency=1, name="scheduler")
+    _wait_until_online(flower)
+
+    task_id = _send_by_name(env, countdown=600)  # held by the worker: `inspect scheduled`
+
+    # Only a worker named in the query is asked for its reserved and scheduled tasks.
+    query = {"workername": f"scheduler@{socket.gethostname()}", "refresh": "1"}
+
+    def worker_page() -> str | None:
+        response = flower.get("/api/workers", params=query, auth=AUTH)
+        return response.text if task_id in response.text else None
+
+    shown = wait_for(worker_page, timeout=60, interval=0.5)
+    assert PASSCODE not in shown and "Dial in" not in shown
+    assert "topic='By-name standup'" in shown
+
+
+def _send_by_name(env: dict[str, str], **options: Any) -> str:
+    """A by-name create carrying a passcode, as a producer in another language sends it: no
+    task-sent event, and its own kwargsrepr header with the whole body in it."""
+    meeting = {**_body("By-name standup"), "password": PASSCODE, "agenda": "Dial in"}
+    kwargs = {"user_id": "host@example.com", "meeting": meeting}
+    producer = Celery("by-name-producer", broker=env["CELERY_BROKER_URL"])
+    producer.conf.task_send_sent_event = False
+    try:
+        result = producer.send_task(
+            "meetings.create", kwargs=kwargs, kwargsrepr=repr(kwargs), **options
+        )
+    finally:
+        producer.close()
+    return str(result.id)
+
+
+def _wait_until_online(flower: Flower) -> None:
+    # Events from before Flower subscribed are lost: wait until a heartbeat reached it.
+    wait_for(
+        lambda: any(
+            name == "flower_worker_online" and value == 1
+            for (name, _labels), value in flower.metrics().items()
+        ),
+        timeout=30,
+        interval=0.2,
+    )
 
 
 def test_flower__api_without_credentials__401(flower: Flower) -> None:

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import logging
 import socket
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
+from addresses import non_loopback_address
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import delete, func, insert, select, text, update
 
-from worker import db, errors, jobs, metrics, zoom
+from worker import db, errors, jobs, metrics, models, zoom
 from worker.config import get_settings
 from worker.simulator import SimulatorClient
 from worker.token_store import TokenStore
@@ -158,7 +161,7 @@ def test_exporter__port_in_use__logs_and_goes_on_once(
     env: dict[str, str], exporter: None, caplog: pytest.LogCaptureFixture
 ) -> None:
     with socket.socket() as taken:
-        taken.bind(("0.0.0.0", 0))  # what the exporter binds: all interfaces
+        taken.bind(("127.0.0.1", 0))  # what the exporter binds by default (METRICS_HOST)
         taken.listen()
         settings = get_settings().model_copy(update={"METRICS_PORT": taken.getsockname()[1]})
         with caplog.at_level(logging.INFO, logger="worker.metrics"):
@@ -204,3 +207,67 @@ def _scrape(collector: Any) -> dict[tuple[str, tuple[tuple[str, str], ...]], flo
     registry = CollectorRegistry()
     registry.register(collector)
     return _samples(generate_latest(registry).decode())
+
+
+@pytest.mark.parametrize(("host", "reachable"), [(None, False), ("0.0.0.0", True)])
+def test_exporter__metrics_host__other_addresses_reach_it_only_when_opened(
+    env: dict[str, str], exporter: None, host: str | None, reachable: bool
+) -> None:
+    address = non_loopback_address()
+    update = {"METRICS_PORT": _free_port()} | ({"METRICS_HOST": host} if host else {})
+    settings = get_settings().model_copy(update=update)
+
+    metrics.start_exporter(settings)
+    local = httpx.get(f"http://127.0.0.1:{settings.METRICS_PORT}/metrics", timeout=10)
+    try:
+        remote = httpx.get(f"http://{address}:{settings.METRICS_PORT}/metrics", timeout=5)
+        remote_status: int | None = remote.status_code
+    except httpx.ConnectError:
+        remote_status = None
+
+    assert (host or "127.0.0.1") == settings.METRICS_HOST
+    assert local.status_code == 200
+    assert remote_status == (200 if reachable else None), f"{address} answered {remote_status}"
+
+
+def test_collector__jobs_change_status__figures_match_the_table(
+    env: dict[str, str], counters: metrics.FleetCounters
+) -> None:
+    ids = [jobs.create_meeting("host@example.com", {**BODY, "topic": f"T{n}"}) for n in range(6)]
+    job = models.Job
+    with db.sessions(get_settings())() as session, session.begin():
+        for status, chosen in ((models.SUCCEEDED, ids[:3]), (models.FAILED, ids[3:4])):
+            session.execute(update(job).where(job.id.in_(chosen)).values(status=status))
+        session.execute(update(job).where(job.id == ids[0]).values(status=models.SUCCEEDED))
+        session.execute(update(job).where(job.id == ids[1]).values(status=models.RETRYING))
+        session.execute(delete(job).where(job.id == ids[2]))
+        rejected = [{"id": uuid.uuid4(), "kind": "create", "status": models.FAILED} for _ in "ab"]
+        session.execute(insert(job), rejected)  # one statement, as a rejected by-name job
+    collector = metrics.FleetCollector(get_settings(), counters, cache_s=0)
+
+    found = _scrape(collector)
+    with db.sessions(get_settings())() as session:
+        table = dict(session.execute(select(job.status, func.count()).group_by(job.status)).all())
+
+    assert table == {models.SUCCEEDED: 1, models.FAILED: 3, models.RETRYING: 1, models.QUEUED: 2}
+    for status in metrics.STATUSES:
+        assert found[("zoom_worker_jobs", (("status", status),))] == table.get(status, 0), status
+    with db.sessions(get_settings())() as session, session.begin():
+        session.execute(text("TRUNCATE jobs CASCADE"))
+    found = _scrape(collector)
+    assert all(found[("zoom_worker_jobs", (("status", s),))] == 0 for s in metrics.STATUSES)
+
+
+def test_collector__scrapes_within_cache_time__database_read_once(
+    env: dict[str, str], counters: metrics.FleetCounters
+) -> None:
+    collector = metrics.FleetCollector(get_settings(), counters, cache_s=600)
+    before = _scrape(collector)
+    jobs.create_meeting("host@example.com", dict(BODY))
+
+    cached = _scrape(collector)
+    fresh = _scrape(metrics.FleetCollector(get_settings(), counters, cache_s=0))
+
+    assert before[("zoom_worker_jobs", (("status", "queued"),))] == 0
+    assert cached[("zoom_worker_jobs", (("status", "queued"),))] == 0
+    assert fresh[("zoom_worker_jobs", (("status", "queued"),))] == 1

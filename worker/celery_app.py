@@ -86,7 +86,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
 
 
-app = Celery("worker", include=["worker.tasks"])
+# Every task reports its arguments with meeting bodies masked (worker.events).
+app = Celery("worker", include=["worker.tasks"], task_cls="worker.events:MaskedTask")
 app.add_defaults(lambda: celery_config(get_settings()))
 
 

@@ -7,6 +7,8 @@ Field names equal the environment variable names. An invalid value stops the pro
 from __future__ import annotations
 
 import functools
+import ipaddress
+import urllib.parse
 from pathlib import Path
 from typing import Literal
 
@@ -85,6 +87,21 @@ class Settings(BaseSettings):
     STALE_AFTER_MINUTES: float = Field(60.0, ge=0)
     METRICS_PORT: int = Field(9808, ge=0, le=65535)
     FLOWER_BASIC_AUTH: SecretStr | None = None
+
+    # -- where secrets may go (issue 12) --
+    # The exporter's address: loopback unless an operator opens it (e.g. 0.0.0.0).
+    METRICS_HOST: str = "127.0.0.1"
+    # Plain-HTTP Zoom URLs on a non-loopback host (the simulator on a compose network).
+    ZOOM_ALLOW_INSECURE_URLS: bool = False
+
+    @model_validator(mode="after")
+    def _check_zoom_urls(self) -> Settings:
+        # Raised as is, not as a ValueError: pydantic would drop the variable's name.
+        for name in ("ZOOM_OAUTH_URL", "ZOOM_API_URL"):
+            problem = insecure_url_problem(getattr(self, name), self.ZOOM_ALLOW_INSECURE_URLS)
+            if problem:
+                raise errors.ConfigurationError(name, problem)
+        return self
 
     @field_validator("ZOOM_RATE_LIMITS")
     @classmethod
@@ -188,6 +205,32 @@ def parse_rate_limits(value: str) -> dict[str, int]:
         if limits[name] < 1:
             raise ValueError(f"the limit for {name} must be at least 1")
     return limits
+
+
+def insecure_url_problem(url: str, allow_insecure: bool) -> str | None:
+    """Why ``url`` must not carry a Zoom secret, or None: only ``https://``, or ``http://``
+    to a loopback host (or any host when ``allow_insecure``), since the client secret and
+    the access token travel in its headers."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme == "https" and parts.hostname:
+        return None
+    if parts.scheme != "http" or not parts.hostname:
+        return "must be an https:// URL"
+    if allow_insecure or _is_loopback(parts.hostname):
+        return None
+    return (
+        "must be an https:// URL: http:// is accepted only for a loopback host, or with "
+        "ZOOM_ALLOW_INSECURE_URLS=true (a simulator on a private network)"
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def load_settings() -> Settings:

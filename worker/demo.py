@@ -116,8 +116,10 @@ def run(options: DemoOptions, out: Console) -> DemoResult:
         config = simulator.SimulatorConfig(
             rate_limits=RATE_LIMITS, error_rate=ERROR_RATE, reply_lost_rate=REPLY_LOST_RATE
         )
+    # The simulator's control API answers only this run (it can rotate the secret).
+    control_token = secrets.token_urlsafe(16)
     with (
-        simulator.start_simulator(config) as sim,
+        simulator.start_simulator(config, control_token=control_token) as sim,
         tempfile.TemporaryDirectory(prefix="zoom-worker-demo-") as tmp,
         environment(_settings_env(options, sim)),
     ):
@@ -146,7 +148,13 @@ def run(options: DemoOptions, out: Console) -> DemoResult:
             error = str(exc)
         finally:
             stop_processes(processes)
-        result = _result(sim.url, create_ids + delete_ids, time.monotonic() - started, create_s)
+        result = _result(
+            sim.url,
+            create_ids + delete_ids,
+            time.monotonic() - started,
+            create_s,
+            control_token=control_token,
+        )
     result = dataclasses.replace(result, error=error)
     _print_summary(result, len(create_ids), out)
     return result
@@ -318,9 +326,11 @@ def _signal_all(processes: list[ManagedProcess], signum: signal.Signals) -> None
             os.killpg(item.process.pid, signum)
 
 
-def _result(sim_url: str, ids: list[uuid.UUID], wall_s: float, create_s: float) -> DemoResult:
+def _result(
+    sim_url: str, ids: list[uuid.UUID], wall_s: float, create_s: float, *, control_token: str
+) -> DemoResult:
     found = jobs.jobs_for(ids) if ids else []
-    with simulator.SimulatorClient(sim_url) as client:
+    with simulator.SimulatorClient(sim_url, control_token=control_token) as client:
         stats = client.stats()
         meetings = client.meetings()
     markers = collections.Counter(

@@ -1,7 +1,12 @@
-"""The service's own figures in Prometheus form, served on ``METRICS_PORT`` by each worker host.
+"""The service's own figures in Prometheus form, served on ``METRICS_HOST:METRICS_PORT``
+(127.0.0.1 unless opened) by each worker host.
 
-Every figure is read at scrape time from PostgreSQL and Redis, so each worker shows the same
-fleet-wide numbers: aggregate them across targets with ``max``, never ``sum``.
+Every figure is read from PostgreSQL and Redis, so each worker shows the same fleet-wide
+numbers: aggregate them across targets with ``max``, never ``sum``. The database part costs
+the same however many jobs ever ran, and is read at most once per :data:`CACHE_S`: jobs not
+yet finished are counted in the ``(status, ...)`` index (as many entries as jobs waiting or
+running), finished ones are kept counted by triggers (``job_status_counts``), and the oldest
+waiting job is the first entry of a partial index.
 
 - ``zoom_worker_jobs{status}``: jobs in each status (gauge; every status, 0 when none)
 - ``zoom_worker_queue_age_seconds``: age of the oldest queued or retrying job, 0 when none
@@ -46,7 +51,11 @@ log = logging.getLogger(__name__)
 CALLS = "api_calls"
 RESPONSE_KINDS = ("401", "429", "429_daily", "5xx")
 NAMES = (CALLS, *RESPONSE_KINDS)
-STATUSES = (models.QUEUED, models.RUNNING, models.RETRYING, models.WAITING, *models.FINAL_STATUSES)
+UNFINISHED = (models.QUEUED, models.RUNNING, models.RETRYING, models.WAITING)
+STATUSES = (*UNFINISHED, *models.FINAL_STATUSES)
+# Prometheus scrapes every 15-60 s; more scrapers, or anyone hammering the port, cost
+# PostgreSQL at most one read of the figures per this many seconds.
+CACHE_S = 5.0
 # After a Redis failure the counters stop trying for a while, so an outage costs API calls
 # one connect timeout per pause, not one per call.
 REDIS_PAUSE_S = 10.0
@@ -120,30 +129,46 @@ def _is_daily_limit(response: httpx.Response) -> bool:
     return isinstance(message, str) and bool(zoom.DAILY_LIMIT_PATTERN.search(message))
 
 
+# A scrape's three reads of the jobs (bench/scrape.py times them over a large table): jobs not
+# finished, in the (status, lease_expires_at) index; finished ones, kept counted by triggers;
+# the oldest waiting job, the first entry of the partial index on created_at.
+UNFINISHED_COUNTS = (
+    select(models.Job.status, func.count())
+    .where(models.Job.status.in_(UNFINISHED))
+    .group_by(models.Job.status)
+)
+FINISHED_COUNTS = select(
+    models.JobStatusCount.status, func.sum(models.JobStatusCount.jobs)
+).group_by(models.JobStatusCount.status)
+OLDEST_PENDING_AGE = select(
+    func.extract("epoch", func.now() - func.min(models.Job.created_at))
+).where(models.PENDING)
+
+
 class FleetCollector(Collector):
-    """Reads the figures at each scrape: one aggregate over ``jobs``, :meth:`TokenStore.status`
-    (the credential row and one aggregate over ``token_requests``) and one Redis ``MGET``.
-    A failing source is logged and its figures left out; the scrape itself still answers."""
+    """Reads the figures: three index-only reads of job counts and ages,
+    :meth:`TokenStore.status` (the credential row and the last day of ``token_requests``),
+    at most once per ``cache_s``; and one Redis ``MGET`` at every scrape. A failing source
+    is logged and its figures left out; the scrape itself still answers."""
 
     def __init__(
         self,
         settings: Settings,
         counters: FleetCounters,
         token_status: Callable[[], TokenStatus] | None = None,
+        *,
+        cache_s: float = CACHE_S,
     ) -> None:
         self._settings = settings
         self._counters = counters
         self._token_status = token_status
+        self._cache_s = cache_s
+        self._cache_lock = threading.Lock()
+        self._cached: tuple[float, list[Metric] | None] | None = None
 
     def collect(self) -> Iterator[Metric]:
-        database_up = 1
-        try:
-            yield from self._jobs()
-            if self._token_status is not None:
-                yield from _token_figures(self._token_status())
-        except (SQLAlchemyError, errors.ZoomWorkerError) as exc:
-            database_up = 0
-            log.warning("metrics.scrape_failed source=database %s", type(exc).__name__)
+        database = self._database_figures()
+        yield from database or []
         counts = self._counters.snapshot()
         if counts:
             responses = CounterMetricFamily(
@@ -158,24 +183,41 @@ class FleetCollector(Collector):
         up = GaugeMetricFamily(
             "zoom_worker_metrics_source_up", "1 when the source was read", labels=["source"]
         )
-        up.add_metric(["database"], database_up)
+        up.add_metric(["database"], 0 if database is None else 1)
         up.add_metric(["redis"], 1 if counts else 0)
         yield up
 
+    def _database_figures(self) -> list[Metric] | None:
+        """The database's figures, read again once ``cache_s`` passed; None when it failed
+        (a failure is kept as long as figures are, so an outage is not hammered either)."""
+        with self._cache_lock:
+            now = time.monotonic()
+            if self._cached is not None and now - self._cached[0] < self._cache_s:
+                return self._cached[1]
+            figures: list[Metric] | None
+            try:
+                figures = list(self._jobs())
+                if self._token_status is not None:
+                    figures += _token_figures(self._token_status())
+            except (SQLAlchemyError, errors.ZoomWorkerError) as exc:
+                figures = None
+                log.warning("metrics.scrape_failed source=database %s", type(exc).__name__)
+            self._cached = (now, figures)
+            return figures
+
     def _jobs(self) -> Iterator[Metric]:
-        age = func.extract("epoch", func.now() - func.min(models.Job.created_at))
-        query = select(models.Job.status, func.count(), age).group_by(models.Job.status)
         with db.sessions(self._settings)() as session:
-            rows = {status: (count, oldest) for status, count, oldest in session.execute(query)}
+            counts = {status: int(n) for status, n in session.execute(UNFINISHED_COUNTS)}
+            counts |= {status: int(n) for status, n in session.execute(FINISHED_COUNTS)}
+            age = session.execute(OLDEST_PENDING_AGE).scalar()
         jobs = GaugeMetricFamily("zoom_worker_jobs", "Jobs by status", labels=["status"])
-        for status in sorted({*STATUSES, *rows}):
-            jobs.add_metric([status], rows.get(status, (0, None))[0])
+        for status in sorted({*STATUSES, *counts}):
+            jobs.add_metric([status], counts.get(status, 0))
         yield jobs
-        ages = [float(rows[s][1]) for s in (models.QUEUED, models.RETRYING) if s in rows]
         yield GaugeMetricFamily(
             "zoom_worker_queue_age_seconds",
             "Age of the oldest queued or retrying job",
-            value=max([0.0, *ages]),
+            value=max(0.0, float(age or 0)),
         )
 
 
@@ -196,7 +238,8 @@ _exporter: tuple[int, WSGIServer | None] | None = None  # this process's, None w
 
 
 def start_exporter(settings: Settings) -> None:
-    """Serve the figures on ``METRICS_PORT`` from this process (once per process; 0 = off).
+    """Serve the figures on ``METRICS_HOST:METRICS_PORT`` from this process (once per
+    process; port 0 = off).
 
     When the port is taken (several workers on one host) the process logs it and goes on:
     the figures are fleet-wide, so one exporter per host is enough.
@@ -215,8 +258,12 @@ def start_exporter(settings: Settings) -> None:
         registry.register(FleetCollector(settings, counters, status))
         server: WSGIServer | None = None
         try:
-            server, _thread = start_http_server(settings.METRICS_PORT, registry=registry)
-            log.info("metrics.serving port=%d", settings.METRICS_PORT)
+            server, _thread = start_http_server(
+                settings.METRICS_PORT, addr=settings.METRICS_HOST, registry=registry
+            )
+            log.info(
+                "metrics.serving host=%s port=%d", settings.METRICS_HOST, settings.METRICS_PORT
+            )
         except OSError as exc:
             level = logging.INFO if exc.errno == errno.EADDRINUSE else logging.WARNING
             log.log(level, "metrics.not_serving port=%d %s", settings.METRICS_PORT, exc.strerror)

@@ -3,6 +3,7 @@
 - ``credentials`` and ``token_requests``: :mod:`worker.token_store`
 - ``jobs`` and ``meetings``: :mod:`worker.ledger` (with :mod:`worker.recording`); the state
   of stale meetings and the rows of orphans found in Zoom: :mod:`worker.cleanup`
+- ``job_status_counts``: only triggers on ``jobs`` (migration 0005); read by the metrics
 """
 
 from __future__ import annotations
@@ -181,3 +182,29 @@ class Meeting(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(_tz(), server_default=func.now())
     deleted_at: Mapped[datetime | None] = mapped_column(_tz())
+
+
+# -- what the metrics read without scanning jobs (migration 0005) ------------------------------
+
+
+class JobStatusCount(Base):
+    """A shard of the count of jobs in a finished status; written only by triggers on jobs.
+
+    Finished jobs only grow in number, so their counts are kept as jobs change status (the
+    triggers of migration 0005): each finishing job adds one to its status's row of the
+    writing backend's shard, so concurrent finishes rarely wait on one row. A status's count
+    is the sum of its shards.
+    """
+
+    __tablename__ = "job_status_counts"
+
+    status: Mapped[str] = mapped_column(String(16), primary_key=True)
+    shard: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    jobs: Mapped[int] = mapped_column(BigInteger, server_default="0")
+
+
+# Jobs waiting for a worker, spelled once for the partial index and the query that uses it;
+# literal, so that even a prepared statement's generic plan can use the index.
+PENDING = text("status IN ('queued', 'retrying')")
+# The oldest waiting job in one index probe, however many jobs have finished.
+Index("ix_jobs_created_at_pending", Job.created_at, postgresql_where=PENDING)

@@ -44,8 +44,12 @@ Credentials ``account_id``, ``client_id``, ``client_secret``. Tokens ``token_lif
 only: the meeting is made, then the connection is closed without an answer) and
 ``latency_s`` (a sleep before every API answer).
 
-Control API (no auth)
----------------------
+Control API (a token, or loopback only)
+---------------------------------------
+Started with a control token (``SIMULATOR_CONTROL_TOKEN``, or ``start_simulator``'s
+``control_token``), the simulator answers ``/_sim/...`` only with that token in
+``X-Sim-Control-Token``; without one, only requests from loopback. Anything else gets a 403.
+
 ``GET /_sim/stats``, ``GET /_sim/meetings`` (every meeting ever made, with ``deleted``, never
 ``start_url``), ``GET|POST /_sim/config``, ``POST /_sim/reset`` (everything but the config),
 ``POST /_sim/invalidate-tokens``, ``POST /_sim/rotate-secret`` ``{"client_secret"}`` (also

@@ -8,17 +8,23 @@ from typing import Any
 
 import httpx
 
+from worker.simulator.config import CONTROL_TOKEN_HEADER
+
 
 class SimulatorClient:
     """The control API over HTTP; errors raise ``httpx.HTTPStatusError``.
 
-    ``base_url`` is the simulator's root (``RunningSimulator.url``), not its ``/v2`` API.
+    ``base_url`` is the simulator's root (``RunningSimulator.url``), not its ``/v2`` API;
+    ``control_token`` is sent when the simulator was started with one.
     """
 
-    def __init__(self, base_url: str, *, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self, base_url: str, *, timeout_s: float = 10.0, control_token: str | None = None
+    ) -> None:
         # Plain HTTP to a local simulator: skip loading the CA bundle (about 90 ms a client).
         self._http = httpx.Client(
             base_url=f"{base_url.rstrip('/')}/_sim",
+            headers={CONTROL_TOKEN_HEADER: control_token} if control_token else None,
             timeout=timeout_s,
             verify=False,  # noqa: S501
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -13,6 +14,10 @@ DEFAULT_SCOPES = (
     "meeting:delete:meeting:admin meeting:read:list_meetings:admin"
 )
 RATE_CATEGORIES = ("light", "medium", "heavy")
+# The control API (/_sim/...) asks for this header when the simulator has a control token
+# (SIMULATOR_CONTROL_TOKEN for `zoom-worker simulator`); without one it answers loopback only.
+CONTROL_TOKEN_HEADER = "X-Sim-Control-Token"  # noqa: S105 - a header name
+CONTROL_TOKEN_ENV = "SIMULATOR_CONTROL_TOKEN"  # noqa: S105 - a variable name
 OPERATIONS = ("create", "delete", "get", "list", "update")
 
 
@@ -89,6 +94,11 @@ class SimulatorConfig:
         del data["client_secret"]
         data["missing_users"] = sorted(self.missing_users)
         return data
+
+
+def control_token_from_env() -> str | None:
+    """The control token from ``SIMULATOR_CONTROL_TOKEN``, or None when unset or empty."""
+    return os.environ.get(CONTROL_TOKEN_ENV) or None
 
 
 SWITCHES = frozenset(f.name for f in dataclasses.fields(SimulatorConfig))

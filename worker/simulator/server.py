@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import hmac
+import ipaddress
 import logging
 import socket
 import socketserver
@@ -12,8 +14,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from worker.simulator.behaviour import Simulator
-from worker.simulator.config import SimulatorConfig
-from worker.simulator.wire import Request
+from worker.simulator.config import CONTROL_TOKEN_HEADER, SimulatorConfig, control_token_from_env
+from worker.simulator.wire import Request, error_reply
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +61,10 @@ class _Handler(BaseHTTPRequestHandler):
             host=self.headers.get("Host") or f"{self.server.server_name}:{self.server.server_port}",
             body=body,
         )
-        reply = self.server.simulator.handle(request)
+        if target.path.startswith("/_sim/") and not self._may_control():
+            reply = error_reply(403, 403, f"the control API needs {CONTROL_TOKEN_HEADER}")
+        else:
+            reply = self.server.simulator.handle(request)
         if reply.drop:
             # Close without a status line: the client cannot know whether the call took effect.
             self.close_connection = True
@@ -76,15 +81,36 @@ class _Handler(BaseHTTPRequestHandler):
         if reply.status != 204:
             self.wfile.write(reply.body)
 
+    def _may_control(self) -> bool:
+        # With a token (the compose demo), only a request carrying it; without one, only a
+        # request from this machine: the control API can rotate the secret and see everything.
+        token = self.server.control_token
+        if token is not None:
+            offered = self.headers.get(CONTROL_TOKEN_HEADER) or ""
+            return hmac.compare_digest(offered.encode(), token.encode())
+        return _is_loopback(self.client_address[0])
+
     do_GET = do_POST = do_PATCH = do_DELETE = do_PUT = _serve
+
+
+def _is_loopback(address: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:  # e.g. a scoped IPv6 address ("fe80::1%eth0"): not loopback
+        return False
+    mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+    return (mapped or ip).is_loopback
 
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 128  # benchmarks open many connections at once
 
-    def __init__(self, address: tuple[str, int], simulator: Simulator) -> None:
+    def __init__(
+        self, address: tuple[str, int], simulator: Simulator, control_token: str | None = None
+    ) -> None:
         self.simulator = simulator
+        self.control_token = control_token
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
         super().__init__(address, _Handler)
@@ -156,10 +182,17 @@ class RunningSimulator:
 
 
 def start_simulator(
-    config: SimulatorConfig | None = None, host: str = "127.0.0.1", port: int = 0
+    config: SimulatorConfig | None = None,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    control_token: str | None = None,
 ) -> RunningSimulator:
-    """Serve a new simulator on ``host:port`` (0: any free port) from a daemon thread."""
-    server = _Server((host, port), Simulator(config))
+    """Serve a new simulator on ``host:port`` (0: any free port) from a daemon thread.
+
+    The control API answers only requests carrying ``control_token`` in
+    ``X-Sim-Control-Token``; without a token, only requests from loopback.
+    """
+    server = _Server((host, port), Simulator(config), control_token)
     thread = threading.Thread(
         target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="zoom-simulator"
     )
@@ -171,8 +204,11 @@ def start_simulator(
 def serve_forever(
     config: SimulatorConfig | None = None, host: str = "127.0.0.1", port: int = 9900
 ) -> None:
-    """Serve a simulator in this thread until interrupted (``zoom-worker simulator``)."""
-    server = _Server((host, port), Simulator(config))
+    """Serve a simulator in this thread until interrupted (``zoom-worker simulator``).
+
+    The control token is ``SIMULATOR_CONTROL_TOKEN`` from the environment, if set.
+    """
+    server = _Server((host, port), Simulator(config), control_token_from_env())
     log.info("simulator.started url=http://%s:%d", host, server.server_port)
     try:
         server.serve_forever()
