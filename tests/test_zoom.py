@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from worker import errors, zoom
+from worker import errors, oauth, zoom
 
 NOW = datetime(2026, 11, 29, 12, 0, 0, tzinfo=UTC)
 
@@ -163,7 +163,7 @@ def test_request_token__form_body_and_basic_auth() -> None:
         return httpx.Response(200, json={"access_token": "abc", "expires_in": 3599, "scope": "x"})
 
     with httpx.Client(transport=httpx.MockTransport(handler)) as http:
-        grant = zoom.request_token(
+        grant = oauth.request_token(
             http,
             "https://zoom.us/oauth/token",
             account_id="acc",
@@ -176,7 +176,7 @@ def test_request_token__form_body_and_basic_auth() -> None:
     assert request.headers["content-type"] == "application/x-www-form-urlencoded"
     assert request.content == b"grant_type=account_credentials&account_id=acc"
     assert request.headers["authorization"].startswith("Basic ")
-    assert grant.token.value == "abc" and grant.token.fetched_here
+    assert grant.token.value == "abc" and grant.expires_in_s == 3599
     assert 3590 < grant.token.seconds_left() <= 3599
 
 
@@ -220,7 +220,7 @@ def test_request_token__refusals_typed(
         httpx.Client(transport=httpx.MockTransport(handler)) as http,
         pytest.raises(expected) as caught,
     ):
-        zoom.request_token(
+        oauth.request_token(
             http,
             "https://zoom.us/oauth/token",
             account_id="a",

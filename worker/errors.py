@@ -219,7 +219,20 @@ class CredentialsRejected(ZoomError):
 
 
 class TokenRequestFailed(ZoomError):
-    """Raised when the token endpoint failed for a reason other than the credential."""
+    """Raised when the token endpoint failed for a reason other than the credential, or while
+    the fleet waits after such failures; ``retry_at`` is then when it asks again."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_at: datetime | None = None,
+        status: int = 0,
+        code: int | None = None,
+        zoom_message: str | None = None,
+    ) -> None:
+        self.retry_at = retry_at
+        super().__init__(message, status=status, code=code, zoom_message=zoom_message)
 
 
 class ZoomClientError(ZoomError):
