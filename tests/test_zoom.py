@@ -111,12 +111,27 @@ def test_rate_limited__daily__retry_at_is_iso_or_midnight() -> None:
         ("Sun, 29 Nov 2026 12:01:00 GMT", datetime(2026, 11, 29, 12, 1, tzinfo=UTC)),
         ("soon", None),
         (None, None),
+        ("inf", None),
+        ("-inf", None),
+        ("nan", None),
+        ("1e400", None),
+        ("-5", NOW),
+        ("99999999999999", NOW + zoom.RETRY_AFTER_MAX),
+        ("9999-12-31T23:59:59Z", NOW + zoom.RETRY_AFTER_MAX),
     ],
 )
 def test_parse_retry_after__seconds_http_date_iso(
     value: str | None, expected: datetime | None
 ) -> None:
     assert zoom.parse_retry_after(value, now=NOW) == expected
+
+
+@pytest.mark.parametrize("value", ["inf", "1e308", "99999999999999", "nan"])
+def test_raise_for_response__absurd_retry_after__rate_limited_not_overflow(value: str) -> None:
+    with pytest.raises(errors.RateLimited) as caught:
+        zoom.raise_for_response(_response(429, {"code": 429}, {"Retry-After": value}))
+    retry_at = caught.value.retry_at
+    assert retry_at is None or retry_at <= datetime.now(UTC) + zoom.RETRY_AFTER_MAX
 
 
 def test_next_utc_midnight() -> None:
