@@ -4,7 +4,6 @@ its writes never hang behind a frozen lock holder."""
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -170,32 +169,24 @@ def test_circuit__fresh_tokens_refused__opens_then_closes_after_rotation(
     assert sim_client.stats()["tokens_issued"] == 2
 
 
-def test_circuit__row_locked_by_a_frozen_holder__closing_raises_busy_not_hangs(
+def test_circuit__row_locked_by_a_frozen_holder__closing_deferred_not_hanging(
     env: dict[str, str], monkeypatch: pytest.MonkeyPatch, sim_client: SimulatorClient
 ) -> None:
     monkeypatch.setenv("ZOOM_TOKEN_LOCK_TIMEOUT", "0.3")
     get_settings.cache_clear()
     store = _store()
     token = store.get()  # fetched here: its first acceptance closes the circuit (a write)
-    outcome: list[BaseException | None] = []
-
-    def report() -> None:
-        try:
-            store.report(token, accepted=True)
-        except BaseException as exc:
-            outcome.append(exc)
-        else:
-            outcome.append(None)
-
     with db.sessions(get_settings())() as session, session.begin():
         session.execute(text("UPDATE credentials SET circuit_state = 'half_open'"))
+
     with db.sessions(get_settings())() as holder, holder.begin():
         holder.execute(select(Credential).with_for_update())
         started = time.monotonic()
-        thread = threading.Thread(target=report, daemon=True)
-        thread.start()
-        thread.join(10)
+        # Never raises: the call Zoom accepted may have made a meeting.
+        store.report(token, accepted=True)
         waited_s = time.monotonic() - started
-
-    assert outcome and isinstance(outcome[0], errors.TokenStoreBusy), outcome
     assert waited_s < 5, "the write must give up after ZOOM_TOKEN_LOCK_TIMEOUT"
+    assert store.status().circuit_state == circuit.HALF_OPEN
+
+    store.report(token, accepted=True)
+    assert store.status().circuit_state == circuit.CLOSED

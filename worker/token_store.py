@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import logging
 import os
 import threading
@@ -55,6 +54,13 @@ from worker.models import Credential
 log = logging.getLogger(__name__)
 
 _Key = tuple[str, str, str]
+# Failures of a renewal after which a token that has not expired yet is still served.
+_TRANSIENT = (
+    errors.InfrastructureError,
+    errors.TokenBudgetExhausted,
+    errors.TokenRequestFailed,
+    errors.ZoomUnreachable,
+)
 # Per process: the token each credential last used; the digest of a token this process
 # fetched that Zoom has not judged yet; one single flight for renewals.
 _memory: dict[_Key, oauth.AccessToken] = {}
@@ -141,10 +147,15 @@ class TokenStore:
             if not _flight.acquire(timeout=wait_s):
                 raise errors.TokenStoreBusy(f"no token after waiting {wait_s:.0f}s in this process")
         try:
-            token = _memory.get(self._key)
-            if token is not None and token.seconds_left() > self._margin(token):
-                return token
-            token = self._renew()
+            held = _memory.get(self._key)
+            if held is not None and held.seconds_left() > self._margin(held):
+                return held
+            try:
+                token = self._renew()
+            except _TRANSIENT:
+                if held is not None and held.seconds_left() > 0:
+                    return held  # the store is unwell, but this token still works
+                raise
             _memory[self._key] = token
             return token
         finally:
@@ -158,8 +169,7 @@ class TokenStore:
             _fresh.pop(self._key, None)
         if accepted:
             if fresh:
-                with self._write() as session:
-                    self._circuit.close(session, self._where())
+                self._accepted(token)
             return
         if not fresh:
             self.invalidate(token)
@@ -174,6 +184,16 @@ class TokenStore:
                 _clear_token(read.row)
             opened = self._circuit.open(read.row, refusal, read.now)
         raise opened from refusal
+
+    def _accepted(self, token: oauth.AccessToken) -> None:
+        # Never raises: the call Zoom accepted may have made a meeting, and an error here
+        # would read as "nothing was sent". Not closed now, the next acceptance tries again.
+        try:
+            with self._write() as session:
+                self._circuit.close(session, self._where())
+        except errors.InfrastructureError as exc:
+            _fresh[self._key] = _sha256(token.value)
+            log.warning("token.circuit_close_deferred %s", exc)
 
     def invalidate(self, token: oauth.AccessToken) -> None:
         """Forget ``token`` here, and in the store only if it is still the stored one."""
@@ -222,7 +242,7 @@ class TokenStore:
             with session.begin():
                 read = self._read(session)
                 self._circuit.check(read.row, read.now, locked=False)
-                stored = self._decrypt(read)
+                stored = self._cipher.read(read.row, read.now, read.monotonic)
                 if stored is not None and stored.seconds_left() > self._margin(stored):
                     return stored
                 usable = stored if stored is not None and stored.seconds_left() > 0 else None
@@ -234,7 +254,7 @@ class TokenStore:
                         raise
                     return usable
                 # Checked again under the lock: another process may have renewed meanwhile.
-                stored = self._decrypt(read)
+                stored = self._cipher.read(read.row, read.now, read.monotonic)
                 if stored is not None and stored.seconds_left() > self._margin(stored):
                     return stored
                 usable = stored if stored is not None and stored.seconds_left() > 0 else None
@@ -248,16 +268,15 @@ class TokenStore:
         self, session: Session, read: _Read, usable: oauth.AccessToken | None
     ) -> oauth.AccessToken | errors.ZoomWorkerError:
         row = read.row
-        self._circuit.check(row, read.now, locked=True)
+        self._circuit.check(row, read.now, locked=False)
         reason = "missing" if usable is None else "expiring"
         if row.circuit_state != CLOSED:
             reason = "probe"
         try:
             self._budget.check(session, row.id, read.now)
         except (errors.TokenBudgetExhausted, errors.TokenRequestFailed) as exc:
-            if usable is None:
-                return exc
-            return usable
+            return exc if usable is None else usable
+        self._circuit.check(row, read.now, locked=True)  # a due probe is this process's
         outcome = self._fetch(session, row, reason)
         if isinstance(outcome, errors.TokenRequestFailed | errors.ZoomUnreachable) and usable:
             log.warning("token.renewal_failed keeping the current token until it expires")
@@ -294,9 +313,8 @@ class TokenStore:
                 fetched_at=requested_at,
                 expires_at=requested_at + timedelta(seconds=grant.expires_in_s),
             )
-            row.token_ciphertext = self._cipher.encrypt(token.value)
-            row.token_sha256 = _fresh[self._key] = _sha256(token.value)
-            row.token_expires_at, row.token_fetched_at = token.expires_at, token.fetched_at
+            self._cipher.write(row, token)
+            _fresh[self._key] = _sha256(token.value)
             row.scope = grant.scope
         self._budget.record(
             session, row.id, requested_at, reason, failure, time.monotonic() - started
@@ -347,21 +365,6 @@ class TokenStore:
             raise _translate(exc, self._settings.ZOOM_TOKEN_LOCK_TIMEOUT) from exc
         return _Read(row=found[0], now=found[1], monotonic=started)
 
-    def _decrypt(self, read: _Read) -> oauth.AccessToken | None:
-        row = read.row
-        if not row.token_ciphertext or row.token_expires_at is None or row.token_fetched_at is None:
-            return None
-        value = self._cipher.decrypt(row.token_ciphertext)
-        if value is None:
-            return None
-        left_s = (row.token_expires_at - read.now).total_seconds()
-        return oauth.AccessToken(
-            value=value,
-            expires_at=row.token_expires_at,
-            fetched_at=row.token_fetched_at,
-            expires_monotonic=read.monotonic + left_s,
-        )
-
 
 def _set_lock_timeout(session: Session, seconds: float) -> None:
     session.execute(text(f"SET LOCAL lock_timeout = {int(seconds * 1000)}"))
@@ -381,8 +384,7 @@ def _clear_token(row: Credential) -> None:
     row.token_expires_at = None
 
 
-def _sha256(value: str) -> str:
-    return hashlib.sha256(value.encode()).hexdigest()
+_sha256 = token_cipher.sha256
 
 
 def forget_process_tokens() -> None:
