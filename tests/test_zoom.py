@@ -248,3 +248,63 @@ def test_request_token__refusals_typed(
         and "hunter2-secret" not in caught.value.describe()
     )
     assert caught.value.status == status
+
+
+# -- ZoomAuth: what each answer reports to the token source ---------------------------------
+
+
+class _Source:
+    """A TokenSource that hands out t1, t2, ... and records every report."""
+
+    def __init__(self) -> None:
+        self.issued = 0
+        self.reports: list[tuple[str, bool]] = []
+
+    def get(self) -> oauth.AccessToken:
+        self.issued += 1
+        return oauth.AccessToken(
+            value=f"t{self.issued}", expires_at=NOW, fetched_at=NOW, expires_monotonic=1e12
+        )
+
+    def report(self, token: oauth.AccessToken, accepted: bool) -> None:
+        self.reports.append((token.value, accepted))
+
+
+@pytest.mark.parametrize(
+    ("answers", "reports", "raised"),
+    [
+        ([(200, {"id": 1})], [("t1", True)], None),
+        ([(404, {"code": 3001})], [("t1", True)], errors.MeetingNotFound),
+        ([(429, {"code": 429})], [("t1", True)], errors.RateLimited),
+        ([(503, None)], [], errors.ZoomServerError),
+        ([(401, {"code": 4711})], [], errors.MissingScopes),
+        ([(401, {"code": 124}), (200, {"id": 1})], [("t1", False), ("t2", True)], None),
+        (
+            [(401, {"code": 124}), (401, {"code": 124})],
+            [("t1", False), ("t2", False)],
+            errors.Unauthorized,
+        ),
+    ],
+)
+def test_zoom_auth__each_answer__reported_to_the_token_source(
+    answers: list[tuple[int, Any]], reports: list[tuple[str, bool]], raised: type | None
+) -> None:
+    source = _Source()
+    pending = list(answers)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        status, body = pending.pop(0)
+        return httpx.Response(status, json=body)
+
+    client = zoom.ZoomClient(
+        "https://api.zoom.us/v2", zoom.ZoomAuth(source), transport=httpx.MockTransport(handler)
+    )
+    try:
+        if raised is None:
+            client.get_meeting(1)
+        else:
+            with pytest.raises(raised):
+                client.get_meeting(1)
+    finally:
+        client.close()
+    assert source.reports == reports and not pending

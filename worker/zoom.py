@@ -55,7 +55,8 @@ class TokenSource(Protocol):
     def report(self, token: AccessToken, accepted: bool) -> None:
         """Zoom accepted ``token`` (any answer but a 401 or a 5xx), or refused it (401 code 124).
 
-        May raise CircuitOpen when a refusal shows the credential itself is refused."""
+        A refusal may raise CircuitOpen (the credential itself is refused); an acceptance
+        never raises, as the call it follows may have changed something in Zoom."""
         ...
 
 
