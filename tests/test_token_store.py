@@ -11,6 +11,7 @@ import os
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -494,12 +495,20 @@ def test_token_store__token_endpoint_5xx_30_times__fleet_resumes_without_budget_
     }
     sim_client.configure(token_endpoint_down=True)
     workers = [start_worker(concurrency=2, **settings) for _ in range(2)]
-    created = [jobs.create_meeting(f"host{n % 3}@example.com", _fleet_body(n)) for n in range(20)]
+    # One host per job: today every attempt takes a create permit before it asks for the
+    # token, so a host's daily create count (100) would be spent by the outage's attempts.
+    created = [jobs.create_meeting(f"host{n}@example.com", _fleet_body(n)) for n in range(20)]
 
     wait_for(lambda: sim_client.stats()["token_errors"] >= 30, timeout=150)
     sim_client.configure(token_endpoint_down=False)
     recovered = time.monotonic()
-    done = wait_for(lambda: _all_succeeded(created), timeout=60, interval=0.2)
+    done = wait_for(
+        lambda: _all_succeeded(created),
+        timeout=60,
+        interval=0.2,
+        what="every job succeeded after the token endpoint recovered",
+        details=lambda: Counter((j.status, j.attempts, j.error) for j in jobs.jobs_for(created)),
+    )
     resumed_s = time.monotonic() - recovered
 
     stats = sim_client.stats()
