@@ -22,7 +22,8 @@
         ├── MissingScopes         401/400 codes 4700, 4711, 104: the app lacks scopes
         ├── CredentialsRejected   the credential itself is refused: token endpoint 4702/4704/4717,
         │                         or a fresh token answered 401
-        ├── TokenRequestFailed    the token endpoint failed for another reason
+        ├── TokenRequestFailed    the token endpoint failed for another reason, or the fleet
+        │                         waits after such failures (``retry_at``)
         └── ZoomClientError       any other 4xx, with Zoom's code and message
             └── MeetingNotFound   404 code 3001 (legacy 300)
 
