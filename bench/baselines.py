@@ -10,7 +10,7 @@ tokens: that is the behaviour being measured.
 its own ``httpx.Client``, creating meetings back to back. No ledger, no broker, no governor.
 
 Both start their clocks on a shared ``go`` event once every process is up, so process start-up
-is never measured. They import only httpx, redis and :func:`worker.zoom.request_token`.
+is never measured. They import only httpx, redis and :func:`worker.oauth.request_token`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import httpx
 import redis
 
 from bench.workload import host, new_body
-from worker import zoom
+from worker import oauth
 
 ACCOUNT = {"account_id": "sim-account", "client_id": "sim-client", "client_secret": "sim-secret"}
 MAX_TRIES = 20
@@ -34,7 +34,7 @@ RUN_TIMEOUT_S = 300.0
 
 
 def _fetch_token(http: httpx.Client, oauth_url: str) -> str:
-    grant = zoom.request_token(http, oauth_url, timeout_s=30.0, **ACCOUNT)
+    grant = oauth.request_token(http, oauth_url, timeout_s=30.0, **ACCOUNT)
     return grant.token.value
 
 

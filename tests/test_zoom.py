@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from worker import errors, zoom
+from worker import errors, oauth, zoom
 
 NOW = datetime(2026, 11, 29, 12, 0, 0, tzinfo=UTC)
 
@@ -111,12 +111,27 @@ def test_rate_limited__daily__retry_at_is_iso_or_midnight() -> None:
         ("Sun, 29 Nov 2026 12:01:00 GMT", datetime(2026, 11, 29, 12, 1, tzinfo=UTC)),
         ("soon", None),
         (None, None),
+        ("inf", None),
+        ("-inf", None),
+        ("nan", None),
+        ("1e400", None),
+        ("-5", NOW),
+        ("99999999999999", NOW + zoom.RETRY_AFTER_MAX),
+        ("9999-12-31T23:59:59Z", NOW + zoom.RETRY_AFTER_MAX),
     ],
 )
 def test_parse_retry_after__seconds_http_date_iso(
     value: str | None, expected: datetime | None
 ) -> None:
     assert zoom.parse_retry_after(value, now=NOW) == expected
+
+
+@pytest.mark.parametrize("value", ["inf", "1e308", "99999999999999", "nan"])
+def test_raise_for_response__absurd_retry_after__rate_limited_not_overflow(value: str) -> None:
+    with pytest.raises(errors.RateLimited) as caught:
+        zoom.raise_for_response(_response(429, {"code": 429}, {"Retry-After": value}))
+    retry_at = caught.value.retry_at
+    assert retry_at is None or retry_at <= datetime.now(UTC) + zoom.RETRY_AFTER_MAX
 
 
 def test_next_utc_midnight() -> None:
@@ -163,7 +178,7 @@ def test_request_token__form_body_and_basic_auth() -> None:
         return httpx.Response(200, json={"access_token": "abc", "expires_in": 3599, "scope": "x"})
 
     with httpx.Client(transport=httpx.MockTransport(handler)) as http:
-        grant = zoom.request_token(
+        grant = oauth.request_token(
             http,
             "https://zoom.us/oauth/token",
             account_id="acc",
@@ -176,7 +191,7 @@ def test_request_token__form_body_and_basic_auth() -> None:
     assert request.headers["content-type"] == "application/x-www-form-urlencoded"
     assert request.content == b"grant_type=account_credentials&account_id=acc"
     assert request.headers["authorization"].startswith("Basic ")
-    assert grant.token.value == "abc" and grant.token.fetched_here
+    assert grant.token.value == "abc" and grant.expires_in_s == 3599
     assert 3590 < grant.token.seconds_left() <= 3599
 
 
@@ -220,7 +235,7 @@ def test_request_token__refusals_typed(
         httpx.Client(transport=httpx.MockTransport(handler)) as http,
         pytest.raises(expected) as caught,
     ):
-        zoom.request_token(
+        oauth.request_token(
             http,
             "https://zoom.us/oauth/token",
             account_id="a",
@@ -233,3 +248,63 @@ def test_request_token__refusals_typed(
         and "hunter2-secret" not in caught.value.describe()
     )
     assert caught.value.status == status
+
+
+# -- ZoomAuth: what each answer reports to the token source ---------------------------------
+
+
+class _Source:
+    """A TokenSource that hands out t1, t2, ... and records every report."""
+
+    def __init__(self) -> None:
+        self.issued = 0
+        self.reports: list[tuple[str, bool]] = []
+
+    def get(self) -> oauth.AccessToken:
+        self.issued += 1
+        return oauth.AccessToken(
+            value=f"t{self.issued}", expires_at=NOW, fetched_at=NOW, expires_monotonic=1e12
+        )
+
+    def report(self, token: oauth.AccessToken, accepted: bool) -> None:
+        self.reports.append((token.value, accepted))
+
+
+@pytest.mark.parametrize(
+    ("answers", "reports", "raised"),
+    [
+        ([(200, {"id": 1})], [("t1", True)], None),
+        ([(404, {"code": 3001})], [("t1", True)], errors.MeetingNotFound),
+        ([(429, {"code": 429})], [("t1", True)], errors.RateLimited),
+        ([(503, None)], [], errors.ZoomServerError),
+        ([(401, {"code": 4711})], [], errors.MissingScopes),
+        ([(401, {"code": 124}), (200, {"id": 1})], [("t1", False), ("t2", True)], None),
+        (
+            [(401, {"code": 124}), (401, {"code": 124})],
+            [("t1", False), ("t2", False)],
+            errors.Unauthorized,
+        ),
+    ],
+)
+def test_zoom_auth__each_answer__reported_to_the_token_source(
+    answers: list[tuple[int, Any]], reports: list[tuple[str, bool]], raised: type | None
+) -> None:
+    source = _Source()
+    pending = list(answers)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        status, body = pending.pop(0)
+        return httpx.Response(status, json=body)
+
+    client = zoom.ZoomClient(
+        "https://api.zoom.us/v2", zoom.ZoomAuth(source), transport=httpx.MockTransport(handler)
+    )
+    try:
+        if raised is None:
+            client.get_meeting(1)
+        else:
+            with pytest.raises(raised):
+                client.get_meeting(1)
+    finally:
+        client.close()
+    assert source.reports == reports and not pending

@@ -44,7 +44,7 @@ class Settings(BaseSettings):
     DATABASE_STATEMENT_TIMEOUT: float = Field(30.0, gt=0, le=3600)
     DATABASE_IDLE_IN_TRANSACTION_TIMEOUT: float = Field(60.0, gt=0, le=3600)
     CELERY_BROKER_URL: str = "redis://127.0.0.1:6379/0"
-    # The rate governor and circuit state live in Redis; by default the broker's server.
+    # The rate governor keeps its counters in Redis; by default the broker's server.
     REDIS_URL: str | None = None
 
     ZOOM_ACCOUNT_ID: str | None = None
@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     ZOOM_TOKEN_LOCK_TIMEOUT: float = Field(15.0, gt=0, le=300)
     ZOOM_TOKEN_REQUEST_TIMEOUT: float = Field(10.0, gt=0, le=120)
     ZOOM_TOKEN_BUDGET_PER_HOUR: int = Field(20, ge=1)
+    # After a failed token request the fleet's next one waits: MIN seconds, doubling, at most MAX.
+    ZOOM_TOKEN_BACKOFF_MIN: float = Field(1.0, gt=0, le=60)
+    ZOOM_TOKEN_BACKOFF_MAX: float = Field(30.0, gt=0, le=900)
     ZOOM_HTTP_TIMEOUT: float = Field(30.0, gt=0, le=300)
 
     ZOOM_PLAN: Literal["free", "pro", "business"] = "pro"
@@ -114,6 +117,12 @@ class Settings(BaseSettings):
     def _check_backoff(self) -> Settings:
         if self.RETRY_BACKOFF_MAX >= self.CELERY_VISIBILITY_TIMEOUT:
             raise ValueError("RETRY_BACKOFF_MAX must be below CELERY_VISIBILITY_TIMEOUT")
+        return self
+
+    @model_validator(mode="after")
+    def _check_token_backoff(self) -> Settings:
+        if self.ZOOM_TOKEN_BACKOFF_MAX < self.ZOOM_TOKEN_BACKOFF_MIN:
+            raise ValueError("ZOOM_TOKEN_BACKOFF_MAX must be at least ZOOM_TOKEN_BACKOFF_MIN")
         return self
 
     @model_validator(mode="after")

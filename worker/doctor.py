@@ -50,7 +50,6 @@ class _Doctor:
     def __init__(self) -> None:
         self.settings: Settings | None = None
         self.store: TokenStore | None = None
-        self.fetched: zoom.AccessToken | None = None
         self.http = httpx.Client()
 
     def settings_load(self) -> str:
@@ -107,7 +106,7 @@ class _Doctor:
     def token(self) -> str:
         self.store = TokenStore(self._settings(), db.sessions(get_settings()), http=self.http)
         try:
-            self.fetched = got = self.store.get()
+            got = self.store.get()
         except errors.CircuitOpen as exc:
             raise CheckFailed(_refused(exc)) from None
         except errors.CredentialsRejected as exc:
@@ -127,10 +126,7 @@ class _Doctor:
             # Meeting 0 never exists: "not found" proves the API is reachable and authorized.
             client.get_meeting(0)
         except (errors.RateLimited, errors.ZoomClientError) as exc:
-            if self.fetched is not None and self.fetched.fetched_here:
-                # The token check fetched it, so ZoomAuth saw a stored copy: closing a
-                # half-open circuit is up to us.
-                self.store.accepted(self.fetched)
+            # ZoomAuth has reported the token accepted (closing a half-open circuit).
             return f"{settings.ZOOM_API_URL} answered ({type(exc).__name__}, as expected)"
         except errors.CircuitOpen as exc:
             raise CheckFailed(_refused(exc)) from None

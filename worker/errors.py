@@ -22,7 +22,8 @@
         ├── MissingScopes         401/400 codes 4700, 4711, 104: the app lacks scopes
         ├── CredentialsRejected   the credential itself is refused: token endpoint 4702/4704/4717,
         │                         or a fresh token answered 401
-        ├── TokenRequestFailed    the token endpoint failed for another reason
+        ├── TokenRequestFailed    the token endpoint failed for another reason, or the fleet
+        │                         waits after such failures (``retry_at``)
         └── ZoomClientError       any other 4xx, with Zoom's code and message
             └── MeetingNotFound   404 code 3001 (legacy 300)
 
@@ -219,7 +220,20 @@ class CredentialsRejected(ZoomError):
 
 
 class TokenRequestFailed(ZoomError):
-    """Raised when the token endpoint failed for a reason other than the credential."""
+    """Raised when the token endpoint failed for a reason other than the credential, or while
+    the fleet waits after such failures; ``retry_at`` is then when it asks again."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_at: datetime | None = None,
+        status: int = 0,
+        code: int | None = None,
+        zoom_message: str | None = None,
+    ) -> None:
+        self.retry_at = retry_at
+        super().__init__(message, status=status, code=code, zoom_message=zoom_message)
 
 
 class ZoomClientError(ZoomError):

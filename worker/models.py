@@ -1,6 +1,7 @@
 """The tables, typed with SQLAlchemy 2.0. Each table is written by one module:
 
-- ``credentials`` and ``token_requests``: :mod:`worker.token_store`
+- ``credentials``: :mod:`worker.token_store` (the circuit's columns through :mod:`worker.circuit`)
+- ``token_requests``: :mod:`worker.token_budget`
 - ``jobs`` and ``meetings``: :mod:`worker.ledger` (with :mod:`worker.recording`); the state
   of stale meetings and the rows of orphans found in Zoom: :mod:`worker.cleanup`
 - ``job_status_counts``: only triggers on ``jobs`` (migration 0005); read by the metrics

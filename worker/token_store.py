@@ -12,72 +12,66 @@ Protocol
    makes callers wait on ``SELECT ... FOR UPDATE`` with a bounded ``lock_timeout``; after the
    lock is granted the row is read again, and a token renewed meanwhile is used as is. So N
    processes on M hosts that need a token at once make exactly one token request.
-4. A 401 (code 124) invalidates compare-and-swap style: the stored token is cleared only if
-   it is still the one that failed, so twenty simultaneous 401s cause one renewal.
-5. Every token request is recorded in ``token_requests`` (when, which host and process, why,
-   outcome), and at most ``ZOOM_TOKEN_BUDGET_PER_HOUR`` are made in any hour.
-6. The circuit breaker: when Zoom refuses the credential itself (the token endpoint says
-   invalid client or app disabled, or a token fetched moments ago is refused on first use),
-   the circuit opens. Every process then stops calling Zoom and stops fetching tokens for it
-   and raises :class:`~worker.errors.CircuitOpen` with what an operator should do. One
-   process at a time probes (half-open) after a backoff of at least a minute, or at once when
-   the secret changes; the first call that succeeds with the probe's token closes it.
+4. A failed renewal keeps serving the stored token until it really expires. Failed requests
+   are paced fleet-wide and do not spend the hourly budget (:mod:`worker.token_budget`).
+5. Zoom's verdict comes back through :meth:`TokenStore.report`. A refused token (401 code
+   124) is invalidated compare-and-swap style: cleared only if it is still the stored one,
+   so twenty simultaneous 401s cause one renewal. A token this process fetched and Zoom
+   refuses on first use means the credential itself is refused: the circuit opens
+   (:mod:`worker.circuit`). The first acceptance of a token fetched here closes it.
+6. Expiry is judged on the database's clock when the row is read, carried on as a monotonic
+   deadline in memory: a host whose wall clock lags never keeps an expired token.
 
-Tokens are encrypted at rest with AES-GCM, under ``TOKEN_ENCRYPTION_KEY`` or, when none is
-set, a key derived from the client secret, so a rotated secret simply forces a new token.
+Tokens are encrypted at rest (:mod:`worker.token_cipher`), so a rotated secret simply forces
+a new token.
+Every write to the row sets ``lock_timeout``: a frozen holder makes others wait, never hang.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import hashlib
 import logging
 import os
-import secrets
-import socket
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import NoReturn
+from datetime import datetime, timedelta
 
 import httpx
 import psycopg.errors
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy import ColumnElement, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from worker import errors, zoom
+from worker import circuit, errors, oauth, token_budget, token_cipher
+from worker.circuit import CLOSED as CLOSED  # noqa: PLC0414 - re-exported for metrics
 from worker.config import Settings
-from worker.models import Credential, TokenRequest
+from worker.models import Credential
 
 log = logging.getLogger(__name__)
 
-CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
-PROBE_BACKOFF_MIN = timedelta(minutes=1)
-PROBE_BACKOFF_MAX = timedelta(minutes=15)
-OPERATOR_ADVICE = (
-    "Zoom refuses this app's credentials even with a fresh token, so fetching more tokens "
-    "cannot help. Likely causes: the app was deactivated or disabled, its owner's role was "
-    "lowered (admin scopes removed), or the app's ownership was transferred (completed by "
-    "rotating the client secret). What to do: check the app in the Zoom App Marketplace, "
-    "rotate its client secret and put the new one in ZOOM_CLIENT_SECRET_FILE (or "
-    "ZOOM_CLIENT_SECRET, then restart). Waiting jobs resume by themselves once Zoom accepts it."
+_Key = tuple[str, str, str]
+# Failures of a renewal after which a token that has not expired yet is still served.
+_TRANSIENT = (
+    errors.InfrastructureError,
+    errors.TokenBudgetExhausted,
+    errors.TokenRequestFailed,
+    errors.ZoomUnreachable,
 )
-
-# Per process: the token each credential last used, and one single flight for renewals.
-_memory: dict[tuple[str, str, str], zoom.AccessToken] = {}
+# Per process: the token each credential last used; the digest of a token this process
+# fetched that Zoom has not judged yet; one single flight for renewals.
+_memory: dict[_Key, oauth.AccessToken] = {}
+_fresh: dict[_Key, str] = {}
 _flight = threading.Lock()
 
 
 def _after_fork() -> None:
     global _flight  # noqa: PLW0603 - a lock held across fork would stay held in the child
     _memory.clear()
+    _fresh.clear()
     _flight = threading.Lock()
 
 
@@ -102,6 +96,16 @@ class TokenStatus:
     last_error_at: datetime | None
 
 
+@dataclass(frozen=True)
+class _Read:
+    """The row, the database's clock when it was read, and this process's monotonic clock
+    just before: a stored expiry becomes a monotonic deadline without the host's wall clock."""
+
+    row: Credential
+    now: datetime
+    monotonic: float
+
+
 class TokenStore:
     """The shared token for the configured credential; implements ``zoom.TokenSource``."""
 
@@ -117,7 +121,9 @@ class TokenStore:
         self._sessions = session_factory
         self._http = http or httpx.Client(headers={"User-Agent": "zoom-worker"})
         self._key = (settings.DATABASE_URL, self._account_id, self._client_id)
-        self._margin_s = settings.ZOOM_TOKEN_REFRESH_MARGIN
+        self._cipher = token_cipher.TokenCipher(settings, self._account_id, self._client_id)
+        self._circuit = circuit.Circuit(self._cipher.secret_digest)
+        self._budget = token_budget.TokenBudget(settings)
 
     def close(self) -> None:
         """Close the token endpoint's pooled connections."""
@@ -125,8 +131,9 @@ class TokenStore:
 
     # -- zoom.TokenSource ---------------------------------------------------------------
 
-    def get(self) -> zoom.AccessToken:
-        """A token with more than the refresh margin left, renewing it if needed."""
+    def get(self) -> oauth.AccessToken:
+        """A token with more than the refresh margin left, renewing it if needed; while a
+        renewal fails, the current token until it expires."""
         token = _memory.get(self._key)
         if token is not None and token.seconds_left() > self._margin(token):
             return token
@@ -140,79 +147,80 @@ class TokenStore:
             if not _flight.acquire(timeout=wait_s):
                 raise errors.TokenStoreBusy(f"no token after waiting {wait_s:.0f}s in this process")
         try:
-            token = _memory.get(self._key)
-            if token is not None and token.seconds_left() > self._margin(token):
-                return token
-            token = self._renew()
-            _memory[self._key] = dataclasses.replace(token, fetched_here=False)
+            held = _memory.get(self._key)
+            if held is not None and held.seconds_left() > self._margin(held):
+                return held
+            try:
+                token = self._renew()
+            except _TRANSIENT:
+                if held is not None and held.seconds_left() > 0:
+                    return held  # the store is unwell, but this token still works
+                raise
+            _memory[self._key] = token
             return token
         finally:
             _flight.release()
 
-    def invalidate(self, token: zoom.AccessToken) -> None:
+    def report(self, token: oauth.AccessToken, accepted: bool) -> None:
+        """Zoom accepted or refused ``token``; a refusal of a token fetched here moments ago
+        opens the circuit and raises CircuitOpen, any other refusal invalidates it."""
+        fresh = _fresh.get(self._key) == _sha256(token.value)
+        if fresh:
+            _fresh.pop(self._key, None)
+        if accepted:
+            if fresh:
+                self._accepted(token)
+            return
+        if not fresh:
+            self.invalidate(token)
+            return
+        _memory.pop(self._key, None)
+        refusal = errors.CredentialsRejected(
+            "a token fetched moments ago was refused", status=httpx.codes.UNAUTHORIZED
+        )
+        with self._write() as session:
+            read = self._read(session, lock="wait")
+            if read.row.token_sha256 == _sha256(token.value):
+                _clear_token(read.row)
+            opened = self._circuit.open(read.row, refusal, read.now)
+        raise opened from refusal
+
+    def _accepted(self, token: oauth.AccessToken) -> None:
+        # Never raises: the call Zoom accepted may have made a meeting, and an error here
+        # would read as "nothing was sent". Not closed now, the next acceptance tries again.
+        try:
+            with self._write() as session:
+                self._circuit.close(session, self._where())
+        except errors.InfrastructureError as exc:
+            _fresh[self._key] = _sha256(token.value)
+            log.warning("token.circuit_close_deferred %s", exc)
+
+    def invalidate(self, token: oauth.AccessToken) -> None:
         """Forget ``token`` here, and in the store only if it is still the stored one."""
         if (cached := _memory.get(self._key)) is not None and cached.value == token.value:
             _memory.pop(self._key, None)
-        with self._sessions() as session, session.begin():
+        with self._write() as session:
             session.execute(
                 update(Credential)
                 .where(*self._where(), Credential.token_sha256 == _sha256(token.value))
                 .values(token_ciphertext=None, token_sha256=None, token_expires_at=None)
             )
 
-    def refused(self, token: zoom.AccessToken, error: errors.ZoomError) -> NoReturn:
-        """Open the circuit: a token fetched moments ago was refused by Zoom."""
-        _memory.pop(self._key, None)
-        with self._sessions() as session, session.begin():
-            row = self._lock_row(session, nowait=False)
-            if row.token_sha256 == _sha256(token.value):
-                _clear_token(row)
-            self._open_circuit(row, error)
-            reason, retry_at = row.circuit_reason or OPERATOR_ADVICE, row.circuit_next_probe_at
-        raise errors.CircuitOpen(reason, retry_at=retry_at) from error
-
-    def accepted(self, token: zoom.AccessToken) -> None:
-        """A freshly fetched token worked: close a half-open circuit (no-op when closed)."""
-        with self._sessions() as session, session.begin():
-            result = session.execute(
-                update(Credential)
-                .where(*self._where(), Credential.circuit_state != CLOSED)
-                .values(
-                    circuit_state=CLOSED,
-                    circuit_reason=None,
-                    circuit_probes=0,
-                    circuit_next_probe_at=None,
-                    updated_at=func.now(),
-                )
-            )
-        if result.rowcount:  # type: ignore[attr-defined]
-            log.warning("token.circuit_closed Zoom accepts the credential again")
-
     # -- status and probing --------------------------------------------------------------
 
     def status(self) -> TokenStatus:
         """Expiry, token requests in the last hour and day, circuit state and last error."""
-        now = datetime.now(UTC)
         with self._sessions() as session:
-            row = self._row(session)
-            counts = session.execute(
-                select(
-                    func.count().filter(TokenRequest.requested_at > now - timedelta(hours=1)),
-                    func.count(),
-                    func.count().filter(TokenRequest.outcome != "ok"),
-                ).where(
-                    TokenRequest.credential_id == row.id,
-                    TokenRequest.requested_at > now - timedelta(days=1),
-                )
-            ).one()
+            row = self._read(session).row
+            hour, day, failures = self._budget.counts(session, row.id)
             return TokenStatus(
                 account_id=self._account_id,
                 client_id=self._client_id,
                 expires_at=row.token_expires_at,
                 fetched_at=row.token_fetched_at,
-                requests_last_hour=counts[0],
-                requests_last_day=counts[1],
-                failures_last_day=counts[2],
+                requests_last_hour=hour,
+                requests_last_day=day,
+                failures_last_day=failures,
                 circuit_state=row.circuit_state,
                 circuit_reason=row.circuit_reason,
                 next_probe_at=row.circuit_next_probe_at,
@@ -223,57 +231,71 @@ class TokenStore:
     def probe_due(self) -> bool:
         """True when the circuit is closed, or open with a probe due (time, or a new secret)."""
         with self._sessions() as session:
-            row = self._row(session)
-            return row.circuit_state == CLOSED or self._probe_due(row)
+            read = self._read(session)
+            return read.row.circuit_state == CLOSED or self._circuit.probe_due(read.row, read.now)
 
     # -- internals -----------------------------------------------------------------------
 
-    def _renew(self) -> zoom.AccessToken:
+    def _renew(self) -> oauth.AccessToken:
+        outcome: oauth.AccessToken | errors.ZoomWorkerError
         with self._sessions() as session:
             with session.begin():
-                row = self._row(session)
-                self._raise_if_open(row, locked=False)
-                stored = self._decrypt(row)
+                read = self._read(session)
+                self._circuit.check(read.row, read.now, locked=False)
+                stored = self._cipher.read(read.row, read.now, read.monotonic)
                 if stored is not None and stored.seconds_left() > self._margin(stored):
                     return stored
-                if stored is not None and stored.seconds_left() > 0:
-                    try:
-                        row = self._lock_row(session, nowait=True)
-                    except errors.TokenStoreBusy:
-                        return stored  # another process is renewing; this one still works
-                else:
-                    row = self._lock_row(session, nowait=False)
+                usable = stored if stored is not None and stored.seconds_left() > 0 else None
+                try:
+                    # Only expiring soon: one renewer, the others keep the stored token.
+                    read = self._read(session, lock="nowait" if usable else "wait")
+                except errors.TokenStoreBusy:
+                    if usable is None:
+                        raise
+                    return usable
                 # Checked again under the lock: another process may have renewed meanwhile.
-                stored = self._decrypt(row)
+                stored = self._cipher.read(read.row, read.now, read.monotonic)
                 if stored is not None and stored.seconds_left() > self._margin(stored):
                     return stored
-                self._raise_if_open(row, locked=True)
-                reason = "missing" if stored is None else "expiring"
-                if row.circuit_state != CLOSED:
-                    reason = "probe"
-                self._check_budget(session, row)
-                token, failure = self._fetch(session, row, reason)
-            if failure is not None:
-                raise failure
-            assert token is not None
-            return token
+                usable = stored if stored is not None and stored.seconds_left() > 0 else None
+                outcome = self._renew_locked(session, read, usable)
+            # Raised after the commit, so the failed request stays recorded.
+            if isinstance(outcome, errors.ZoomWorkerError):
+                raise outcome
+            return outcome
 
-    def _margin(self, token: zoom.AccessToken) -> float:
+    def _renew_locked(
+        self, session: Session, read: _Read, usable: oauth.AccessToken | None
+    ) -> oauth.AccessToken | errors.ZoomWorkerError:
+        row = read.row
+        self._circuit.check(row, read.now, locked=False)
+        reason = "missing" if usable is None else "expiring"
+        if row.circuit_state != CLOSED:
+            reason = "probe"
+        try:
+            self._budget.check(session, row.id, read.now)
+        except (errors.TokenBudgetExhausted, errors.TokenRequestFailed) as exc:
+            return exc if usable is None else usable
+        self._circuit.check(row, read.now, locked=True)  # a due probe is this process's
+        outcome = self._fetch(session, row, reason)
+        if isinstance(outcome, errors.TokenRequestFailed | errors.ZoomUnreachable) and usable:
+            log.warning("token.renewal_failed keeping the current token until it expires")
+            return usable
+        return outcome
+
+    def _margin(self, token: oauth.AccessToken) -> float:
         # Never more than half the token's life, or a short-lived token would be renewed on
         # every call.
-        lifetime_s = (token.expires_at - token.fetched_at).total_seconds()
-        return min(float(self._margin_s), lifetime_s / 2)
+        return min(float(self._settings.ZOOM_TOKEN_REFRESH_MARGIN), token.lifetime_s() / 2)
 
     def _fetch(
         self, session: Session, row: Credential, reason: str
-    ) -> tuple[zoom.AccessToken | None, errors.ZoomWorkerError | None]:
+    ) -> oauth.AccessToken | errors.ZoomWorkerError:
         """Request a token while holding the row lock; record the request either way."""
+        requested_at = session.scalars(select(func.clock_timestamp())).one()
         started = time.monotonic()
-        outcome, status, code, message = "ok", None, None, None
-        token: zoom.AccessToken | None = None
-        failure: errors.ZoomWorkerError | None = None
         try:
-            grant = zoom.request_token(
+            grant = oauth.request_token(
                 self._http,
                 self._settings.ZOOM_OAUTH_URL,
                 account_id=self._account_id,
@@ -282,182 +304,78 @@ class TokenStore:
                 timeout_s=self._settings.ZOOM_TOKEN_REQUEST_TIMEOUT,
             )
         except errors.ZoomError as exc:
-            failure = exc
-            outcome = "rejected" if isinstance(exc, errors.CredentialsRejected) else "error"
-            status, code, message = exc.status or None, exc.code, exc.describe()
+            failure: errors.ZoomError | None = exc
         else:
-            token = grant.token
-            row.token_ciphertext = self._encrypt(token.value)
-            row.token_sha256 = _sha256(token.value)
-            row.token_expires_at = token.expires_at
-            row.token_fetched_at = token.fetched_at
+            failure = None
+            # Its life counted on the database's clock from before the request: never longer.
+            token = dataclasses.replace(
+                grant.token,
+                fetched_at=requested_at,
+                expires_at=requested_at + timedelta(seconds=grant.expires_in_s),
+            )
+            self._cipher.write(row, token)
+            _fresh[self._key] = _sha256(token.value)
             row.scope = grant.scope
-        session.add(
-            TokenRequest(
-                credential_id=row.id,
-                hostname=socket.gethostname(),
-                pid=os.getpid(),
-                reason=reason,
-                outcome=outcome,
-                http_status=status,
-                zoom_code=code,
-                duration_ms=int((time.monotonic() - started) * 1000),
-                error=message,
-            )
+        self._budget.record(
+            session, row.id, requested_at, reason, failure, time.monotonic() - started
         )
-        row.updated_at = datetime.now(UTC)
+        row.updated_at = requested_at
         if isinstance(failure, errors.CredentialsRejected):
-            self._open_circuit(row, failure)
-            failure = errors.CircuitOpen(
-                row.circuit_reason or OPERATOR_ADVICE, retry_at=row.circuit_next_probe_at
-            )
-        elif failure is not None:
-            row.last_error, row.last_error_at = message, datetime.now(UTC)
-        log.info("token.requested reason=%s outcome=%s", reason, outcome)
-        return token, failure
-
-    def _open_circuit(self, row: Credential, error: errors.ZoomError) -> None:
-        now = datetime.now(UTC)
-        probes = row.circuit_probes if row.circuit_state == HALF_OPEN else 0
-        backoff = _probe_backoff(probes)
-        row.circuit_reason = f"Zoom refused the credential: {error.describe()}. {OPERATOR_ADVICE}"
-        if row.circuit_state == CLOSED:
-            row.circuit_opened_at = now
-        row.circuit_state = OPEN
-        row.circuit_probes = probes
-        row.circuit_next_probe_at = now + backoff
-        row.circuit_secret_digest = self._secret_digest()
-        row.last_error, row.last_error_at = error.describe(), now
-        row.updated_at = now
-        log.error(
-            "token.circuit_open %s next_probe_at=%s", error.describe(), row.circuit_next_probe_at
-        )
-
-    def _raise_if_open(self, row: Credential, *, locked: bool) -> None:
-        if row.circuit_state == CLOSED:
-            return
-        if not self._probe_due(row):
-            raise errors.CircuitOpen(
-                row.circuit_reason or OPERATOR_ADVICE, retry_at=row.circuit_next_probe_at
-            )
-        if locked:
-            # This process probes; the others keep waiting until the probe's outcome.
-            row.circuit_state = HALF_OPEN
-            row.circuit_probes += 1
-            row.circuit_next_probe_at = datetime.now(UTC) + _probe_backoff(row.circuit_probes)
-            row.circuit_secret_digest = self._secret_digest()
-
-    def _probe_due(self, row: Credential) -> bool:
-        if row.circuit_state == HALF_OPEN:
-            due_at = row.circuit_next_probe_at
-            return due_at is None or due_at <= datetime.now(UTC)
-        if row.circuit_secret_digest != self._secret_digest():
-            return True
-        return row.circuit_next_probe_at is None or row.circuit_next_probe_at <= datetime.now(UTC)
-
-    def _check_budget(self, session: Session, row: Credential) -> None:
-        budget = self._settings.ZOOM_TOKEN_BUDGET_PER_HOUR
-        since = datetime.now(UTC) - timedelta(hours=1)
-        made, oldest = session.execute(
-            select(func.count(), func.min(TokenRequest.requested_at)).where(
-                TokenRequest.credential_id == row.id, TokenRequest.requested_at > since
-            )
-        ).one()
-        if made >= budget:
-            retry_at = (oldest or datetime.now(UTC)) + timedelta(hours=1)
-            log.error(
-                "token.budget_exhausted %d token requests in the last hour (budget %d): "
-                "no more until %s. Something is churning tokens; see `zoom-worker token`.",
-                made,
-                budget,
-                retry_at.isoformat(),
-            )
-            raise errors.TokenBudgetExhausted(
-                f"{made} token requests in the last hour reached ZOOM_TOKEN_BUDGET_PER_HOUR="
-                f"{budget}; no more token requests until {retry_at:%H:%M:%S} UTC",
-                retry_at=retry_at,
-            )
+            return self._circuit.open(row, failure, requested_at)
+        if failure is not None:
+            row.last_error, row.last_error_at = failure.describe(), requested_at
+            return failure
+        return token
 
     def _where(self) -> tuple[ColumnElement[bool], ...]:
         return (Credential.account_id == self._account_id, Credential.client_id == self._client_id)
 
-    def _row(self, session: Session) -> Credential:
-        row = session.scalars(select(Credential).where(*self._where())).one_or_none()
-        if row is None:
-            session.execute(
-                insert(Credential)
-                .values(account_id=self._account_id, client_id=self._client_id)
-                .on_conflict_do_nothing()
-            )
-            row = session.scalars(select(Credential).where(*self._where())).one()
-        return row
-
-    def _lock_row(self, session: Session, *, nowait: bool) -> Credential:
-        if not nowait:
-            timeout_ms = int(self._settings.ZOOM_TOKEN_LOCK_TIMEOUT * 1000)
-            session.execute(text(f"SET LOCAL lock_timeout = {timeout_ms}"))
-        query = (
-            select(Credential)
-            .where(*self._where())
-            .with_for_update(nowait=nowait)
-            .execution_options(populate_existing=True)
-        )
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[Session]:
+        """A transaction whose row locks wait at most ZOOM_TOKEN_LOCK_TIMEOUT (then
+        TokenStoreBusy); any other database failure is an InfrastructureError."""
+        lock_timeout_s = self._settings.ZOOM_TOKEN_LOCK_TIMEOUT
         try:
-            return session.scalars(query).one()
+            with self._sessions() as session, session.begin():
+                _set_lock_timeout(session, lock_timeout_s)
+                yield session
         except OperationalError as exc:
-            if isinstance(exc.orig, psycopg.errors.LockNotAvailable):
-                raise errors.TokenStoreBusy(
-                    "the token row lock was not granted within "
-                    f"ZOOM_TOKEN_LOCK_TIMEOUT={self._settings.ZOOM_TOKEN_LOCK_TIMEOUT}s"
-                ) from exc
-            raise errors.InfrastructureError(f"the token store failed: {exc.orig!s}") from exc
+            raise _translate(exc, lock_timeout_s) from exc
 
-    def _cipher(self) -> AESGCM:
-        material = (
-            self._settings.TOKEN_ENCRYPTION_KEY.get_secret_value()
-            if self._settings.TOKEN_ENCRYPTION_KEY is not None
-            else self._settings.read_client_secret()
-        )
-        key = HKDF(
-            algorithm=hashes.SHA256(),
-            length=32,
-            salt=b"zoom-worker token store",
-            info=f"{self._account_id}:{self._client_id}".encode(),
-        ).derive(material.encode())
-        return AESGCM(key)
-
-    def _encrypt(self, value: str) -> bytes:
-        nonce = secrets.token_bytes(12)
-        return nonce + self._cipher().encrypt(nonce, value.encode(), self._aad())
-
-    def _decrypt(self, row: Credential) -> zoom.AccessToken | None:
-        if not row.token_ciphertext or row.token_expires_at is None or row.token_fetched_at is None:
-            return None
-        blob = row.token_ciphertext
+    def _read(self, session: Session, *, lock: str | None = None) -> _Read:
+        """The row (made if missing) with the database's clock; ``lock`` is "wait" (bounded
+        by ZOOM_TOKEN_LOCK_TIMEOUT) or "nowait"; TokenStoreBusy when it is not granted."""
+        if lock == "wait":
+            _set_lock_timeout(session, self._settings.ZOOM_TOKEN_LOCK_TIMEOUT)
+        query = select(Credential, func.clock_timestamp()).where(*self._where())
+        if lock is not None:
+            query = query.with_for_update(nowait=lock == "nowait")
+        query = query.execution_options(populate_existing=True)
+        started = time.monotonic()
         try:
-            value = self._cipher().decrypt(blob[:12], blob[12:], self._aad()).decode()
-        except InvalidTag:
-            # Encrypted under another key (the secret or TOKEN_ENCRYPTION_KEY changed).
-            return None
-        return zoom.AccessToken(
-            value=value, expires_at=row.token_expires_at, fetched_at=row.token_fetched_at
+            found = session.execute(query).one_or_none()
+            if found is None:
+                session.execute(
+                    insert(Credential)
+                    .values(account_id=self._account_id, client_id=self._client_id)
+                    .on_conflict_do_nothing()
+                )
+                found = session.execute(query).one()
+        except OperationalError as exc:
+            raise _translate(exc, self._settings.ZOOM_TOKEN_LOCK_TIMEOUT) from exc
+        return _Read(row=found[0], now=found[1], monotonic=started)
+
+
+def _set_lock_timeout(session: Session, seconds: float) -> None:
+    session.execute(text(f"SET LOCAL lock_timeout = {int(seconds * 1000)}"))
+
+
+def _translate(exc: OperationalError, lock_timeout_s: float) -> errors.InfrastructureError:
+    if isinstance(exc.orig, psycopg.errors.LockNotAvailable):
+        return errors.TokenStoreBusy(
+            f"the token row lock was not granted within ZOOM_TOKEN_LOCK_TIMEOUT={lock_timeout_s}s"
         )
-
-    def _aad(self) -> bytes:
-        return f"{self._account_id}:{self._client_id}".encode()
-
-    def _secret_digest(self) -> str:
-        try:
-            secret = self._settings.read_client_secret()
-        except errors.ConfigurationError:
-            return ""
-        return hashlib.sha256(b"zoom-worker secret digest:" + secret.encode()).hexdigest()[:32]
-
-
-def _probe_backoff(probes: int) -> timedelta:
-    """The wait before the next probe: a minute, doubling per failed probe, at most 15."""
-    backoff: timedelta = min(PROBE_BACKOFF_MIN * (2**probes), PROBE_BACKOFF_MAX)
-    return backoff
+    return errors.InfrastructureError(f"the token store failed: {exc.orig!s}")
 
 
 def _clear_token(row: Credential) -> None:
@@ -466,10 +384,10 @@ def _clear_token(row: Credential) -> None:
     row.token_expires_at = None
 
 
-def _sha256(value: str) -> str:
-    return hashlib.sha256(value.encode()).hexdigest()
+_sha256 = token_cipher.sha256
 
 
 def forget_process_tokens() -> None:
     """Drop every token this process holds in memory (tests, secret rotation)."""
     _memory.clear()
+    _fresh.clear()

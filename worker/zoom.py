@@ -1,27 +1,33 @@
-"""HTTP only: Zoom's token endpoint, the Meetings API client, and responses -> typed errors.
+"""HTTP only: the Meetings API client, and responses -> typed errors.
 
-This module knows nothing of PostgreSQL or Redis. The access token reaches it through the
-small :class:`TokenSource` protocol; "renew once, retry once" on a 401 is :class:`ZoomAuth`,
-an ``httpx.Auth`` flow, so no call site loops. Every Zoom answer and every transport failure
-is translated to :mod:`worker.errors` in one place (:func:`raise_for_response`,
-:func:`translate_transport_error`). ``start_url`` (a host credential) is dropped as soon as
-a meeting is parsed, so it can never reach a log, a result or the ledger.
+This module knows nothing of PostgreSQL or Redis (the token endpoint is :mod:`worker.oauth`).
+The access token reaches it through the small :class:`TokenSource` protocol; "renew once,
+retry once" on a 401 is :class:`ZoomAuth`, an ``httpx.Auth`` flow, so no call site loops.
+Every Zoom answer and every transport failure is translated to :mod:`worker.errors` in one
+place (:func:`raise_for_response`, :func:`translate_transport_error`). ``start_url`` (a host
+credential) is dropped as soon as a meeting is parsed, so it can never reach a log, a result
+or the ledger.
 """
 
 from __future__ import annotations
 
 import email.utils
+import json
 import logging
+import math
 import re
 import urllib.parse
 from collections.abc import Callable, Generator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, NoReturn, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
 
 from worker import errors
+
+if TYPE_CHECKING:
+    from worker.oauth import AccessToken
 
 log = logging.getLogger(__name__)
 
@@ -29,113 +35,36 @@ log = logging.getLogger(__name__)
 # fixed at issue, so a new token will not help.
 TOKEN_INVALID_CODES = frozenset({124})
 MISSING_SCOPE_CODES = frozenset({4700, 4711, 104})
-# Token endpoint: invalid client or secret (4702, 4704) and app disabled (4717).
-CREDENTIAL_REFUSED_CODES = frozenset({4702, 4704, 4717})
 MEETING_NOT_FOUND_CODES = frozenset({3001, 300})
 DAILY_LIMIT_PATTERN = re.compile(r"daily rate limit", re.IGNORECASE)
-
-
-@dataclass(frozen=True)
-class AccessToken:
-    """A bearer token and when it stops working; its repr never shows the value."""
-
-    value: str = field(repr=False)
-    expires_at: datetime
-    fetched_at: datetime
-    # True when this very process fetched it just now from Zoom (not read from the store).
-    fetched_here: bool = False
-
-    def __repr__(self) -> str:
-        return f"AccessToken([secure], expires_at={self.expires_at.isoformat()})"
-
-    def seconds_left(self, now: datetime | None = None) -> float:
-        """Seconds until expiry (negative once expired)."""
-        return (self.expires_at - (now or datetime.now(UTC))).total_seconds()
-
-
-@dataclass(frozen=True)
-class TokenGrant:
-    """What the token endpoint answered: the token, its lifetime and scopes."""
-
-    token: AccessToken
-    scope: str
+# Zoom's longest wait is the daily limit's, until the next 00:00 UTC.
+RETRY_AFTER_MAX = timedelta(days=1)
 
 
 class TokenSource(Protocol):
-    """Where :class:`ZoomAuth` gets tokens; the shared store implements it."""
+    """Where :class:`ZoomAuth` gets tokens and tells how Zoom took them.
+
+    The shared store implements it; what a refusal means (renew once, or open the credential
+    circuit and raise :class:`~worker.errors.CircuitOpen`) is the source's decision.
+    """
 
     def get(self) -> AccessToken:
         """A token believed valid, renewing it if needed."""
         ...
 
-    def invalidate(self, token: AccessToken) -> None:
-        """Forget ``token`` if it is still the current one (compare-and-swap)."""
+    def report(self, token: AccessToken, accepted: bool) -> None:
+        """Zoom accepted ``token`` (any answer but a 401 or a 5xx), or refused it (401 code 124).
+
+        A refusal may raise CircuitOpen (the credential itself is refused); an acceptance
+        never raises, as the call it follows may have changed something in Zoom."""
         ...
-
-    def refused(self, token: AccessToken, error: errors.ZoomError) -> NoReturn:
-        """A token fetched moments ago was refused: open the circuit and raise CircuitOpen."""
-        ...
-
-    def accepted(self, token: AccessToken) -> None:
-        """A token fetched here just worked (closes a half-open circuit)."""
-        ...
-
-
-def request_token(
-    http: httpx.Client,
-    oauth_url: str,
-    *,
-    account_id: str,
-    client_id: str,
-    client_secret: str,
-    timeout_s: float,
-) -> TokenGrant:
-    """One client-credentials request, as Zoom documents it: Basic auth and a form body.
-
-    Raises CredentialsRejected for an invalid client, secret or disabled app, and
-    TokenRequestFailed or ZoomUnreachable otherwise.
-    """
-    try:
-        response = http.post(
-            oauth_url,
-            auth=httpx.BasicAuth(client_id, client_secret),
-            data={"grant_type": "account_credentials", "account_id": account_id},
-            timeout=timeout_s,
-        )
-    except httpx.TransportError as exc:
-        raise translate_transport_error(exc, what="Zoom's token endpoint") from exc
-    if response.status_code != httpx.codes.OK:
-        body = _json_body(response)
-        code = _int_or_none(body.get("code"))
-        reason = str(body.get("reason") or body.get("message") or body.get("error") or "")
-        message = f"the token endpoint refused the request: {reason or response.reason_phrase}"
-        if code in CREDENTIAL_REFUSED_CODES or body.get("error") == "invalid_client":
-            raise errors.CredentialsRejected(
-                message, status=response.status_code, code=code, zoom_message=reason or None
-            )
-        raise errors.TokenRequestFailed(
-            message, status=response.status_code, code=code, zoom_message=reason or None
-        )
-    body = _json_body(response)
-    value = body.get("access_token")
-    if not isinstance(value, str) or not value:
-        raise errors.TokenRequestFailed("the token endpoint answered 200 without an access_token")
-    now = datetime.now(UTC)
-    expires_in = _int_or_none(body.get("expires_in")) or 3600
-    token = AccessToken(
-        value=value,
-        expires_at=now + timedelta(seconds=expires_in),
-        fetched_at=now,
-        fetched_here=True,
-    )
-    return TokenGrant(token=token, scope=str(body.get("scope") or ""))
 
 
 class ZoomAuth(httpx.Auth):
     """Bearer auth that renews once and retries once on a 401 with code 124.
 
-    If the retry, made with a token this process fetched moments ago, is refused too, the
-    token source is told (the credential circuit opens) and no further renewal is made.
+    Every answer is reported to the token source: a refusal lets it renew (the retry then
+    uses the new token) or, for a token it fetched moments ago, open the credential circuit.
     """
 
     requires_response_body = True
@@ -150,37 +79,28 @@ class ZoomAuth(httpx.Auth):
         if not _is_token_refusal(response):
             self._settle(token, response)
             return
-        if token.fetched_here:
-            # Refused on its first use, moments after Zoom issued it: a new one cannot help.
-            self._source.refused(token, _refusal(response))
         log.info("zoom.token_refused renewing once")
-        self._source.invalidate(token)
+        self._source.report(token, accepted=False)
         renewed = self._source.get()
         request.headers["Authorization"] = f"Bearer {renewed.value}"
         response = yield request
-        if _is_token_refusal(response) and renewed.fetched_here:
-            self._source.refused(renewed, _refusal(response))
         self._settle(renewed, response)
 
     def _settle(self, token: AccessToken, response: httpx.Response) -> None:
-        # The first success with a token fetched here closes a half-open circuit.
-        if token.fetched_here and response.status_code < httpx.codes.BAD_REQUEST:
-            self._source.accepted(token)
-
-
-def _refusal(response: httpx.Response) -> errors.CredentialsRejected:
-    return errors.CredentialsRejected(
-        "a token fetched moments ago was refused",
-        status=response.status_code,
-        code=_int_or_none(_json_body(response).get("code")),
-        zoom_message=_zoom_message(response),
-    )
+        if _is_token_refusal(response):
+            self._source.report(token, accepted=False)
+        elif response.status_code < httpx.codes.INTERNAL_SERVER_ERROR and (
+            response.status_code != httpx.codes.UNAUTHORIZED
+        ):
+            # Past the token check: a 404 or 429 proves Zoom accepted the token too. A 5xx
+            # proves nothing, and other 401s (missing scopes) are not about this token.
+            self._source.report(token, accepted=True)
 
 
 def _is_token_refusal(response: httpx.Response) -> bool:
     if response.status_code != httpx.codes.UNAUTHORIZED:
         return False
-    code = _int_or_none(_json_body(response).get("code"))
+    code = int_or_none(_json_body(response).get("code"))
     return code is None or code in TOKEN_INVALID_CODES
 
 
@@ -225,9 +145,9 @@ class Meeting:
             id=meeting_id,
             host_email=_str_or_none(body.get("host_email")),
             topic=_str_or_none(body.get("topic")),
-            type=_int_or_none(body.get("type")),
+            type=int_or_none(body.get("type")),
             start_time=_str_or_none(body.get("start_time")),
-            duration=_int_or_none(body.get("duration")),
+            duration=int_or_none(body.get("duration")),
             timezone=_str_or_none(body.get("timezone")),
             agenda=_str_or_none(body.get("agenda")),
             join_url=_str_or_none(body.get("join_url")),
@@ -237,7 +157,7 @@ class Meeting:
                 Occurrence(
                     occurrence_id=str(item.get("occurrence_id")),
                     start_time=_str_or_none(item.get("start_time")),
-                    duration=_int_or_none(item.get("duration")),
+                    duration=int_or_none(item.get("duration")),
                     status=_str_or_none(item.get("status")),
                 )
                 for item in body.get("occurrences") or ()
@@ -331,7 +251,7 @@ def raise_for_response(response: httpx.Response) -> None:
     if status < httpx.codes.BAD_REQUEST:
         return
     body = _json_body(response)
-    code = _int_or_none(body.get("code"))
+    code = int_or_none(body.get("code"))
     message = _zoom_message(response)
     details = body.get("errors")
     if isinstance(details, list) and details:
@@ -377,30 +297,39 @@ def _rate_limited(
         "Zoom's per-second rate limit was reached",
         retry_at=retry_at,
         category=category.lower() if category else None,
-        limit=_int_or_none(headers.get("X-RateLimit-Limit")),
-        remaining=_int_or_none(headers.get("X-RateLimit-Remaining")),
+        limit=int_or_none(headers.get("X-RateLimit-Limit")),
+        remaining=int_or_none(headers.get("X-RateLimit-Remaining")),
         **common,
     )
 
 
 def parse_retry_after(value: str | None, *, now: datetime | None = None) -> datetime | None:
-    """Parse ``Retry-After`` given as seconds, an HTTP-date or an ISO-8601 time (Zoom uses all)."""
+    """Parse ``Retry-After`` given as seconds, an HTTP-date or an ISO-8601 time (Zoom uses all).
+
+    None when it is unusable (not a number or a date, ``inf``, ``nan``); a wait beyond
+    :data:`RETRY_AFTER_MAX` is cut to it, so no absurd value can overflow a later sum.
+    """
     if not value:
         return None
     value = value.strip()
     now = now or datetime.now(UTC)
     try:
-        return now + timedelta(seconds=max(0.0, float(value)))
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        if not math.isfinite(seconds):
+            return None
+        return now + min(timedelta(seconds=max(0.0, min(seconds, 1e9))), RETRY_AFTER_MAX)
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         try:
             parsed = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    parsed = parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    return min(parsed, now + RETRY_AFTER_MAX)
 
 
 def next_utc_midnight(now: datetime | None = None) -> datetime:
@@ -414,8 +343,13 @@ def _path(segment: str) -> str:
 
 
 def _json_body(response: httpx.Response) -> dict[str, Any]:
+    return json_object(response.content)
+
+
+def json_object(content: bytes) -> dict[str, Any]:
+    """The JSON object in a body, or an empty dict for anything else."""
     try:
-        body = response.json()
+        body = json.loads(content)
     except ValueError:
         return {}
     return body if isinstance(body, dict) else {}
@@ -425,7 +359,8 @@ def _zoom_message(response: httpx.Response) -> str | None:
     return _str_or_none(_json_body(response).get("message"))
 
 
-def _int_or_none(value: object) -> int | None:
+def int_or_none(value: object) -> int | None:
+    """An integer (or integer text) from a Zoom body or header; None for anything else."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int):

@@ -31,6 +31,7 @@ Switches (:class:`SimulatorConfig`, also settable at run time with ``POST /_sim/
 Credentials ``account_id``, ``client_id``, ``client_secret``. Tokens ``token_lifetime_s``,
 ``scopes``, ``token_tolerance`` (N: a new token kills all but the newest N, as Zoom did before
 2023; None: tokens live until expiry, as today), ``token_error_codes``, ``token_latency_s``,
+``token_endpoint_down`` (the token endpoint answers 503 to every request),
 ``app_disabled``, ``refuse_fresh_tokens`` (tokens are issued but every API call is answered
 401 code 124: the "ownership transferred" state that only a secret rotation ends),
 ``missing_scopes``. Meetings ``missing_users``, ``legacy_not_found_code``, ``list_agenda_cut``

@@ -43,6 +43,7 @@ class SimulatorConfig:
     token_tolerance: int | None = None
     token_error_codes: bool = True
     token_latency_s: float = 0.0
+    token_endpoint_down: bool = False
     app_disabled: bool = False
     refuse_fresh_tokens: bool = False
     missing_scopes: bool = False

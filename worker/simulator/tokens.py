@@ -46,6 +46,8 @@ class TokenIssuer:
                 payload["code"] = code
             return json_reply(status, payload)
 
+        if cfg.token_endpoint_down:
+            return json_reply(503, {"reason": "Service Unavailable", "error": "server_error"})
         if {"grant_type", "account_id"} & request.query.keys():
             # Zoom now answers 400 to the query-string form seen in many old examples.
             reason = "Parameters must be sent in the request body, not in the query string."
