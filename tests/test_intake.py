@@ -203,6 +203,27 @@ def test_intake__by_name_key_of_another_kind__failed_job_under_task_id(
     assert _job(delete).status == models.QUEUED
 
 
+def test_intake__by_name_unknown_argument__failed_job_naming_it(
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    # Celery would refuse the call before our code ran and acknowledge the message: lost.
+    start_worker(concurrency=1)
+    kwargs = {"user_id": "host@example.com", "meting": BODY}
+
+    task_id = app.send_task("meetings.create", kwargs=kwargs).id
+
+    job = wait_for(
+        lambda: next(
+            (j for j in jobs.list_jobs(limit=10) if j.idempotency_key == f"celery-task:{task_id}"),
+            None,
+        ),
+        timeout=60,
+        what="the message recorded as a job",
+    )
+    assert job.status == models.FAILED
+    assert "unknown arguments" in (job.error or "") and "meting" in (job.error or "")
+
+
 def test_intake__by_name_redelivered__one_job(env: dict[str, str]) -> None:
     kwargs = {"user_id": "host@example.com", "meeting": BODY}
 

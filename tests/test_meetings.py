@@ -16,6 +16,7 @@ from worker import celery_app, db, errors, jobs, ledger, meetings
 from worker.config import Settings, get_settings
 from worker.models import Job as JobRow
 from worker.outcomes import Failed, Hold, HoldReason, Outcome, Retry
+from worker.simulator import SimulatorClient
 
 NOW = datetime(2026, 12, 2, 12, 0, 0, tzinfo=UTC)
 SETTINGS = Settings(
@@ -288,13 +289,20 @@ class _Gate(meetings.OpenGate):
         self.told.append((operation, exc, user_id))
 
 
+class _Store:
+    """Stands in for TokenStore: a token is always at hand."""
+
+    def get(self) -> object:
+        return object()
+
+
 def _runtime(client: _Client, gate: meetings.Gate) -> meetings.Runtime:
     settings = get_settings()
     return meetings.Runtime(
         settings=settings,
         client=client,  # type: ignore[arg-type]
         gate=gate,
-        store=None,  # type: ignore[arg-type]
+        store=_Store(),  # type: ignore[arg-type]
         ledger=ledger.Ledger.from_settings(settings, celery_app.send),
     )
 
@@ -337,3 +345,37 @@ def _expire_and_sweep(work: ledger.Ledger, job_id: uuid.UUID) -> None:
             update(JobRow).where(JobRow.id == job_id).values(lease_expires_at=NOW - 365 * DAY)
         )
     assert work.sweep() == 1
+
+
+class _CountingGate(meetings.OpenGate):
+    """An open gate that remembers which permits were asked for."""
+
+    def __init__(self) -> None:
+        self.permits: list[str] = []
+
+    def before_call(
+        self, operation: str, user_id: str | None = None, slot_at: float | None = None
+    ) -> None:
+        self.permits.append(operation)
+
+
+@pytest.mark.usefixtures("env")
+def test_run__token_endpoint_down__no_create_permit_spent(sim_client: SimulatorClient) -> None:
+    # A create permit counts against the host's daily cap: a create that cannot even get a
+    # token must not spend one (with 100 creates a day, an outage would hold the host).
+    sim_client.configure(token_endpoint_down=True)
+    gate = _CountingGate()
+    built = meetings.Runtime.from_settings(get_settings(), send=celery_app.send)
+    runtime = dataclasses.replace(built, gate=gate)
+    try:
+        claim = runtime.ledger.claim(jobs.create_meeting("host@example.com", BODY))
+        assert claim is not None
+
+        meetings.run(claim, runtime)
+    finally:
+        built.client.close()
+        built.store.close()
+
+    assert "create" not in gate.permits
+    job = jobs.get_job(claim.job_id)
+    assert job is not None and job.status == "retrying" and job.meeting_id is None

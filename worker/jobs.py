@@ -230,18 +230,25 @@ def request_digest(kind: str, request: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def record_received(kind: str, kwargs: Mapping[str, Any], task_id: str) -> uuid.UUID:
+def record_received(
+    kind: str, kwargs: Mapping[str, Any], task_id: str, *, unknown: Sequence[str] = ()
+) -> uuid.UUID:
     """Record a job sent with ``send_task`` when a worker first receives it.
 
     The task id stands in for a missing idempotency key, so a redelivered or retried message
     never becomes a second job. A message that can never be recorded as sent (an invalid
     body, an idempotency key reused for another request) is recorded as a failed job with
-    the reason. Raises InfrastructureError while PostgreSQL cannot record anything: the
+    the reason, and so is one with ``unknown`` arguments (a typo such as ``meting``).
+    Raises InfrastructureError while PostgreSQL cannot record anything: the
     caller must then keep the message (retry it), never acknowledge it as done.
     """
     key = kwargs.get("idempotency_key") or f"celery-task:{task_id}"
     with db.unavailable_as_infrastructure():
         try:
+            if unknown:
+                raise errors.InvalidMeeting(
+                    "kwargs", f"unknown arguments for this task: {', '.join(unknown)}"
+                )
             if kind == CREATE:
                 row = _new_create(kwargs.get("user_id"), kwargs.get("meeting"), key)
             else:

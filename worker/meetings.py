@@ -126,6 +126,7 @@ class _Attempt:
         self.job = job
         self.slot_at = slot_at
         self.client = runtime.client
+        self.store = runtime.store
         self.gate = runtime.gate
         self.ledger = runtime.ledger
         self.settings = runtime.settings
@@ -148,6 +149,9 @@ class _Attempt:
                 return Succeeded(found.id, found.join_url, note=note)
             log.info("meeting.reconciled job_id=%s no meeting made before; creating", job.job_id)
         body = marker.create_body(job.body, job.marker)
+        # The token first: a create permit also counts against the host's daily cap, and a
+        # token endpoint that is down must not spend a host's 100 creates a day.
+        self.store.get()
         self._permit("create", job.user_id)
         self.ledger.fence(job)
         self.create_sent = True

@@ -64,37 +64,46 @@ def _start_exporter(**_: Any) -> None:
 @app.task(name="meetings.create", bind=True, max_retries=None)
 def create_meeting(
     self: Task[Any, Any],
+    /,
     user_id: str | None = None,
     meeting: dict[str, Any] | None = None,
     idempotency_key: str | None = None,
     job_id: str | None = None,
     topic: str | None = None,
     slot_at: float | None = None,
+    **unknown: Any,
 ) -> None:
-    """Create a Zoom meeting for a job (sent by ``worker.jobs`` or by name)."""
+    """Create a Zoom meeting for a job (sent by ``worker.jobs`` or by name).
+
+    Unknown arguments are accepted here so that such a message is recorded as a failed job
+    saying why, instead of failing before any of our code runs and being acknowledged."""
     if job_id is None:
         kwargs = {"user_id": user_id, "meeting": meeting, "idempotency_key": idempotency_key}
-        job_id = _recorded(self, jobs.CREATE, kwargs)
+        job_id = _recorded(self, jobs.CREATE, kwargs, sorted(unknown))
     _run(self, job_id, {"job_id": job_id, "user_id": user_id, "topic": topic}, slot_at)
 
 
 @app.task(name="meetings.delete", bind=True, max_retries=None)
 def delete_meeting(
     self: Task[Any, Any],
+    /,
     meeting_id: int | None = None,
     occurrence_id: str | None = None,
     idempotency_key: str | None = None,
     job_id: str | None = None,
     slot_at: float | None = None,
+    **unknown: Any,
 ) -> None:
-    """Delete a Zoom meeting this service created (sent by ``worker.jobs`` or by name)."""
+    """Delete a Zoom meeting this service created (sent by ``worker.jobs`` or by name).
+
+    Unknown arguments make a failed job saying why (see ``meetings.create``)."""
     if job_id is None:
         kwargs = {
             "meeting_id": meeting_id,
             "occurrence_id": occurrence_id,
             "idempotency_key": idempotency_key,
         }
-        job_id = _recorded(self, jobs.DELETE, kwargs)
+        job_id = _recorded(self, jobs.DELETE, kwargs, sorted(unknown))
     _run(self, job_id, {"job_id": job_id, "meeting_id": meeting_id}, slot_at)
 
 
@@ -134,12 +143,14 @@ def _run(
         raise task.retry(countdown=reschedule.countdown_s, kwargs=retry_kwargs)
 
 
-def _recorded(task: Task[Any, Any], kind: str, kwargs: dict[str, Any]) -> str:
+def _recorded(
+    task: Task[Any, Any], kind: str, kwargs: dict[str, Any], unknown: list[str]
+) -> str:
     """Record a job sent by name; its id. While PostgreSQL cannot record it, the message is
     retried with a growing countdown (Celery publishes the retry, same task id, before the
     original is acknowledged), so it is never acknowledged as done without its job."""
     try:
-        return str(jobs.record_received(kind, kwargs, str(task.request.id)))
+        return str(jobs.record_received(kind, kwargs, str(task.request.id), unknown=unknown))
     except errors.InfrastructureError as exc:
         settings = get_settings()
         growth = 2 ** min(task.request.retries or 0, 30)
