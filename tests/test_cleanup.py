@@ -17,7 +17,7 @@ from conftest import PG_BASE
 from sqlalchemy import select, text
 from sqlalchemy.dialects.postgresql import insert
 
-from worker import celery_app, cleanup, db, errors, gate, meetings, ratelimit
+from worker import celery_app, cleanup, db, errors, gate, marker, meetings, ratelimit
 from worker.config import get_settings
 from worker.models import Job as JobRow
 from worker.models import Meeting as MeetingRow
@@ -87,7 +87,7 @@ def _expire_claims() -> None:
 def _failed_job(host: str, agenda: str, **values: Any) -> str:
     """A failed create job of ours whose outcome is unknown; returns its marker."""
     job_id = uuid.uuid4()
-    marker = f"[zw:{job_id.hex[:16]}]"
+    mark = marker.for_job(job_id)
     row = {
         "id": job_id,
         "kind": "create",
@@ -95,13 +95,13 @@ def _failed_job(host: str, agenda: str, **values: Any) -> str:
         "user_id": host,
         "topic": BODY["topic"],
         "body": {**BODY, "agenda": agenda},
-        "marker": marker,
+        "marker": mark,
         "finished_at": datetime.now(UTC),
         **values,
     }
     with db.sessions(get_settings())() as session, session.begin():
         session.execute(insert(JobRow).values(**row))
-    return marker
+    return mark
 
 
 def test_cleanup__stale_meeting_of_ours__deleted_others_untouched(

@@ -30,7 +30,7 @@ import sqlalchemy.exc
 from conftest import BROKER_URL, PG_ADMIN, WorkerProcess, wait_for
 from sqlalchemy import select
 
-from worker import db, jobs
+from worker import db, jobs, marker
 from worker.config import get_settings
 from worker.models import FINAL_STATUSES
 from worker.models import Meeting as MeetingRow
@@ -54,7 +54,6 @@ FLEET_ENV = {
     "ZOOM_PLAN": "business",
 }
 HOSTS = 10  # spreads the creates below Zoom's per-host daily limit
-MARKER = re.compile(r"\[zw:[0-9a-f]{16}\]")
 FAULT_COUNTERS = ("api_5xx", "replies_lost", "connections_dropped", "api_429")
 PG_RESTART = ["pg_ctlcluster", "--skip-systemctl-redirect", "15", "main", "restart"]
 PG_START = ["pg_ctlcluster", "--skip-systemctl-redirect", "15", "main", "start"]
@@ -180,12 +179,12 @@ def _outcome(ids: list[uuid.UUID], sim_client: SimulatorClient) -> Outcome:
     meetings = [m for m in sim_client.meetings() if not m["foreign"]]
     by_marker: dict[str, list[int]] = {}
     for meeting in meetings:
-        if found := MARKER.search(meeting.get("agenda") or ""):
-            by_marker.setdefault(found.group(0), []).append(meeting["id"])
+        for found in marker.markers_in(meeting.get("agenda")):
+            by_marker.setdefault(found, []).append(meeting["id"])
     mismatched = sum(
         1
         for j in done
-        if j.status == "succeeded" and by_marker.get(f"[zw:{j.id.hex[:16]}]") != [j.meeting_id]
+        if j.status == "succeeded" and by_marker.get(marker.for_job(j.id)) != [j.meeting_id]
     )
     stats = sim_client.stats()
     return Outcome(
