@@ -239,6 +239,13 @@ class _RefusingClient:
         raise self.error
 
 
+class _Store:
+    """Stands in for TokenStore: a token is always at hand."""
+
+    def get(self) -> object:
+        return object()
+
+
 @pytest.mark.parametrize(
     ("wait", "on_broker"), [(timedelta(seconds=30), True), (timedelta(hours=2), False)]
 )
@@ -255,7 +262,7 @@ def test_retry__wait_beyond_visibility_timeout__parked_in_postgres_not_on_broker
         settings=get_settings(),
         client=_RefusingClient(limited),  # type: ignore[arg-type]
         gate=meetings.OpenGate(),
-        store=None,  # type: ignore[arg-type]
+        store=_Store(),  # type: ignore[arg-type]
         ledger=_ledger(),
     )
 
