@@ -12,10 +12,12 @@ Protocol
    the event, the meeting row and the newest event applied to that meeting), writes the
    meeting and stamps the event with ``applied_at`` and its :class:`Effect`, in one
    transaction. Applying twice is a no-op; two appliers never apply one event twice.
-3. **Never backwards.** Zoom's events arrive out of order: an event older (``event_ts``) than
-   the newest one applied to its meeting changes nothing (``stale``), and a meeting the ledger
-   has as deleted stays deleted. Occurrence deletions only ever add and are applied in any
-   order.
+3. **Never backwards.** Zoom's events arrive out of order. A state event (deleted, started,
+   ended) older (``event_ts``) than the newest state event applied to its meeting changes
+   nothing (``stale``). ``meeting.updated`` carries only the fields that changed, so an older
+   one still sets the fields no newer applied update set, and only those. A meeting the
+   ledger has as deleted stays deleted. Occurrence deletions only ever add and are applied in
+   any order.
 
 Events for meetings this service did not create are stored and ignored (``foreign``).
 Besides :mod:`worker.ledger`, :mod:`worker.recording` and :mod:`worker.cleanup`, this module
@@ -65,8 +67,10 @@ class Effect(enum.StrEnum):
     IGNORED = "ignored"  # an event this service does not act on
 
 
-# Effects that say where a meeting stands; a later event older than these is stale.
-ORDERED = frozenset({Effect.DELETED, Effect.UPDATED, Effect.STARTED, Effect.ENDED})
+# Effects that say where a meeting stands; a later state event older than these is stale.
+ORDERED = frozenset({Effect.DELETED, Effect.STARTED, Effect.ENDED})
+# The fields of meeting.updated's object that the ledger keeps.
+SCHEDULE_FIELDS = ("topic", "start_time", "duration")
 
 
 @dataclass(frozen=True)
@@ -142,34 +146,46 @@ class Change:
     values: Mapping[str, Any] = field(default_factory=dict)
 
 
-def decide(event: Event, meeting: MeetingState | None, newest_ts: int | None) -> Change:
+def decide(
+    event: Event,
+    meeting: MeetingState | None,
+    newest_ts: int | None,
+    newer_fields: frozenset[str] = frozenset(),
+) -> Change:
     """What ``event`` does to the ledger's ``meeting`` (None: not ours), given the
-    ``event_ts`` of the newest event already applied to it. Pure: a table of cases."""
+    ``event_ts`` of the newest state event already applied to it and, for an update, the
+    fields that newer applied updates set. Pure: a table of cases."""
     if meeting is None:
         return Change(Effect.FOREIGN)
     if event.event in (DELETED, PERMANENTLY_DELETED) and event.occurrence_ids:
         return Change(Effect.OCCURRENCES_DELETED)  # the series stays
     if event.event not in (DELETED, PERMANENTLY_DELETED, UPDATED, STARTED, ENDED):
         return Change(Effect.IGNORED)
-    if newest_ts is not None and event.event_ts < newest_ts:
-        return Change(Effect.STALE)
     if meeting.state == models.DELETED:
         return Change(Effect.UNCHANGED)  # gone is final, whoever said so first
+    if event.event == UPDATED:
+        if event.occurrence_ids:
+            return Change(Effect.UNCHANGED)  # one occurrence moved: the cleanup asks Zoom
+        return _rescheduled(event.object, meeting, newer_fields)
+    if newest_ts is not None and event.event_ts < newest_ts:
+        return Change(Effect.STALE)
     if event.event in (DELETED, PERMANENTLY_DELETED):
         return Change(Effect.DELETED, {"state": models.DELETED})
     if event.event == STARTED:
         return Change(Effect.STARTED, {"state": models.LIVE})
-    if event.event == ENDED:
-        if event.object.get("type") in RECURRING_TYPES:
-            return Change(Effect.UNCHANGED)  # one instance ended; the meeting goes on
-        return Change(Effect.ENDED, {"state": models.ENDED})
-    if event.occurrence_ids:
-        return Change(Effect.UNCHANGED)  # one occurrence moved: the cleanup asks Zoom anyway
-    return _rescheduled(event.object, meeting)
+    if event.object.get("type") in RECURRING_TYPES:
+        return Change(Effect.UNCHANGED)  # one instance ended; the meeting goes on
+    return Change(Effect.ENDED, {"state": models.ENDED})
 
 
-def _rescheduled(obj: Mapping[str, Any], meeting: MeetingState) -> Change:
-    """``meeting.updated``: the new topic, start and duration, and the end moved with them."""
+def _rescheduled(
+    event_object: Mapping[str, Any], meeting: MeetingState, newer_fields: frozenset[str]
+) -> Change:
+    """``meeting.updated``: the new topic, start and duration, and the end moved with them;
+    fields a newer applied update set are left as that one set them."""
+    obj = {k: v for k, v in event_object.items() if k not in newer_fields}
+    if not obj.keys() & set(SCHEDULE_FIELDS) and event_object.keys() & newer_fields:
+        return Change(Effect.STALE)
     values: dict[str, Any] = {}
     if isinstance(obj.get("topic"), str):
         values["topic"] = obj["topic"][:200]
@@ -242,7 +258,8 @@ def apply(sessions: sessionmaker[Session], event_id: int) -> Effect | None:
             meeting = session.execute(
                 select(MeetingRow).where(MeetingRow.meeting_id == row.meeting_id).with_for_update()
             ).scalar_one_or_none()
-        change = decide(event, _state(meeting), _newest_ts(session, row.meeting_id))
+        newer = _newer_fields(session, row) if event.event == UPDATED else frozenset()
+        change = decide(event, _state(meeting), _newest_ts(session, row.meeting_id), newer)
         if change.values and meeting is not None:
             values = dict(change.values)
             if values.get("state") == models.DELETED:
@@ -278,6 +295,22 @@ def _newest_ts(session: Session, meeting_id: int | None) -> int | None:
             EventRow.effect.in_([effect.value for effect in ORDERED]),
         )
     ).scalar_one_or_none()
+
+
+def _newer_fields(session: Session, row: EventRow) -> frozenset[str]:
+    """The schedule fields that applied updates newer than ``row`` set."""
+    payloads = session.execute(
+        select(EventRow.payload).where(
+            EventRow.meeting_id == row.meeting_id,
+            EventRow.event_ts > row.event_ts,
+            EventRow.effect == Effect.UPDATED.value,
+        )
+    ).scalars()
+    fields: set[str] = set()
+    for payload in payloads:
+        obj = payload.get("payload", {}).get("object", {})
+        fields |= {k for k in SCHEDULE_FIELDS if k in obj}
+    return frozenset(fields)
 
 
 def pending(sessions: sessionmaker[Session], older_than: timedelta, limit: int = 500) -> list[int]:
