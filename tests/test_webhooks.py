@@ -29,7 +29,7 @@ from worker.simulator import RunningSimulator, SimulatorClient
 
 pytestmark = pytest.mark.usefixtures("env")
 
-SECRET = "whsec-test-token"  # noqa: S105 - a test's own secret token
+SECRET = "whsec-test-token"  # a test's own secret token
 PATH = "/zoom/webhooks"
 MEETING_ID = 85_000_000_001
 START = datetime(2030, 1, 10, 9, 0, tzinfo=UTC)
@@ -239,9 +239,7 @@ def test_webhooks__events_twice_and_out_of_order__right_final_state(
     assert len(_events()) == 5
 
 
-def test_webhooks__deleted_then_older_started__stays_deleted(
-    client: AppClient, sent: Sent
-) -> None:
+def test_webhooks__deleted_then_older_started__stays_deleted(client: AppClient, sent: Sent) -> None:
     _ours()
     for body in (_body("meeting.deleted", 20), _body("meeting.started", 10)):
         _post(client, body)
