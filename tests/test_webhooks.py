@@ -16,12 +16,14 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from click.testing import CliRunner
 from conftest import WorkerProcess, wait_for
 from pydantic import SecretStr
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 
 from worker import celery_app, cleanup, db, jobs, meetings, models, webhook_events, webhooks
+from worker.cli import cli
 from worker.config import get_settings
 from worker.models import Meeting as MeetingRow
 from worker.models import WebhookEvent as EventRow
@@ -348,3 +350,27 @@ def test_webhooks__meeting_deleted_by_someone_else__marked_gone_and_cleanup_make
     assert (report.deleted, report.already_gone) == (0, 0)
     assert sim.simulator.webhooks.counts()["webhooks_failed"] == 0
     assert {e.event for e in _events()} == {"meeting.created", "meeting.deleted"}
+
+
+# -- the operator's commands -----------------------------------------------------------------
+
+
+def test_cli__events__lists_the_last_events_and_their_effect(client: AppClient, sent: Sent) -> None:
+    _ours()
+    _post(client, _body("meeting.deleted", 10))
+    _post(client, _body("meeting.started", 5))
+    _apply_all(sent[:1])
+    result = CliRunner().invoke(cli, ["events"], catch_exceptions=False)
+    assert result.exit_code == 0
+    lines = result.output.splitlines()
+    started = next(line for line in lines if "meeting.started" in line)
+    deleted = next(line for line in lines if "meeting.deleted" in line)
+    assert "not applied yet" in started and "deleted" in deleted
+    assert lines.index(started) < lines.index(deleted)  # newest first
+    assert str(MEETING_ID) in deleted
+
+
+def test_cli__webhooks_without_secret__refuses_naming_the_variable() -> None:
+    result = CliRunner().invoke(cli, ["webhooks", "--port", "0"])
+    assert result.exit_code == 1
+    assert "ZOOM_WEBHOOK_SECRET_TOKEN" in result.output
