@@ -374,3 +374,37 @@ def test_cli__webhooks_without_secret__refuses_naming_the_variable() -> None:
     result = CliRunner().invoke(cli, ["webhooks", "--port", "0"])
     assert result.exit_code == 1
     assert "ZOOM_WEBHOOK_SECRET_TOKEN" in result.output
+
+
+def test_webhooks__simulator_moves_and_ends_a_meeting__ledger_follows(
+    endpoint: str, sim_client: SimulatorClient, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    start_worker(concurrency=1)
+    sim_client.configure(webhook_url=endpoint, webhook_secret_token=SECRET)
+    work = meetings.Runtime.from_settings(get_settings(), send=celery_app.send)
+    try:
+        stamp = START.isoformat().replace("+00:00", "Z")
+        body = {"topic": "Planning", "type": 2, "start_time": stamp, "duration": 30}
+        meeting = work.client.create_meeting("host@example.com", body)
+    finally:
+        work.client.close()
+        work.store.close()
+    _ours(meeting.id)
+    moved = START + timedelta(days=2)
+    sim_client.update_meeting(meeting.id, {"start_time": moved.isoformat(), "duration": 50})
+    wait_for(
+        lambda: _ledger(meeting.id).scheduled_end == moved + timedelta(minutes=50),
+        what="the webhook moves the cleanup's date",
+        details=lambda: [(e.event, e.effect) for e in _events()],
+    )
+    sim_client.set_meeting_status(meeting.id, "started")
+    sim_client.set_meeting_status(meeting.id, "ended")
+    wait_for(lambda: _ledger(meeting.id).state == models.ENDED, what="the meeting ended")
+    row = _ledger(meeting.id)
+    assert (row.start_time, row.duration_min) == (moved, 50)
+    assert [e.event for e in _events()] == [
+        "meeting.created",
+        "meeting.updated",
+        "meeting.started",
+        "meeting.ended",
+    ]
