@@ -10,8 +10,10 @@ signed before the clock starts.
 
 1. **Throughput**: ``--events`` requests sent as fast as ``--clients`` keep-alive connections
    allow; requests/s of 200 answers.
-2. **Latency at a rate**: requests sent open-loop at ``--rate`` per second for ``--seconds``
-   (each at its planned time, whatever the previous answers did); p50/p95/p99 answer times.
+2. **Latency at a rate**: requests planned open-loop at ``--rate`` per second for
+   ``--seconds``; each answer time is counted from the request's *planned* time, so a server
+   that falls behind shows its backlog (no coordinated omission); p50/p95/p99, and the rate
+   actually answered.
 
 Zoom wants an answer within 3 s; nothing here asserts it.
 """
@@ -145,9 +147,8 @@ def _paced(url: str, events: list[tuple[bytes, dict[str, str]]], rate: float) ->
         if delay > 0:
             time.sleep(delay)
         body, headers = events[i]
-        sent = time.monotonic()
         answer = clients[i % len(clients)].post(url, content=body, headers=headers)
-        latencies_ms.append((time.monotonic() - sent) * 1000)
+        latencies_ms.append((time.monotonic() - at) * 1000)
         statuses.append(answer.status_code)
 
     start = time.monotonic() + 0.5
@@ -158,9 +159,11 @@ def _paced(url: str, events: list[tuple[bytes, dict[str, str]]], rate: float) ->
     finally:
         for client in clients:
             client.close()
+    elapsed = time.monotonic() - start
     return {
         "events": len(events),
         "ok": statuses.count(200),
+        "answered_per_second": len(statuses) / elapsed,
         "p50_ms": harness.percentile(latencies_ms, 50),
         "p95_ms": harness.percentile(latencies_ms, 95),
         "p99_ms": harness.percentile(latencies_ms, 99),
@@ -197,6 +200,8 @@ def _result(
             "",
         ],
         [f"p99 at {args.rate:g}/s, ms", f"{paced['p99_ms']:.1f}", "", f"< {ZOOM_LIMIT_MS:.0f}"],
+        [f"answered per second (planned {args.rate:g})", f"{paced['answered_per_second']:.0f}"]
+        + [""] * 2,
         ["rows stored (every event once)", str(stored), "", ""],
     ]
     return {
