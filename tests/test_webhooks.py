@@ -22,9 +22,9 @@ from pydantic import SecretStr
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 
-from worker import celery_app, cleanup, db, jobs, meetings, models, webhook_events, webhooks
+from worker import celery_app, cleanup, db, errors, jobs, meetings, models, webhook_events, webhooks
 from worker.cli import cli
-from worker.config import get_settings
+from worker.config import get_settings, load_settings
 from worker.models import Meeting as MeetingRow
 from worker.models import WebhookEvent as EventRow
 from worker.simulator import RunningSimulator, SimulatorClient
@@ -408,3 +408,23 @@ def test_webhooks__simulator_moves_and_ends_a_meeting__ledger_follows(
         "meeting.started",
         "meeting.ended",
     ]
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("ZOOM_WEBHOOK_MAX_AGE", "-7.5"),
+        ("ZOOM_WEBHOOK_MAX_AGE", "soon"),
+        ("ZOOM_WEBHOOK_PATH", "zoom/webhooks"),
+        ("ZOOM_WEBHOOK_PATH", "/zoom webhooks"),
+    ],
+)
+def test_config__invalid_webhook_setting__stops_naming_the_variable(
+    name: str, value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(name, value)
+    monkeypatch.setenv("ZOOM_WEBHOOK_SECRET_TOKEN", "not-to-be-echoed")
+    with pytest.raises(errors.ConfigurationError) as caught:
+        load_settings()
+    assert caught.value.setting == name
+    assert value not in str(caught.value) and "not-to-be-echoed" not in str(caught.value)
