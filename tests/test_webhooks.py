@@ -138,11 +138,25 @@ def test_webhooks__url_validation__answers_hmac_of_plain_token(client: AppClient
     plain = "qgg8vlvZRS6UYooatFL8Aw"
     body = {"payload": {"plainToken": plain}, "event_ts": 1654503849680}
     body["event"] = "endpoint.url_validation"
-    answer = client.post(PATH, json=body)
+    answer = _post(client, json.dumps(body).encode())
     expected = hmac.new(SECRET.encode(), plain.encode(), hashlib.sha256).hexdigest()
     assert answer.status_code == 200
     assert answer.json() == {"plainToken": plain, "encryptedToken": expected}
     assert _events() == []
+
+
+def test_webhooks__url_validation_unsigned_or_a_signature_message__refused(
+    client: AppClient,
+) -> None:
+    # Answering either would hand out HMAC(secret, anything): a signature for a forged event.
+    forged = _body("meeting.deleted", 10)
+    message = f"v0:{int(time.time())}:".encode() + forged
+    body = {"event": "endpoint.url_validation", "event_ts": 1, "payload": {}}
+    body["payload"] = {"plainToken": message.decode()}
+    unsigned = client.post(PATH, content=json.dumps(body).encode())
+    signed = _post(client, json.dumps(body).encode())
+    assert (unsigned.status_code, signed.status_code) == (401, 400)
+    assert "encryptedToken" not in unsigned.text + signed.text
 
 
 def test_webhooks__wrong_signature__refused_and_nothing_changes(

@@ -7,12 +7,14 @@ to the endpoint path (``ZOOM_WEBHOOK_PATH``) with two headers:
 ``x-zm-request-timestamp`` (seconds) and
 ``x-zm-signature: v0=<hex HMAC-SHA256 of "v0:{timestamp}:{raw body}" under the secret token>``.
 
+- Every request must carry a valid signature, compared in constant time, and a timestamp no
+  further than ``ZOOM_WEBHOOK_MAX_AGE`` from now: else 401, and nothing is stored (a replay
+  of an old request is refused; one inside the window is a duplicate).
 - ``endpoint.url_validation`` (``payload.plainToken``) is answered 200 with ``plainToken`` and
   ``encryptedToken``, the hex HMAC-SHA256 of ``plainToken`` under the secret token. Zoom
-  revalidates every 72 hours and disables the subscription after 6 failures.
-- Every other request must carry a valid signature, compared in constant time, and a
-  timestamp no further than ``ZOOM_WEBHOOK_MAX_AGE`` from now: else 401, and nothing is
-  stored (a replay of an old request is refused; one inside the window is a duplicate).
+  revalidates every 72 hours and disables the subscription after 6 failures. It is verified
+  like any event, and ``plainToken`` must be URL-safe characters: otherwise anyone could ask
+  for the HMAC of ``"v0:{timestamp}:{body}"``, a valid signature of a forged event.
 - A body over :data:`MAX_BODY_BYTES` is 413, one that is not a JSON object 400.
 - A verified event is stored once (:func:`worker.webhook_events.store`) and answered 200 at
   once; the ``webhooks.apply`` Celery task applies it after the answer has gone. Zoom retries
@@ -32,6 +34,7 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
@@ -55,7 +58,8 @@ log = logging.getLogger(__name__)
 
 APPLY_TASK = "webhooks.apply"
 MAX_BODY_BYTES = 64 * 1024  # Zoom's meeting events are a few KiB
-PLAIN_TOKEN_MAX = 256
+# Zoom's plainToken is URL-safe base64 (e.g. "qgg8vlvZRS6UYooatFL8Aw"); never a "v0:..." message.
+PLAIN_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,256}")
 TIMESTAMP_HEADER = "x-zm-request-timestamp"
 SIGNATURE_HEADER = "x-zm-signature"
 # An event not applied this long after it was stored lost its task: the sweep applies it.
@@ -145,9 +149,17 @@ def create_app(intake: Intake, path: str = "/zoom/webhooks") -> Starlette:
             return _error(400, "the body is not JSON")
         if not isinstance(parsed, dict):
             return _error(400, "the body is not a JSON object")
+        payload = parsed.get("payload")
+        account_id = payload.get("account_id") if isinstance(payload, dict) else None
+        secret = intake.secrets.secret_for(account_id if isinstance(account_id, str) else None)
+        if secret is None or not verified(
+            secret, request.headers, body, max_age_s=intake.max_age_s, now=intake.clock()
+        ):
+            log.warning("webhook.refused the signature or its timestamp is not valid")
+            return _error(401, "the signature or its timestamp is not valid")
         if parsed.get("event") == webhook_events.URL_VALIDATION:
-            return _validation(intake, parsed)
-        return await _event(intake, request, body, parsed)
+            return _validation(secret, payload)
+        return await _event(intake, parsed)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
@@ -174,31 +186,15 @@ async def _read_body(request: Request) -> bytes | None:
     return b"".join(chunks)
 
 
-def _validation(intake: Intake, parsed: Mapping[str, Any]) -> Response:
-    payload = parsed.get("payload")
+def _validation(secret: bytes, payload: object) -> Response:
     plain = payload.get("plainToken") if isinstance(payload, dict) else None
-    if not isinstance(plain, str) or not 1 <= len(plain) <= PLAIN_TOKEN_MAX:
-        return _error(400, "payload.plainToken: a string is required")
-    secret = intake.secrets.secret_for(None)
-    if secret is None:
-        log.error("webhook.no_secret ZOOM_WEBHOOK_SECRET_TOKEN is not set")
-        return _error(503, "no webhook secret token is configured")
+    if not isinstance(plain, str) or not PLAIN_TOKEN.fullmatch(plain):
+        return _error(400, "payload.plainToken: 1 to 256 URL-safe characters are required")
     log.info("webhook.url_validation answered")
     return JSONResponse({"plainToken": plain, "encryptedToken": encrypted_token(secret, plain)})
 
 
-async def _event(
-    intake: Intake, request: Request, body: bytes, parsed: Mapping[str, Any]
-) -> Response:
-    payload = parsed.get("payload")
-    account_id = payload.get("account_id") if isinstance(payload, dict) else None
-    secret = intake.secrets.secret_for(account_id if isinstance(account_id, str) else None)
-    now = intake.clock()
-    if secret is None or not verified(
-        secret, request.headers, body, max_age_s=intake.max_age_s, now=now
-    ):
-        log.warning("webhook.refused the signature or its timestamp is not valid")
-        return _error(401, "the signature or its timestamp is not valid")
+async def _event(intake: Intake, parsed: Mapping[str, Any]) -> Response:
     try:
         event = webhook_events.Event.parse(parsed)
     except ValueError as exc:
