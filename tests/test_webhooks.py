@@ -352,6 +352,7 @@ def test_webhooks__meeting_deleted_by_someone_else__marked_gone_and_cleanup_make
         sim_client.delete_meeting(meeting.id)  # "someone else", in Zoom's web page
         wait_for(
             lambda: _ledger(meeting.id).state == models.DELETED,
+            timeout=90,
             what="the webhook marks the meeting deleted",
             details=lambda: [(e.event, e.effect) for e in _events()],
         )
@@ -408,12 +409,13 @@ def test_webhooks__simulator_moves_and_ends_a_meeting__ledger_follows(
     sim_client.update_meeting(meeting.id, {"start_time": moved.isoformat(), "duration": 50})
     wait_for(
         lambda: _ledger(meeting.id).scheduled_end == moved + timedelta(minutes=50),
+        timeout=90,
         what="the webhook moves the cleanup's date",
         details=lambda: [(e.event, e.effect) for e in _events()],
     )
     sim_client.set_meeting_status(meeting.id, "started")
     sim_client.set_meeting_status(meeting.id, "ended")
-    wait_for(lambda: _ledger(meeting.id).state == models.ENDED, what="the meeting ended")
+    wait_for(lambda: _ledger(meeting.id).state == models.ENDED, timeout=90, what="it ended")
     row = _ledger(meeting.id)
     assert (row.start_time, row.duration_min) == (moved, 50)
     assert [e.event for e in _events()] == [

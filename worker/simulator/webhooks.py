@@ -5,8 +5,9 @@ is created, updated, deleted, started or ended (by the API or by "someone else" 
 control API); ``emit`` only stamps the event and puts it on a queue. One daemon thread sends
 the queue in order with ``urllib`` (the simulator is standard library only), signed with
 ``x-zm-signature: v0=<hex HMAC-SHA256 of "v0:{x-zm-request-timestamp}:{body}">`` under the
-configured secret token, as Zoom signs. Like Zoom it does not wait for the answer beyond a
-timeout; unlike Zoom it does not retry a 5xx (the tests send again themselves).
+configured secret token, as Zoom signs. Like Zoom it retries an answer >= 500 or none at
+all, never a 4xx; unlike Zoom (+5, +20, +60 minutes) it retries within seconds
+(:data:`RETRY_DELAYS_S`), so a test on a loaded machine does not lose an event.
 Nothing is sent while ``webhook_url`` or ``webhook_secret_token`` is unset.
 """
 
@@ -29,6 +30,7 @@ from worker.simulator.config import SimulatorConfig
 log = logging.getLogger(__name__)
 
 SEND_TIMEOUT_S = 5.0
+RETRY_DELAYS_S = (0.5, 2.0, 5.0)
 # What a webhook's payload.object says of a meeting, besides what changed.
 EVENT_FIELDS = ("uuid", "id", "host_id", "topic", "type", "start_time", "duration", "timezone")
 # The operator of a change made through the control API, as in Zoom's web page.
@@ -101,13 +103,18 @@ class WebhookSender:
             url, secret, body = self._queue.get()
             try:
                 ok = self._send(url, secret, body)
+                for delay in RETRY_DELAYS_S if ok is None else ():
+                    time.sleep(delay)  # this thread's own wait: the Simulator's lock is free
+                    if (ok := self._send(url, secret, body)) is not None:
+                        break
             finally:
                 self._queue.task_done()
             with self._stats_lock:
                 self.stats["webhooks_sent" if ok else "webhooks_failed"] += 1
 
     @staticmethod
-    def _send(url: str, secret: bytes, body: bytes) -> bool:
+    def _send(url: str, secret: bytes, body: bytes) -> bool | None:
+        """True on a 2xx answer, False on a 4xx (never retried), None to retry."""
         timestamp = str(int(time.time()))
         signature = hmac.new(secret, b"v0:" + timestamp.encode() + b":" + body, hashlib.sha256)
         request = urllib.request.Request(  # noqa: S310 - the configured http(s) URL
@@ -124,6 +131,8 @@ class WebhookSender:
         try:
             with urllib.request.urlopen(request, timeout=SEND_TIMEOUT_S) as answer:  # noqa: S310
                 return 200 <= int(answer.status) < 300
+        except urllib.error.HTTPError as exc:
+            return None if exc.code >= 500 else False
         except (urllib.error.URLError, OSError) as exc:
             log.debug("simulator.webhook_failed %s", type(exc).__name__)
-            return False
+            return None
