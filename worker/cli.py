@@ -228,6 +228,39 @@ def doctor() -> None:
         raise click.ClickException(f"{failed} of {total} checks failed")
 
 
+# -- Zoom's event notifications (issue 14) -----------------------------------------------------
+
+
+@cli.command("webhooks")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=9810, show_default=True)
+def run_webhooks(host: str, port: int) -> None:
+    """Serve Zoom's event notifications on ZOOM_WEBHOOK_PATH until interrupted."""
+    from worker import celery_app, webhooks  # noqa: PLC0415 - only this command serves
+
+    settings = get_settings()
+    if settings.ZOOM_WEBHOOK_SECRET_TOKEN is None:
+        raise errors.ConfigurationError("ZOOM_WEBHOOK_SECRET_TOKEN", "is not set")
+    click.echo(f"Zoom webhooks: http://{host}:{port}{settings.ZOOM_WEBHOOK_PATH}")
+    webhooks.serve(settings, host, port, send=celery_app.send)
+
+
+@cli.command("events")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=20, show_default=True)
+def list_events(limit: int) -> None:
+    """The last events Zoom sent, newest first, and what each did to the ledger."""
+    from worker import webhook_events  # noqa: PLC0415
+
+    table = Table(title="Zoom events, newest first")
+    for name in ("id", "event", "event time", "meeting", "account", "received", "effect"):
+        table.add_column(name, no_wrap=True)
+    for e in webhook_events.recent(db.sessions(get_settings()), limit=limit):
+        effect = e.effect or "not applied yet"
+        cells = (e.id, e.event, e.event_ts, e.meeting_id, e.account_id, e.received_at, effect)
+        table.add_row(*map(_text, cells))
+    console().print(table)
+
+
 # -- the simulator and the demo ----------------------------------------------------------------
 
 

@@ -97,6 +97,13 @@ class Settings(BaseSettings):
     # Plain-HTTP Zoom URLs on a non-loopback host (the simulator on a compose network).
     ZOOM_ALLOW_INSECURE_URLS: bool = False
 
+    # -- Zoom's event notifications (issue 14): `zoom-worker webhooks` --
+    # The app's "Secret Token" (Features > Access > Event Subscriptions); no secret, no events.
+    ZOOM_WEBHOOK_SECRET_TOKEN: SecretStr | None = None
+    # Requests signed longer ago than this are refused (401): a replay window, not a clock skew.
+    ZOOM_WEBHOOK_MAX_AGE: float = Field(300.0, gt=0, le=3600)
+    ZOOM_WEBHOOK_PATH: str = Field("/zoom/webhooks", pattern=r"^/[A-Za-z0-9._~/-]*$")
+
     @model_validator(mode="after")
     def _check_zoom_urls(self) -> Settings:
         # Raised as is, not as a ValueError: pydantic would drop the variable's name.

@@ -25,7 +25,8 @@ A job is written to PostgreSQL before it is put on the broker. The broker messag
    places at once.
 
 Every lease is computed on the database's clock (``now()``), never a host's. Apart from the
-cleanup's stale-meeting states (:mod:`worker.cleanup`), this module is the only writer of
+cleanup's stale-meeting states (:mod:`worker.cleanup`) and the state and schedule Zoom's
+events set (:mod:`worker.webhook_events`), this module is the only writer of
 ``jobs`` and ``meetings``; :mod:`worker.jobs` is the producers' API on top. The module-level
 functions (:func:`insert`, :func:`dispatch`, :func:`topic_of`, the marker) are what
 :mod:`worker.jobs` and :mod:`worker.cleanup` use without a :class:`Ledger`.
@@ -43,7 +44,7 @@ from typing import Any, TypeAlias
 from sqlalchemy import ColumnElement, and_, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from worker import db, errors, models, recording
+from worker import db, errors, models, recording, webhook_events
 from worker.config import Settings
 from worker.models import Job as JobRow
 from worker.outcomes import Failed, Hold, HoldReason, Outcome, Reschedule, Retry, Succeeded
@@ -260,6 +261,12 @@ class Ledger:
             return CreateResult(CreateState.PENDING, None)
 
     # -- the sweeper -----------------------------------------------------------------------
+
+    def gone(self, meeting_id: int, occurrence_id: str | None) -> bool:
+        """Whether the ledger knows the meeting (or the occurrence) is gone from Zoom already:
+        deleted by a job, the cleanup, or Zoom's webhook (worker.webhook_events.is_gone)."""
+        with self._sessions() as session:
+            return webhook_events.is_gone(session, meeting_id, occurrence_id)
 
     def sweep(self, limit: int = 500) -> int:
         """Dispatch again every unfinished job whose lease has run out; returns how many.

@@ -169,6 +169,10 @@ class _Attempt:
             if meeting_id is None:
                 log.info("meeting.nothing_to_delete job_id=%s create %s", job.job_id, state)
                 return Succeeded(None, note=f"nothing to delete: the create job {state}")
+        if self.ledger.gone(meeting_id, job.occurrence_id):
+            # Zoom's webhook (or an earlier delete) said so: no call, no rate permit spent.
+            log.info("meeting.already_gone job_id=%s meeting_id=%s ledger", job.job_id, meeting_id)
+            return Succeeded(meeting_id, note="the meeting was already gone")
         self._permit("delete")
         self.ledger.fence(job)
         try:

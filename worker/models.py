@@ -5,6 +5,8 @@
 - ``jobs`` and ``meetings``: :mod:`worker.ledger` (with :mod:`worker.recording`); the state
   of stale meetings and the rows of orphans found in Zoom: :mod:`worker.cleanup`
 - ``job_status_counts``: only triggers on ``jobs`` (migration 0005); read by the metrics
+- ``webhook_events``: :mod:`worker.webhook_events`, which also writes the state and schedule
+  of ``meetings`` rows when Zoom's events say a meeting was deleted, moved, started or ended
 """
 
 from __future__ import annotations
@@ -202,6 +204,43 @@ class JobStatusCount(Base):
     status: Mapped[str] = mapped_column(String(16), primary_key=True)
     shard: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     jobs: Mapped[int] = mapped_column(BigInteger, server_default="0")
+
+
+# -- Zoom's event notifications (migration 0006) ------------------------------------------------
+
+
+class WebhookEvent(Base):
+    """One event notification Zoom sent, stored once before it is answered (worker.webhooks).
+
+    Zoom's body has no event id: ``digest`` (SHA-256 of the event name, ``event_ts``, the
+    meeting id and the occurrence ids) makes a second delivery of one event a no-op. The row
+    is the durable record: ``applied_at`` NULL means not yet applied to the ledger.
+    """
+
+    __tablename__ = "webhook_events"
+    __table_args__ = (
+        Index(None, "meeting_id", "event_ts"),
+        # The sweep's probe for events not yet applied, however many were.
+        Index(
+            "ix_webhook_events_received_at_pending",
+            "received_at",
+            postgresql_where=text("applied_at IS NULL"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    digest: Mapped[str] = mapped_column(String(64), unique=True)
+    event: Mapped[str] = mapped_column(String(64))
+    # Zoom's event_ts: milliseconds since the epoch when the event happened.
+    event_ts: Mapped[int] = mapped_column(BigInteger)
+    account_id: Mapped[str | None] = mapped_column(String(200))
+    meeting_id: Mapped[int | None] = mapped_column(BigInteger)
+    occurrence_ids: Mapped[list[str] | None] = mapped_column(JSONB)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    received_at: Mapped[datetime] = mapped_column(_tz(), server_default=func.now())
+    applied_at: Mapped[datetime | None] = mapped_column(_tz())
+    # What applying it did: a worker.webhook_events.Effect ("deleted", "stale", "foreign", ...).
+    effect: Mapped[str | None] = mapped_column(String(32))
 
 
 # Jobs waiting for a worker, spelled once for the partial index and the query that uses it;

@@ -15,10 +15,11 @@ import threading
 import uuid
 from typing import Any
 
+import sqlalchemy.exc
 from celery import Task
 from celery.signals import worker_init, worker_process_init, worker_ready
 
-from worker import celery_app, cleanup, errors, jobs, meetings, metrics
+from worker import celery_app, cleanup, db, errors, jobs, meetings, metrics, webhook_events
 from worker.celery_app import CLEANUP_TASK, SWEEP_TASK, app
 from worker.config import get_settings
 from worker.outcomes import HoldReason
@@ -126,6 +127,17 @@ def cleanup_stale() -> dict[str, Any]:
     budget_s = celery_app.cleanup_budget_s(get_settings())
     report = cleanup.cleanup_stale(runtime(), time_budget_s=budget_s)
     return dataclasses.asdict(report)
+
+
+@app.task(name="webhooks.apply", bind=True, max_retries=None, ignore_result=True)
+def apply_webhook_event(self: Task[Any, Any], /, event_id: int) -> None:
+    """Apply one stored Zoom event to the ledger (worker.webhook_events); applying it again
+    is a no-op. While PostgreSQL is unreachable it is retried; the row waits meanwhile."""
+    try:
+        webhook_events.apply(db.sessions(get_settings()), event_id)
+    except sqlalchemy.exc.OperationalError as exc:
+        countdown = min(get_settings().RETRY_BACKOFF_MAX, 2.0 ** min(self.request.retries, 8))
+        raise self.retry(countdown=countdown) from exc
 
 
 def _run(

@@ -43,7 +43,11 @@ Credentials ``account_id``, ``client_id``, ``client_secret``. Tokens ``token_lif
 ``random.Random(seed)``: ``error_rate`` (500/502/503 before doing anything), ``drop_rate``
 (connection closed without an answer before doing anything), ``reply_lost_rate`` (creates
 only: the meeting is made, then the connection is closed without an answer) and
-``latency_s`` (a sleep before every API answer).
+``latency_s`` (a sleep before every API answer). Event notifications ``webhook_url`` and
+``webhook_secret_token``: when both are set, ``meeting.created``, ``.updated``, ``.deleted``,
+``.started`` and ``.ended`` are POSTed there, signed as Zoom signs them, from a background
+thread that never holds the lock (:mod:`.webhooks`), for the API's changes and the control
+API's alike.
 
 Control API (a token, or loopback only)
 ---------------------------------------
@@ -57,7 +61,8 @@ Started with a control token (``SIMULATOR_CONTROL_TOKEN``, or ``start_simulator`
 ends ``refuse_fresh_tokens`` and kills every token), ``POST /_sim/meetings``
 ``{"user_id", "body"}`` (a meeting made by another app), ``POST /_sim/meetings/{id}/status``
 ``{"status": "waiting" | "started" | "ended"}``, ``PATCH /_sim/meetings/{id}`` (the host moves
-or changes it in Zoom's web page), ``POST /_sim/clock`` ``{"advance_s"}`` (move the clock;
+or changes it in Zoom's web page), ``DELETE /_sim/meetings/{id}`` ``{"occurrence_id"?}`` (the
+host deletes it, or one occurrence, there), ``POST /_sim/clock`` ``{"advance_s"}`` (move the clock;
 negative moves it back, so a create makes a meeting that already started or ended) and
 ``POST /_sim/users/{user}/settings`` ``{"use_pmi"}`` (answers the host's ``pmi``).
 :class:`SimulatorClient` wraps them.

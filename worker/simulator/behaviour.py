@@ -20,9 +20,16 @@ from typing import Any
 
 from worker.simulator.config import SWITCHES, SimulatorConfig
 from worker.simulator.limits import RateWindows
-from worker.simulator.meetings import MEETING_STATUSES, MeetingBook, validate, validation_failed
-from worker.simulator.state import Clock, Counters
+from worker.simulator.meetings import (
+    MEETING_STATUSES,
+    UPDATABLE_FIELDS,
+    MeetingBook,
+    validate,
+    validation_failed,
+)
+from worker.simulator.state import Clock, Counters, Meeting
 from worker.simulator.tokens import TokenIssuer
+from worker.simulator.webhooks import SOMEONE_ELSE, WebhookSender
 from worker.simulator.wire import (
     DROPPED,
     Reply,
@@ -52,6 +59,7 @@ class Simulator:
         self._config = copy.deepcopy(config) if config else SimulatorConfig()
         self._rng = random.Random(self._config.seed)
         self._clock = Clock()
+        self.webhooks = WebhookSender()  # kept across resets: its thread and queue
         self._new_parts()
 
     def _new_parts(self) -> None:
@@ -118,6 +126,7 @@ class Simulator:
                 "tokens_valid": self._tokens.valid(),
                 "max_calls_per_second": dict(self._rates.max_qps),
                 "calls_by_operation": dict(self._counters.by_operation),
+                **self.webhooks.counts(),
             }
 
     def meetings(self) -> list[dict[str, Any]]:
@@ -138,7 +147,9 @@ class Simulator:
             raise ValueError(f"invalid meeting body: {problems}")
         with self._lock:
             self._counters.add("meetings_seeded")
-            return dict(self._book.create(user_id, body, foreign=True).body)
+            meeting = self._book.create(user_id, body, foreign=True)
+            self._notify("meeting.created", meeting, operator=SOMEONE_ELSE)
+            return dict(meeting.body)
 
     def update_meeting(self, meeting_id: int, body: dict[str, Any]) -> None:
         """Change a meeting as its host would in Zoom's web page (no token, no daily count);
@@ -150,7 +161,19 @@ class Simulator:
             meeting = self._book.live(str(meeting_id))
             if meeting is None:
                 raise KeyError(meeting_id)
-            self._book.update(meeting, body, {})
+            self._updated(meeting, body, {}, operator=SOMEONE_ELSE)
+
+    def delete_meeting(self, meeting_id: int, occurrence_id: str | None = None) -> None:
+        """Delete a meeting (or one occurrence) as its host would in Zoom's web page;
+        KeyError if it does not exist, ValueError if Zoom would refuse."""
+        with self._lock:
+            meeting = self._book.live(str(meeting_id))
+            if meeting is None:
+                raise KeyError(meeting_id)
+            query = {"occurrence_id": [occurrence_id]} if occurrence_id else {}
+            reply = self._deleted(meeting, query, operator=SOMEONE_ELSE)
+            if reply.status >= 400:
+                raise ValueError(reply.body.decode())
 
     def set_meeting_status(self, meeting_id: int, status: str) -> None:
         """Mark a meeting waiting, started or ended; KeyError if it does not exist."""
@@ -161,6 +184,8 @@ class Simulator:
             if meeting is None:
                 raise KeyError(meeting_id)
             meeting.body["status"] = status
+            if status in ("started", "ended"):
+                self._notify(f"meeting.{status}", meeting)
 
     def set_use_pmi(self, user_id: str, enabled: bool) -> int:
         """Set a host's "use PMI for scheduled meetings" profile setting; returns the PMI."""
@@ -241,8 +266,8 @@ class Simulator:
             if problems:
                 return validation_failed(problems)
             limited = self._daily(meeting.body["host_id"], cfg)
-            return limited or self._book.update(meeting, body, request.query)
-        return self._book.delete(meeting, request.query)
+            return limited or self._updated(meeting, body, request.query)
+        return self._deleted(meeting, request.query)
 
     def _create(self, user_id: str, body: dict[str, Any], cfg: SimulatorConfig) -> Reply:
         problems = validate(body)
@@ -253,6 +278,7 @@ class Simulator:
             return limited
         meeting = self._book.create(user_id, body, foreign=False)
         self._counters.add("meetings_created")
+        self._notify("meeting.created", meeting)
         if cfg.reply_lost_rate and self._rng.random() < cfg.reply_lost_rate:
             # The meeting exists but the caller never hears: Zoom has no idempotency key.
             self._counters.add("replies_lost")
@@ -264,6 +290,48 @@ class Simulator:
         if limited is not None:
             self._counters.add("api_429_daily")
         return limited
+
+    # -- event notifications (worker.simulator.webhooks); called under the lock ---------------
+
+    def _updated(
+        self,
+        meeting: Meeting,
+        body: dict[str, Any],
+        query: dict[str, list[str]],
+        operator: str | None = None,
+    ) -> Reply:
+        fields = sorted(UPDATABLE_FIELDS & body.keys())
+        before = {k: copy.deepcopy(meeting.body.get(k)) for k in fields}
+        reply = self._book.update(meeting, body, query)
+        if reply.status == 204:
+            after = {k: copy.deepcopy(meeting.body.get(k)) for k in fields}
+            occurrence_id = query.get("occurrence_id", [""])[0]
+            if occurrence_id:  # the occurrence's new times, not the series'
+                after = {"occurrences": [{"occurrence_id": occurrence_id, **body}]}
+            self._notify("meeting.updated", meeting, after, before, operator=operator)
+        return reply
+
+    def _deleted(
+        self, meeting: Meeting, query: dict[str, list[str]], operator: str | None = None
+    ) -> Reply:
+        reply = self._book.delete(meeting, query)
+        if reply.status == 204:
+            occurrence_id = query.get("occurrence_id", [""])[0]
+            extra = {"occurrences": [{"occurrence_id": occurrence_id}]} if occurrence_id else {}
+            self._notify("meeting.deleted", meeting, extra, operator=operator)
+        return reply
+
+    def _notify(
+        self,
+        event: str,
+        meeting: Meeting,
+        changed: dict[str, Any] | None = None,
+        old: dict[str, Any] | None = None,
+        operator: str | None = None,
+    ) -> None:
+        self.webhooks.emit(
+            self._config, event, meeting.body, changed, old, operator, self._clock.offset
+        )
 
     # -- control API: every /_sim/ request is dispatched here -------------------------------
 
@@ -289,6 +357,10 @@ class Simulator:
             return json_reply(200, self._config.public_dict())
         if method == "PATCH" and (match := _MEETING.fullmatch(path)):
             self.update_meeting(int(match.group(1)), body)
+            return None
+        if method == "DELETE" and (match := _MEETING.fullmatch(path)):
+            occurrence_id = body.get("occurrence_id")
+            self.delete_meeting(int(match.group(1)), str(occurrence_id) if occurrence_id else None)
             return None
         if method != "POST":
             return error_reply(404, 404, "Not Found")

@@ -72,6 +72,11 @@ class SimulatorClient:
         """Change a meeting as its host would in Zoom's web page (move it, change a series)."""
         self._call("PATCH", f"/meetings/{meeting_id}", body)
 
+    def delete_meeting(self, meeting_id: int, occurrence_id: str | None = None) -> None:
+        """Delete a meeting (or one occurrence) as its host would in Zoom's web page."""
+        body = {"occurrence_id": occurrence_id} if occurrence_id else {}
+        self._call("DELETE", f"/meetings/{meeting_id}", body)
+
     def advance_clock(self, seconds: float) -> str:
         """Move the simulator's clock by ``seconds`` (negative: back); returns its new now."""
         return str(self._call("POST", "/clock", {"advance_s": seconds})["now"])

@@ -62,6 +62,9 @@ class SimulatorConfig:
     drop_rate: float = 0.0
     latency_s: float = 0.0
     seed: int | None = None
+    # Event notifications (worker.simulator.webhooks): sent when both are set.
+    webhook_url: str | None = None
+    webhook_secret_token: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(SimulatorConfig)
@@ -93,6 +96,7 @@ class SimulatorConfig:
         """The switches as JSON-ready data, without the client secret."""
         data = dataclasses.asdict(self)
         del data["client_secret"]
+        del data["webhook_secret_token"]
         data["missing_users"] = sorted(self.missing_users)
         return data
 

@@ -1,0 +1,224 @@
+"""Webhooks: how many of Zoom's event notifications the endpoint verifies and stores per
+second, and its answer times at 200 requests/s.
+
+``zoom-worker webhooks`` runs as its own process (uvicorn, one event loop) against its own
+database ``zoom_worker_bench_webhooks`` (dropped, created and migrated, dropped at the end)
+and a broker database that nothing consumes (flushed before and after): each request is
+verified (HMAC-SHA256, constant time), stored (one ``INSERT ... ON CONFLICT DO NOTHING``) and
+its ``webhooks.apply`` task put on the broker after the answer. Every event is distinct and
+signed before the clock starts.
+
+1. **Throughput**: ``--events`` requests sent as fast as ``--clients`` keep-alive connections
+   allow; requests/s of 200 answers.
+2. **Latency at a rate**: requests planned open-loop at ``--rate`` per second for
+   ``--seconds``; each answer time is counted from the request's *planned* time, so a server
+   that falls behind shows its backlog (no coordinated omission); p50/p95/p99, and the rate
+   actually answered.
+
+Zoom wants an answer within 3 s; nothing here asserts it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import hmac
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+import psycopg
+import redis
+from rich.console import Console
+
+from bench import harness, report
+from worker import db, schema
+
+NAME = "webhooks"
+TITLE = "Webhooks: events verified and stored per second, p99 at 200/s"
+DATABASE = "zoom_worker_bench_webhooks"
+DATABASE_URL = f"postgresql+psycopg://postgres@127.0.0.1:5432/{DATABASE}"
+SECRET = "bench-webhook-secret"
+PATH = "/zoom/webhooks"
+PORT = 9811
+ZOOM_LIMIT_MS = 3000.0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--jobs", "--events", type=int, default=3000, help="throughput events")
+    parser.add_argument("--clients", type=int, default=16, help="keep-alive connections")
+    parser.add_argument("--rate", type=float, default=200.0, help="requests/s of the latency run")
+    parser.add_argument("--seconds", type=float, default=15.0, help="length of the latency run")
+    parser.add_argument("--broker-url", default=harness.BROKER_URL, help="flushed before and after")
+
+
+def run(args: argparse.Namespace, out: Console) -> dict[str, Any]:
+    _reset_database()
+    redis.Redis.from_url(args.broker_url).flushdb()
+    server = _start_endpoint(args.broker_url)
+    try:
+        url = f"http://127.0.0.1:{PORT}{PATH}"
+        events = _signed(args.jobs, first_ts=1)
+        out.print(f"[bold]webhooks[/]: {len(events)} events as fast as {args.clients} clients go")
+        throughput = _flood(url, events, args.clients)
+        count = round(args.rate * args.seconds)
+        out.print(f"[bold]webhooks[/]: {count} events at {args.rate:g}/s, open loop")
+        paced = _paced(url, _signed(count, first_ts=10**9), args.rate)
+        stored = _stored()
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+        redis.Redis.from_url(args.broker_url).flushdb()
+        db.dispose_all()
+        _drop_database()
+    return _result(args, throughput, paced, stored)
+
+
+def _start_endpoint(broker_url: str) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "DATABASE_URL": DATABASE_URL,
+        "CELERY_BROKER_URL": broker_url,
+        "ZOOM_WEBHOOK_SECRET_TOKEN": SECRET,
+    }
+    serve = "from worker.cli import main; main()"
+    command = [sys.executable, "-c", serve, "webhooks", "--port", str(PORT)]
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            httpx.post(f"http://127.0.0.1:{PORT}{PATH}", content=b"{}", timeout=1)
+            return process
+        except httpx.TransportError:
+            time.sleep(0.1)
+    process.kill()
+    raise RuntimeError("zoom-worker webhooks did not start within 30 s")
+
+
+def _signed(n: int, first_ts: int) -> list[tuple[bytes, dict[str, str]]]:
+    """``n`` distinct meeting.updated events, each with its signed headers."""
+    timestamp = str(int(time.time()))
+    events = []
+    for i in range(n):
+        obj = {"id": 85_000_000_000 + i % 500, "uuid": "u==", "host_id": "h", "duration": 30}
+        payload = {"account_id": "bench", "operator": "h@example.com", "object": obj}
+        body = json.dumps(
+            {"event": "meeting.updated", "event_ts": first_ts + i, "payload": payload}
+        ).encode()
+        digest = hmac.new(SECRET.encode(), f"v0:{timestamp}:".encode() + body, hashlib.sha256)
+        headers = {
+            "content-type": "application/json",
+            "x-zm-request-timestamp": timestamp,
+            "x-zm-signature": f"v0={digest.hexdigest()}",
+        }
+        events.append((body, headers))
+    return events
+
+
+def _flood(url: str, events: list[tuple[bytes, dict[str, str]]], clients: int) -> dict[str, Any]:
+    shares = [events[i::clients] for i in range(clients)]
+
+    def send(share: list[tuple[bytes, dict[str, str]]]) -> list[int]:
+        with httpx.Client(timeout=30) as http:
+            return [http.post(url, content=b, headers=h).status_code for b, h in share]
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(clients) as pool:
+        statuses = [s for result in pool.map(send, shares) for s in result]
+    elapsed = time.monotonic() - started
+    ok = statuses.count(200)
+    return {"events": len(events), "ok": ok, "seconds": elapsed, "per_second": ok / elapsed}
+
+
+def _paced(url: str, events: list[tuple[bytes, dict[str, str]]], rate: float) -> dict[str, Any]:
+    latencies_ms: list[float] = []
+    statuses: list[int] = []
+    clients = [httpx.Client(timeout=30) for _ in range(64)]
+
+    def send(i: int, at: float) -> None:
+        delay = at - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        body, headers = events[i]
+        answer = clients[i % len(clients)].post(url, content=body, headers=headers)
+        latencies_ms.append((time.monotonic() - at) * 1000)
+        statuses.append(answer.status_code)
+
+    start = time.monotonic() + 0.5
+    try:
+        with ThreadPoolExecutor(64) as pool:
+            for i in range(len(events)):
+                pool.submit(send, i, start + i / rate)
+    finally:
+        for client in clients:
+            client.close()
+    elapsed = time.monotonic() - start
+    return {
+        "events": len(events),
+        "ok": statuses.count(200),
+        "answered_per_second": len(statuses) / elapsed,
+        "p50_ms": harness.percentile(latencies_ms, 50),
+        "p95_ms": harness.percentile(latencies_ms, 95),
+        "p99_ms": harness.percentile(latencies_ms, 99),
+        "max_ms": max(latencies_ms, default=0.0),
+    }
+
+
+def _stored() -> int:
+    with psycopg.connect(DATABASE_URL.replace("+psycopg", "")) as conn:
+        row = conn.execute("SELECT count(*) FROM webhook_events").fetchone()
+        return int(row[0]) if row else 0
+
+
+def _reset_database() -> None:
+    _drop_database()
+    schema.upgrade_database(DATABASE_URL)
+
+
+def _drop_database() -> None:
+    with psycopg.connect(harness.PG_ADMIN, autocommit=True, connect_timeout=10) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
+
+
+def _result(
+    args: argparse.Namespace, throughput: dict[str, Any], paced: dict[str, Any], stored: int
+) -> dict[str, Any]:
+    rows = [
+        ["events verified and stored per second", f"{throughput['per_second']:.0f}", "", ""],
+        [f"answers 200 at full speed ({args.clients} clients)", str(throughput["ok"]), "", ""],
+        [
+            f"p50 / p95 at {args.rate:g}/s, ms",
+            f"{paced['p50_ms']:.1f}/{paced['p95_ms']:.1f}",
+            "",
+            "",
+        ],
+        [f"p99 at {args.rate:g}/s, ms", f"{paced['p99_ms']:.1f}", "", f"< {ZOOM_LIMIT_MS:.0f}"],
+        [f"answered per second (planned {args.rate:g})", f"{paced['answered_per_second']:.0f}"]
+        + [""] * 2,
+        ["rows stored (every event once)", str(stored), "", ""],
+    ]
+    return {
+        "name": NAME,
+        "title": TITLE,
+        "machine": harness.machine(),
+        "throughput": throughput,
+        "paced": paced,
+        "stored": stored,
+        "rows": rows,
+        "panels": [
+            report.panel(
+                f"answer time at {args.rate:g} requests/s",
+                "ms",
+                {k: paced[f"{k}_ms"] for k in ("p50", "p95", "p99")},
+                fmt="{:.1f}",
+            ),
+            report.panel("throughput", "events/s", {"stored": throughput["per_second"]}),
+        ],
+    }

@@ -1,0 +1,382 @@
+"""Zoom's event notifications in the ledger: each stored once, applied once, never backwards.
+
+Protocol
+--------
+1. **Store.** :func:`store` inserts the event into ``webhook_events`` before Zoom is answered,
+   keyed by :attr:`Event.digest` (``INSERT ... ON CONFLICT DO NOTHING``): Zoom's body has no
+   event id and Zoom delivers some events twice, so a second delivery of one event stores
+   nothing and changes nothing. The row is the durable record of the event.
+2. **Apply.** :func:`apply` (the ``webhooks.apply`` task, and the intake's sweep of rows left
+   unapplied) takes the event row ``FOR UPDATE SKIP LOCKED`` while ``applied_at`` is NULL and
+   the ledger's meeting row ``FOR UPDATE``, decides with :func:`decide` (a pure function of
+   the event, the meeting row and the newest event applied to that meeting), writes the
+   meeting and stamps the event with ``applied_at`` and its :class:`Effect`, in one
+   transaction. Applying twice is a no-op; two appliers never apply one event twice.
+3. **Never backwards.** Zoom's events arrive out of order. A state event (deleted, started,
+   ended) older (``event_ts``) than the newest state event applied to its meeting changes
+   nothing (``stale``). ``meeting.updated`` carries only the fields that changed, so an older
+   one still sets the fields no newer applied update set, and only those. A meeting the
+   ledger has as deleted stays deleted. Occurrence deletions only ever add and are applied in
+   any order.
+
+Events for meetings this service did not create are stored and ignored (``foreign``).
+Besides :mod:`worker.ledger`, :mod:`worker.recording` and :mod:`worker.cleanup`, this module
+writes the ``meetings`` table: its ``state``, ``topic`` and schedule.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session, sessionmaker
+
+from worker import meeting_body, models
+from worker.models import Meeting as MeetingRow
+from worker.models import WebhookEvent as EventRow
+
+log = logging.getLogger(__name__)
+
+URL_VALIDATION = "endpoint.url_validation"
+DELETED, PERMANENTLY_DELETED = "meeting.deleted", "meeting.permanently_deleted"
+UPDATED, STARTED, ENDED = "meeting.updated", "meeting.started", "meeting.ended"
+# Types whose meeting.ended ends one instance, not the meeting: a recurring meeting with no
+# fixed time (3) and a series (8) are started again.
+RECURRING_TYPES = frozenset({3, 8})
+
+
+class Effect(enum.StrEnum):
+    """What applying one event did to the ledger (``webhook_events.effect``)."""
+
+    DELETED = "deleted"
+    OCCURRENCES_DELETED = "occurrences_deleted"
+    UPDATED = "updated"
+    STARTED = "started"
+    ENDED = "ended"
+    UNCHANGED = "unchanged"  # applies, but the ledger already says so (or the meeting is gone)
+    STALE = "stale"  # older than the newest event applied to its meeting
+    FOREIGN = "foreign"  # a meeting this service did not create
+    IGNORED = "ignored"  # an event this service does not act on
+
+
+# Effects that say where a meeting stands; a later state event older than these is stale.
+ORDERED = frozenset({Effect.DELETED, Effect.STARTED, Effect.ENDED})
+# The fields of meeting.updated's object that the ledger keeps.
+SCHEDULE_FIELDS = ("topic", "start_time", "duration")
+
+
+@dataclass(frozen=True)
+class Event:
+    """One event notification as Zoom sends it, read from its JSON body."""
+
+    event: str
+    event_ts: int  # milliseconds since the epoch
+    account_id: str | None
+    meeting_id: int | None
+    occurrence_ids: tuple[str, ...]
+    object: Mapping[str, Any] = field(repr=False)
+    body: Mapping[str, Any] = field(repr=False)
+
+    @classmethod
+    def parse(cls, body: Mapping[str, Any]) -> Event:
+        """Read an event body; ValueError names what is missing or malformed."""
+        name, event_ts = body.get("event"), body.get("event_ts")
+        if not isinstance(name, str) or not 1 <= len(name) <= 64:
+            raise ValueError("event: a string of 1 to 64 characters is required")
+        if not isinstance(event_ts, int) or isinstance(event_ts, bool) or event_ts < 0:
+            raise ValueError("event_ts: milliseconds since the epoch are required")
+        payload = body.get("payload")
+        if not isinstance(payload, dict):
+            raise ValueError("payload: an object is required")
+        account_id = payload.get("account_id")
+        obj = payload.get("object")
+        obj = obj if isinstance(obj, dict) else {}
+        meeting_id = obj.get("id")
+        if not (isinstance(meeting_id, int) and not isinstance(meeting_id, bool)):
+            meeting_id = None
+        occurrences = obj.get("occurrences")
+        ids = tuple(
+            sorted(
+                str(o["occurrence_id"])
+                for o in (occurrences if isinstance(occurrences, list) else [])
+                if isinstance(o, dict) and o.get("occurrence_id") is not None
+            )
+        )
+        return cls(
+            event=name,
+            event_ts=event_ts,
+            account_id=account_id if isinstance(account_id, str) else None,
+            meeting_id=meeting_id,
+            occurrence_ids=ids,
+            object=obj,
+            body=body,
+        )
+
+    @property
+    def digest(self) -> str:
+        """SHA-256 of what makes two deliveries one event (Zoom's body carries no event id):
+        its name, ``event_ts``, the meeting id and the occurrence ids."""
+        parts = [self.event, self.event_ts, self.meeting_id, list(self.occurrence_ids)]
+        return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class MeetingState:
+    """What :func:`decide` reads from the ledger's meeting row."""
+
+    state: str
+    start_time: datetime | None
+    duration_min: int | None
+    scheduled_end: datetime | None
+
+
+@dataclass(frozen=True)
+class Change:
+    """A decision: the effect, and the meeting row's new values (empty: no write)."""
+
+    effect: Effect
+    values: Mapping[str, Any] = field(default_factory=dict)
+
+
+def decide(
+    event: Event,
+    meeting: MeetingState | None,
+    newest_ts: int | None,
+    newer_fields: frozenset[str] = frozenset(),
+) -> Change:
+    """What ``event`` does to the ledger's ``meeting`` (None: not ours), given the
+    ``event_ts`` of the newest state event already applied to it and, for an update, the
+    fields that newer applied updates set. Pure: a table of cases."""
+    if meeting is None:
+        return Change(Effect.FOREIGN)
+    if event.event in (DELETED, PERMANENTLY_DELETED) and event.occurrence_ids:
+        return Change(Effect.OCCURRENCES_DELETED)  # the series stays
+    if event.event not in (DELETED, PERMANENTLY_DELETED, UPDATED, STARTED, ENDED):
+        return Change(Effect.IGNORED)
+    if meeting.state == models.DELETED:
+        return Change(Effect.UNCHANGED)  # gone is final, whoever said so first
+    if event.event == UPDATED:
+        if event.occurrence_ids:
+            return Change(Effect.UNCHANGED)  # one occurrence moved: the cleanup asks Zoom
+        return _rescheduled(event.object, meeting, newer_fields)
+    if newest_ts is not None and event.event_ts < newest_ts:
+        return Change(Effect.STALE)
+    if event.event in (DELETED, PERMANENTLY_DELETED):
+        return Change(Effect.DELETED, {"state": models.DELETED})
+    if event.event == STARTED:
+        return Change(Effect.STARTED, {"state": models.LIVE})
+    if event.object.get("type") in RECURRING_TYPES:
+        return Change(Effect.UNCHANGED)  # one instance ended; the meeting goes on
+    return Change(Effect.ENDED, {"state": models.ENDED})
+
+
+def _rescheduled(
+    event_object: Mapping[str, Any], meeting: MeetingState, newer_fields: frozenset[str]
+) -> Change:
+    """``meeting.updated``: the new topic, start and duration, and the end moved with them;
+    fields a newer applied update set are left as that one set them."""
+    obj = {k: v for k, v in event_object.items() if k not in newer_fields}
+    if not obj.keys() & set(SCHEDULE_FIELDS) and event_object.keys() & newer_fields:
+        return Change(Effect.STALE)
+    values: dict[str, Any] = {}
+    if isinstance(obj.get("topic"), str):
+        values["topic"] = obj["topic"][:200]
+    # The ledger leaves duration_min empty when the create body used Zoom's default.
+    start, duration = meeting.start_time, meeting.duration_min or meeting_body.DEFAULT_DURATION
+    if isinstance(obj.get("start_time"), str):
+        start = _utc(obj["start_time"])
+        values["start_time"] = start
+    if isinstance(obj.get("duration"), int) and not isinstance(obj["duration"], bool):
+        duration = obj["duration"]
+        values["duration_min"] = duration
+    old_end = meeting.scheduled_end
+    # An endless meeting (no scheduled_end) stays endless.
+    moved = {"start_time", "duration_min"} & values.keys()
+    if moved and old_end is not None and start is not None:
+        end = start + timedelta(minutes=duration)
+        if meeting.start_time is not None:
+            # A series' end is a bound past its last occurrence: move it by as much.
+            was = meeting.start_time + timedelta(
+                minutes=meeting.duration_min or meeting_body.DEFAULT_DURATION
+            )
+            end = old_end + (end - was)
+        values["scheduled_end"] = end
+    return Change(Effect.UPDATED, values) if values else Change(Effect.UNCHANGED)
+
+
+def _utc(text: str) -> datetime:
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)  # Zoom's webhooks send start_time in UTC ("Z")
+    return moment.astimezone(UTC)
+
+
+# -- storing and applying -------------------------------------------------------------------
+
+
+def store(session: Session, event: Event) -> int | None:
+    """Insert ``event`` unless it was stored before; its row id, or None for a duplicate."""
+    statement = (
+        insert(EventRow)
+        .values(
+            digest=event.digest,
+            event=event.event,
+            event_ts=event.event_ts,
+            account_id=event.account_id,
+            meeting_id=event.meeting_id,
+            occurrence_ids=list(event.occurrence_ids) or None,
+            payload=dict(event.body),
+        )
+        .on_conflict_do_nothing(index_elements=[EventRow.digest])
+        .returning(EventRow.id)
+    )
+    return session.execute(statement).scalar_one_or_none()
+
+
+def apply(sessions: sessionmaker[Session], event_id: int) -> Effect | None:
+    """Apply one stored event to the ledger; its effect, or None when it was already applied
+    (or another applier holds it now)."""
+    with sessions() as session, session.begin():
+        row = session.execute(
+            select(EventRow)
+            .where(EventRow.id == event_id, EventRow.applied_at.is_(None))
+            .with_for_update(skip_locked=True)
+        ).scalar_one_or_none()
+        if row is None:
+            return None
+        event = Event.parse(row.payload)
+        meeting = None
+        if row.meeting_id is not None:
+            meeting = session.execute(
+                select(MeetingRow).where(MeetingRow.meeting_id == row.meeting_id).with_for_update()
+            ).scalar_one_or_none()
+        newer = _newer_fields(session, row) if event.event == UPDATED else frozenset()
+        change = decide(event, _state(meeting), _newest_ts(session, row.meeting_id), newer)
+        if change.values and meeting is not None:
+            values = dict(change.values)
+            if values.get("state") == models.DELETED:
+                values["deleted_at"] = func.now()
+            session.execute(
+                update(MeetingRow).where(MeetingRow.meeting_id == meeting.meeting_id).values(values)
+            )
+        row.applied_at = datetime.now(UTC)
+        row.effect = change.effect.value
+    log.info(
+        "webhook.applied event_id=%s event=%s meeting_id=%s effect=%s",
+        event_id,
+        event.event,
+        event.meeting_id,
+        change.effect.value,
+    )
+    return change.effect
+
+
+def _state(row: MeetingRow | None) -> MeetingState | None:
+    if row is None:
+        return None
+    return MeetingState(row.state, row.start_time, row.duration_min, row.scheduled_end)
+
+
+def _newest_ts(session: Session, meeting_id: int | None) -> int | None:
+    if meeting_id is None:
+        return None
+    return session.execute(
+        select(func.max(EventRow.event_ts)).where(
+            EventRow.meeting_id == meeting_id,
+            EventRow.applied_at.is_not(None),
+            EventRow.effect.in_([effect.value for effect in ORDERED]),
+        )
+    ).scalar_one_or_none()
+
+
+def _newer_fields(session: Session, row: EventRow) -> frozenset[str]:
+    """The schedule fields that applied updates newer than ``row`` set."""
+    payloads = session.execute(
+        select(EventRow.payload).where(
+            EventRow.meeting_id == row.meeting_id,
+            EventRow.event_ts > row.event_ts,
+            EventRow.effect == Effect.UPDATED.value,
+        )
+    ).scalars()
+    fields: set[str] = set()
+    for payload in payloads:
+        obj = payload.get("payload", {}).get("object", {})
+        fields |= {k for k in SCHEDULE_FIELDS if k in obj}
+    return frozenset(fields)
+
+
+def pending(sessions: sessionmaker[Session], older_than: timedelta, limit: int = 500) -> list[int]:
+    """Ids of events stored more than ``older_than`` ago and not applied yet (a lost task)."""
+    with sessions() as session:
+        return list(
+            session.execute(
+                select(EventRow.id)
+                .where(
+                    EventRow.applied_at.is_(None),
+                    EventRow.received_at < func.now() - older_than,
+                )
+                .order_by(EventRow.received_at)
+                .limit(limit)
+            ).scalars()
+        )
+
+
+def is_gone(session: Session, meeting_id: int, occurrence_id: str | None) -> bool:
+    """Whether the ledger knows the meeting (or this occurrence of it) is gone from Zoom: its
+    row says deleted, or Zoom's webhook said the occurrence was deleted."""
+    state = session.execute(
+        select(MeetingRow.state).where(MeetingRow.meeting_id == meeting_id)
+    ).scalar_one_or_none()
+    if state == models.DELETED or occurrence_id is None:
+        return state == models.DELETED
+    found = session.execute(
+        select(EventRow.id)
+        .where(
+            EventRow.meeting_id == meeting_id,
+            EventRow.effect == Effect.OCCURRENCES_DELETED.value,
+            EventRow.occurrence_ids.contains([occurrence_id]),
+        )
+        .limit(1)
+    ).scalar_one_or_none()
+    return found is not None
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    """One stored event as operators see it (``zoom-worker events``)."""
+
+    id: int
+    event: str
+    event_ts: datetime
+    meeting_id: int | None
+    account_id: str | None
+    received_at: datetime
+    applied_at: datetime | None
+    effect: str | None
+
+
+def recent(sessions: sessionmaker[Session], limit: int = 50) -> list[StoredEvent]:
+    """The most recently received events, newest first."""
+    with sessions() as session:
+        rows = session.execute(select(EventRow).order_by(EventRow.id.desc()).limit(limit)).scalars()
+        return [
+            StoredEvent(
+                id=r.id,
+                event=r.event,
+                event_ts=datetime.fromtimestamp(r.event_ts / 1000, UTC),
+                meeting_id=r.meeting_id,
+                account_id=r.account_id,
+                received_at=r.received_at,
+                applied_at=r.applied_at,
+                effect=r.effect,
+            )
+            for r in rows
+        ]
