@@ -34,8 +34,9 @@ Protocol
 Only ledger meetings, and meetings on a job's host carrying one of our failed jobs' markers,
 are ever deleted: foreign, future, recently ended, type 3 and endless series are never
 touched. ``jobs`` stuck in a non-final state are the sweeper's (:func:`worker.ledger.sweep`).
-``meetings`` is otherwise written by :mod:`worker.ledger`; cleanup owns the state transitions
-of stale meetings and the orphan rows it adds.
+``meetings`` is otherwise written by :mod:`worker.ledger` and, for what Zoom's webhooks report,
+:mod:`worker.webhook_events`; cleanup owns the state transitions of stale meetings and the
+orphan rows it adds.
 """
 
 from __future__ import annotations
