@@ -97,6 +97,12 @@ class Settings(BaseSettings):
     # Plain-HTTP Zoom URLs on a non-loopback host (the simulator on a compose network).
     ZOOM_ALLOW_INSECURE_URLS: bool = False
 
+    # -- retention (issue 15): finished jobs and token requests pruned after this many days;
+    # an idempotency key keeps naming its job (never a second meeting) for IDEMPOTENCY_KEY_DAYS.
+    JOB_RETENTION_DAYS: float = Field(30.0, gt=0)
+    IDEMPOTENCY_KEY_DAYS: float = Field(90.0, gt=0)
+    PRUNE_INTERVAL_MINUTES: float = Field(60.0, gt=0)
+
     @model_validator(mode="after")
     def _check_zoom_urls(self) -> Settings:
         # Raised as is, not as a ValueError: pydantic would drop the variable's name.

@@ -18,8 +18,8 @@ from typing import Any
 from celery import Task
 from celery.signals import worker_init, worker_process_init, worker_ready
 
-from worker import celery_app, cleanup, errors, jobs, meetings, metrics
-from worker.celery_app import CLEANUP_TASK, SWEEP_TASK, app
+from worker import celery_app, cleanup, errors, jobs, meetings, metrics, retention
+from worker.celery_app import CLEANUP_TASK, PRUNE_TASK, SWEEP_TASK, app
 from worker.config import get_settings
 from worker.outcomes import HoldReason
 
@@ -126,6 +126,13 @@ def cleanup_stale() -> dict[str, Any]:
     budget_s = celery_app.cleanup_budget_s(get_settings())
     report = cleanup.cleanup_stale(runtime(), time_budget_s=budget_s)
     return dataclasses.asdict(report)
+
+
+@app.task(name=PRUNE_TASK, ignore_result=True)
+def prune() -> dict[str, Any]:
+    """Delete finished jobs, token requests and spent idempotency keys past their retention,
+    in small batches (see worker.retention)."""
+    return dataclasses.asdict(retention.prune(get_settings()))
 
 
 def _run(
