@@ -17,10 +17,10 @@ from typing import Any
 
 from rich.console import Console
 
-from bench import cleanup, harness, latency, overhead, rate, report, scrape, tokens
+from bench import cleanup, enqueue, harness, latency, overhead, rate, report, scrape, tokens
 
 BENCHMARKS: dict[str, ModuleType] = {
-    module.NAME: module for module in (tokens, rate, overhead, latency, cleanup, scrape)
+    module.NAME: module for module in (tokens, rate, overhead, latency, cleanup, scrape, enqueue)
 }
 
 

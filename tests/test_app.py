@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from conftest import WorkerProcess, wait_for
 from sqlalchemy import func, select, text, update
 
-from worker import celery_app, db, errors, jobs, ledger, models, retention
+from worker import celery_app, db, errors, jobs, ledger, models, retention, tasks
 from worker.cli import cli
 from worker.config import get_settings
 from worker.models import IdempotencyKey, JobStatusCount, TokenRequest
@@ -363,7 +363,7 @@ def test_prune__unfinished_delete_names_an_old_create__create_kept() -> None:
     assert jobs.get_job(create) is not None and jobs.get_job(delete) is not None
 
 
-def test_prune__cli_dry_run_and_beat_schedule__shows_counts_and_runs_hourly() -> None:
+def test_prune__cli_dry_run_then_beat_task__shows_counts_then_deletes() -> None:
     job_id = jobs.create_meeting("host@example.com", BODY)
     jobs.cancel_job(job_id)
     _age(31, job_id)
@@ -375,3 +375,10 @@ def test_prune__cli_dry_run_and_beat_schedule__shows_counts_and_runs_hourly() ->
     assert jobs.get_job(job_id) is not None
     entry = celery_app.celery_config(get_settings())["beat_schedule"]["prune-old-rows"]
     assert entry["task"] == "retention.prune" and entry["schedule"].total_seconds() == 3600
+    assert tasks.prune() == {
+        "jobs": 1,
+        "token_requests": 0,
+        "idempotency_keys": 0,
+        "dry_run": False,
+    }
+    assert jobs.get_job(job_id) is None

@@ -32,6 +32,7 @@ def request_digest(kind: str, request: Mapping[str, Any]) -> str:
 
 
 def new_create(user_id: object, meeting: object, idempotency_key: object) -> JobRow:
+    """A create job for this host and body, validated (InvalidMeeting names the field)."""
     user = meeting_body.validate_user_id(user_id)
     if not isinstance(meeting, Mapping):
         raise errors.InvalidMeeting("meeting", "must be an object (Zoom's create-meeting body)")
@@ -56,6 +57,7 @@ def new_delete(
     *,
     after_job_id: uuid.UUID | None = None,
 ) -> JobRow:
+    """A delete job for this meeting (or, with ``after_job_id``, its create job's), validated."""
     number = None if after_job_id else meeting_body.validate_meeting_id(meeting_id)
     if occurrence_id is not None and (
         not isinstance(occurrence_id, str) or not 1 <= len(occurrence_id) <= OCCURRENCE_ID_MAX
@@ -76,6 +78,7 @@ def new_delete(
 
 
 def create_job(session: Session, job_id: uuid.UUID | str) -> JobRow:
+    """The create job ``job_id`` names (InvalidMeeting, field ``create_job_id``, if none)."""
     try:
         key = job_id if isinstance(job_id, uuid.UUID) else uuid.UUID(str(job_id))
     except ValueError:
@@ -87,6 +90,7 @@ def create_job(session: Session, job_id: uuid.UUID | str) -> JobRow:
 
 
 def checked_key(value: object) -> str | None:
+    """The idempotency key, if any, checked: a string of 1 to 255 characters."""
     if value is None:
         return None
     if not isinstance(value, str) or not value or len(value) > 255:
@@ -95,6 +99,7 @@ def checked_key(value: object) -> str | None:
 
 
 def check_created_here(session: Session, meeting_id: int | None) -> None:
+    """Refuse (InvalidMeeting) a meeting this service did not create: it never deletes one."""
     if session.get(MeetingRow, meeting_id) is None:
         raise errors.InvalidMeeting(
             "meeting_id",
