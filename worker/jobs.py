@@ -10,7 +10,9 @@ When PostgreSQL is down or unreachable these functions raise InfrastructureError
 Idempotency keys work like a payment API's: each job stores a digest of the request it was
 made for (kind, host, body; or the meeting to delete). The same key with the same request
 returns the same job, whatever its state; the same key with another request raises
-IdempotencyConflict. A failed job keeps its key, and :func:`retry_job` runs it again.
+IdempotencyConflict. A failed job keeps its key, and :func:`retry_job` runs it again. Keys
+are honoured for ``IDEMPOTENCY_KEY_DAYS``, even after the job itself was pruned
+(:mod:`worker.retention`): then the key returns the pruned job's id, never a second job.
 """
 
 from __future__ import annotations
