@@ -17,10 +17,22 @@ from typing import Any
 
 from rich.console import Console
 
-from bench import cleanup, harness, latency, overhead, rate, report, scrape, tokens, webhooks
+from bench import (
+    cleanup,
+    enqueue,
+    harness,
+    latency,
+    overhead,
+    rate,
+    report,
+    scrape,
+    tokens,
+    webhooks,
+)
 
 BENCHMARKS: dict[str, ModuleType] = {
-    module.NAME: module for module in (tokens, rate, overhead, latency, cleanup, scrape, webhooks)
+    module.NAME: module
+    for module in (tokens, rate, overhead, latency, cleanup, scrape, enqueue, webhooks)
 }
 
 

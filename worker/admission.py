@@ -3,25 +3,30 @@
 :func:`insert` writes a new job under its idempotency key, or returns the job that key
 already names when it was made for the same request (a digest of kind, host and body);
 another request under the same key is an :class:`~worker.errors.IdempotencyConflict`.
-:func:`requeue_failed` puts a failed job back to queued for :func:`worker.jobs.retry_job`.
+:func:`requeue_failed` puts a failed job back to queued for :func:`worker.jobs.retry_job`, and
+:func:`cancel` ends a job that never reached Zoom as ``cancelled``. Idempotency keys are
+written to their own table (``idempotency_keys``) with the job, and read there first, so a key
+still names its job after :mod:`worker.retention` pruned the job's row.
 Leases are set on the database's clock, like every other lease (see :mod:`worker.ledger`).
-Apart from these two, :mod:`worker.ledger` writes every row of ``jobs``.
+Apart from these, :mod:`worker.ledger` writes every row of ``jobs``.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable
-from datetime import timedelta
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.orm import Session
 
 from worker import db, errors, models
 from worker.config import Settings
-from worker.ledger import DELETE
+from worker.ledger import CREATE, DELETE
+from worker.models import IdempotencyKey
 from worker.models import Job as JobRow
 
 log = logging.getLogger("worker.ledger")
@@ -31,8 +36,82 @@ def insert(row: JobRow, settings: Settings) -> tuple[uuid.UUID, bool]:
     """Insert the job; with an idempotency key already used, return that job instead.
 
     The key's job must have been made for the same request (``request_digest``, kind):
-    otherwise IdempotencyConflict names the key and that job."""
+    otherwise IdempotencyConflict names the key and that job. The key is honoured for
+    ``IDEMPOTENCY_KEY_DAYS`` even after its job was pruned (then its id is returned, though
+    :func:`worker.jobs.get_job` no longer finds it)."""
+    with db.sessions(settings)() as session, session.begin():
+        [(job_id, created)] = insert_rows(session, [row], settings)
+    if created:
+        log.info("job.recorded job_id=%s kind=%s", job_id, row.kind)
+    return job_id, created
+
+
+def insert_many(rows: Sequence[JobRow], settings: Settings) -> list[tuple[uuid.UUID, bool]]:
+    """:func:`insert` for several jobs in one transaction: all are recorded, or none (an
+    IdempotencyConflict for any of them stores nothing)."""
+    with db.sessions(settings)() as session, session.begin():
+        admitted = insert_rows(session, rows, settings)
+    log.info("job.recorded_many count=%d", sum(created for _, created in admitted))
+    return admitted
+
+
+def insert_rows(
+    session: Session, rows: Sequence[JobRow], settings: Settings
+) -> list[tuple[uuid.UUID, bool]]:
+    """Write the jobs in the session's transaction, a few statements for all of them: the
+    keys first (``idempotency_keys``, so a key named twice, here or before, resolves to its
+    first job), then the new jobs. Returns (job id, newly recorded) per row, in order."""
+    now = session.scalar(select(func.now()))
+    assert now is not None
     lease = timedelta(seconds=settings.JOB_LEASE_SECONDS)
+    first: dict[str, JobRow] = {}
+    for row in rows:
+        if row.idempotency_key is not None:
+            first.setdefault(row.idempotency_key, row)
+    taken: set[str] = set()
+    if first:
+        claimed = session.scalars(
+            pg_insert(IdempotencyKey)
+            .values(
+                [
+                    {
+                        "key": key,
+                        "kind": row.kind,
+                        "request_digest": row.request_digest,
+                        "job_id": row.id,
+                        "created_at": now,
+                    }
+                    for key, row in first.items()
+                ]
+            )
+            .on_conflict_do_nothing(index_elements=[IdempotencyKey.key])
+            .returning(IdempotencyKey.key)
+        )
+        taken = set(first) - set(claimed)
+    known = {
+        key.key: key
+        for key in session.scalars(select(IdempotencyKey).where(IdempotencyKey.key.in_(taken)))
+    }
+    admitted: list[tuple[uuid.UUID, bool]] = []
+    new: list[dict[str, Any]] = []
+    for row in rows:
+        key = row.idempotency_key
+        if key is None or (key not in taken and first[key] is row):
+            new.append(_values(row, now + lease))
+            admitted.append((row.id, True))
+            continue
+        if key in taken:
+            owner, kind, digest = known[key].job_id, known[key].kind, known[key].request_digest
+        else:  # named twice in this batch
+            owner, kind, digest = first[key].id, first[key].kind, first[key].request_digest
+        _check_same_request(key, owner, kind, digest, row)
+        admitted.append((owner, False))
+    if new:
+        session.execute(pg_insert(JobRow), new)
+    return admitted
+
+
+def _values(row: JobRow, lease_expires_at: datetime) -> dict[str, Any]:
     values: dict[str, Any] = {
         column.key: getattr(row, column.key)
         for column in JobRow.__table__.columns
@@ -40,32 +119,20 @@ def insert(row: JobRow, settings: Settings) -> tuple[uuid.UUID, bool]:
     }
     values.setdefault("status", models.QUEUED)
     if values["status"] == models.QUEUED:
-        values["lease_expires_at"] = func.now() + lease
-    statement = (
-        pg_insert(JobRow)
-        .values(**values)
-        .on_conflict_do_nothing(index_elements=[JobRow.idempotency_key])
-        .returning(JobRow.id)
-    )
-    with db.sessions(settings)() as session, session.begin():
-        inserted = session.execute(statement).scalar_one_or_none()
-        if inserted is not None:
-            log.info("job.recorded job_id=%s kind=%s", inserted, row.kind)
-            return inserted, True
-        existing = session.execute(
-            select(JobRow.id, JobRow.kind, JobRow.request_digest).where(
-                JobRow.idempotency_key == row.idempotency_key
-            )
-        ).one()
-    key = row.idempotency_key or ""
-    if existing.kind != row.kind:
-        raise errors.IdempotencyConflict(key, existing.id, f"was used for a {existing.kind} job")
+        values["lease_expires_at"] = lease_expires_at
+    return values
+
+
+def _check_same_request(
+    key: str, job_id: uuid.UUID, kind: str, digest: str | None, row: JobRow
+) -> None:
+    if kind != row.kind:
+        raise errors.IdempotencyConflict(key, job_id, f"was used for a {kind} job")
     # A job recorded before digests were kept (NULL) is matched on its kind alone.
-    if existing.request_digest not in (None, row.request_digest):
+    if digest not in (None, row.request_digest):
         raise errors.IdempotencyConflict(
-            key, existing.id, f"was used for a {existing.kind} job with another request"
+            key, job_id, f"was used for a {kind} job with another request"
         )
-    return existing.id, False
 
 
 def requeue_failed(
@@ -98,3 +165,54 @@ def requeue_failed(
         row.lease_expires_at = now + lease
         row.updated_at = now
     return row
+
+
+def cancel(job_id: uuid.UUID, settings: Settings) -> JobRow:
+    """Mark a queued or waiting job that never sent anything to Zoom ``cancelled``.
+
+    The row is locked meanwhile, so no worker claims it halfway; a worker that later gets
+    its message claims nothing (:meth:`worker.ledger.Ledger.claim` takes no final job). A
+    job already cancelled is returned as it is. Anything else raises InvalidMeeting (field
+    ``job_id``) with the reason and, for a create, the way out.
+    """
+    with db.sessions(settings)() as session, session.begin():
+        row = session.get(JobRow, job_id, with_for_update=True)
+        if row is None:
+            raise errors.InvalidMeeting("job_id", "no such job")
+        if row.status == models.CANCELLED:
+            return row
+        refusal = _why_not_cancellable(row)
+        if refusal is not None:
+            raise errors.InvalidMeeting("job_id", refusal)
+        now = session.scalar(select(func.now()))
+        assert now is not None
+        row.status = models.CANCELLED
+        row.error = "cancelled before anything was sent to Zoom"
+        row.finished_at = row.updated_at = now
+        row.lease_expires_at = row.next_attempt_at = row.held_for = None
+    log.info("job.cancelled job_id=%s kind=%s", row.id, row.kind)
+    return row
+
+
+def _why_not_cancellable(row: JobRow) -> str | None:
+    way_out = (
+        f"; to undo it, delete its meeting with delete_meeting(create_job_id='{row.id}')"
+        if row.kind == CREATE
+        else ""
+    )
+    if row.status == models.SUCCEEDED:
+        return f"job {row.id} has already succeeded{way_out}"
+    if row.status == models.FAILED:
+        return f"job {row.id} has already failed"
+    # A create's maybe_sent says whether a call may have made a meeting; a delete that was
+    # attempted may have deleted it.
+    untouched = not row.maybe_sent and (row.kind == CREATE or row.attempts == 0)
+    if row.status in (models.QUEUED, models.WAITING) and row.claim_token is None and untouched:
+        return None
+    if row.status == models.RUNNING:
+        reason = "is running"
+    elif row.maybe_sent:
+        reason = "may already have reached Zoom"
+    else:
+        reason = f"is {row.status} after an attempt that may have reached Zoom"
+    return f"job {row.id} {reason}, so it cannot be cancelled{way_out}"

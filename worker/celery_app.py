@@ -26,6 +26,7 @@ from worker.config import Settings, get_settings
 
 SWEEP_TASK = "jobs.sweep"
 CLEANUP_TASK = "meetings.cleanup_stale"
+PRUNE_TASK = "retention.prune"
 JOB_TASKS = ("meetings.create", "meetings.delete")
 # Between the soft time limit (SoftTimeLimitExceeded in the task) and the hard one (the
 # process is killed): time for the task to record what it was doing.
@@ -81,6 +82,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
                 "task": CLEANUP_TASK,
                 "schedule": timedelta(minutes=settings.CLEANUP_INTERVAL_MINUTES),
                 "options": {"expires": settings.CLEANUP_INTERVAL_MINUTES * 60},
+            },
+            # Finished jobs, token requests and spent idempotency keys (worker.retention).
+            "prune-old-rows": {
+                "task": PRUNE_TASK,
+                "schedule": timedelta(minutes=settings.PRUNE_INTERVAL_MINUTES),
+                "options": {"expires": settings.PRUNE_INTERVAL_MINUTES * 60},
             },
         },
     }

@@ -23,7 +23,7 @@ from rich.table import Table
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
-from worker import db, errors, jobs, models, schema, simulator
+from worker import db, errors, jobs, models, retention, schema, simulator
 from worker import doctor as checks
 from worker.config import get_settings, parse_rate_limits
 from worker.token_store import TokenStore
@@ -141,6 +141,30 @@ def retry(job_id: str) -> None:
     A create that may already have made its meeting looks for it first; an instant meeting
     whose outcome is unknown is refused with the reason."""
     click.echo(str(jobs.retry_job(job_id).id))
+
+
+@cli.command()
+@click.argument("job_id")
+def cancel(job_id: str) -> None:
+    """Cancel the queued or waiting job JOB_ID before it reaches Zoom; prints its id.
+
+    A running job, or a create that may already have made its meeting, is refused with the
+    reason and the way out (delete the meeting with ``delete --create-job JOB_ID``)."""
+    click.echo(str(jobs.cancel_job(job_id).id))
+
+
+@cli.command()
+@click.option("--dry-run", is_flag=True, help="Count what would be deleted; delete nothing.")
+def prune(dry_run: bool) -> None:
+    """Delete finished jobs and token requests older than JOB_RETENTION_DAYS, and idempotency
+    keys older than IDEMPOTENCY_KEY_DAYS whose job is gone (what beat does every
+    PRUNE_INTERVAL_MINUTES)."""
+    report = retention.prune(get_settings(), dry_run=dry_run)
+    verb = "would delete" if dry_run else "deleted"
+    click.echo(
+        f"{verb} {report.jobs} jobs, {report.token_requests} token requests, "
+        f"{report.idempotency_keys} idempotency keys"
+    )
 
 
 def _text(value: object) -> str:

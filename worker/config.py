@@ -103,6 +103,11 @@ class Settings(BaseSettings):
     # Requests signed longer ago than this are refused (401): a replay window, not a clock skew.
     ZOOM_WEBHOOK_MAX_AGE: float = Field(300.0, gt=0, le=3600)
     ZOOM_WEBHOOK_PATH: str = Field("/zoom/webhooks", pattern=r"^/[A-Za-z0-9._~/-]*$")
+    # -- retention (issue 15): finished jobs and token requests pruned after this many days;
+    # an idempotency key keeps naming its job (never a second meeting) for IDEMPOTENCY_KEY_DAYS.
+    JOB_RETENTION_DAYS: float = Field(30.0, gt=0)
+    IDEMPOTENCY_KEY_DAYS: float = Field(90.0, gt=0)
+    PRUNE_INTERVAL_MINUTES: float = Field(60.0, gt=0)
 
     @model_validator(mode="after")
     def _check_zoom_urls(self) -> Settings:

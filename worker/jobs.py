@@ -1,4 +1,5 @@
-"""The producers' API: create and delete meetings, read jobs.
+"""The producers' API: create and delete meetings (one or many at a time, :mod:`worker.bulk`),
+read jobs, wait for one to finish, cancel or retry one.
 
 A job is written to PostgreSQL (:mod:`worker.ledger`) before it is put on the broker, so it is
 durable once :func:`create_meeting` or :func:`delete_meeting` returns. Bodies are validated
@@ -9,13 +10,13 @@ When PostgreSQL is down or unreachable these functions raise InfrastructureError
 Idempotency keys work like a payment API's: each job stores a digest of the request it was
 made for (kind, host, body; or the meeting to delete). The same key with the same request
 returns the same job, whatever its state; the same key with another request raises
-IdempotencyConflict. A failed job keeps its key, and :func:`retry_job` runs it again.
+IdempotencyConflict. A failed job keeps its key, and :func:`retry_job` runs it again. Keys
+are honoured for ``IDEMPOTENCY_KEY_DAYS``, even after the job itself was pruned
+(:mod:`worker.retention`): then the key returns the pruned job's id, never a second job.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import uuid
 from collections.abc import Mapping, Sequence
@@ -25,30 +26,34 @@ from typing import Any
 
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
 
-from worker import admission, celery_app, db, errors, ledger, marker, meeting_body, models
+from worker import admission, celery_app, db, errors, job_requests, ledger, models, waiting
+from worker.bulk import create_meetings, delete_meetings
 from worker.config import get_settings
+from worker.job_requests import OCCURRENCE_ID_MAX, request_digest
 from worker.ledger import CREATE, DELETE
 from worker.marker import RESERVED_AGENDA_CHARS
 from worker.models import Job as JobRow
-from worker.models import Meeting as MeetingRow
 
 __all__ = [
     "CREATE",
     "DELETE",
+    "OCCURRENCE_ID_MAX",
+    "RESERVED_AGENDA_CHARS",
     "Job",
+    "cancel_job",
     "create_meeting",
+    "create_meetings",
     "delete_meeting",
+    "delete_meetings",
     "get_job",
     "list_jobs",
+    "request_digest",
     "retry_job",
+    "wait_for_job",
 ]
 
 log = logging.getLogger(__name__)
-
-# The width of jobs.occurrence_id (Zoom's occurrence ids are 13-digit epoch milliseconds).
-OCCURRENCE_ID_MAX = 64
 
 
 @dataclass(frozen=True)
@@ -102,7 +107,7 @@ def create_meeting(
     idempotency key with the same host and body returns the same job, so it never makes a
     second meeting; with another host or body it raises IdempotencyConflict.
     """
-    row = _new_create(user_id, meeting, idempotency_key)
+    row = job_requests.new_create(user_id, meeting, idempotency_key)
     with db.unavailable_as_infrastructure():
         return _record_and_dispatch(row)
 
@@ -125,20 +130,20 @@ def delete_meeting(
         raise errors.InvalidMeeting("meeting_id", "give either meeting_id or create_job_id")
     with db.unavailable_as_infrastructure():
         if create_job_id is None:
-            row = _new_delete(meeting_id, occurrence_id, idempotency_key)
+            row = job_requests.new_delete(meeting_id, occurrence_id, idempotency_key)
             with db.sessions(get_settings())() as session, session.begin():
-                _check_created_here(session, row.meeting_id)
+                job_requests.check_created_here(session, row.meeting_id)
             return _record_and_dispatch(row)
         with db.sessions(get_settings())() as session:
-            create = _create_job(session, create_job_id)
+            create = job_requests.create_job(session, create_job_id)
             meeting_id, after = create.meeting_id, create.id
         # The caller's request names the create job, whatever that job has come to since.
         request = {"create_job_id": str(after), "occurrence_id": occurrence_id}
         if meeting_id is None:
-            row = _new_delete(None, occurrence_id, idempotency_key, after_job_id=after)
+            row = job_requests.new_delete(None, occurrence_id, idempotency_key, after_job_id=after)
         else:
-            row = _new_delete(meeting_id, occurrence_id, idempotency_key)
-        row.request_digest = request_digest(DELETE, request)
+            row = job_requests.new_delete(meeting_id, occurrence_id, idempotency_key)
+        row.request_digest = job_requests.request_digest(DELETE, request)
         return _record_and_dispatch(row)
 
 
@@ -179,10 +184,7 @@ def retry_job(job_id: uuid.UUID | str) -> Job:
     that a delete job names (cancelled, or meant to be deleted); refused with OutcomeUnknown
     for an instant meeting that may exist (Zoom never lists those, so no search can tell).
     """
-    try:
-        key = job_id if isinstance(job_id, uuid.UUID) else uuid.UUID(str(job_id))
-    except ValueError:
-        raise errors.InvalidMeeting("job_id", f"{job_id!r} is not a job id") from None
+    key = _job_key(job_id)
     with db.unavailable_as_infrastructure():
         row = admission.requeue_failed(key, _check_retryable, get_settings())
         ledger.dispatch(
@@ -195,6 +197,43 @@ def retry_job(job_id: uuid.UUID | str) -> Job:
         )
     log.info("job.retried job_id=%s kind=%s maybe_sent=%s", row.id, row.kind, row.maybe_sent)
     return Job.from_row(row)
+
+
+def cancel_job(job_id: uuid.UUID | str) -> Job:
+    """Cancel a queued or waiting job that has never sent anything to Zoom; returns it,
+    ``cancelled``. A worker that later receives its message does nothing.
+
+    Refused with InvalidMeeting (field ``job_id``) saying why for a running or finished job,
+    or a create that may already have reached Zoom: then delete its meeting with
+    ``delete_meeting(create_job_id=...)``, which waits for the create. Cancelling a cancelled
+    job returns it unchanged.
+    """
+    with db.unavailable_as_infrastructure():
+        row = admission.cancel(_job_key(job_id), get_settings())
+    return Job.from_row(row)
+
+
+def wait_for_job(job_id: uuid.UUID | str, timeout: float = 60.0) -> Job:
+    """Block until the job has succeeded, failed or been cancelled, and return it.
+
+    Woken by PostgreSQL's LISTEN/NOTIFY when the outcome commits (:mod:`worker.waiting`), not
+    by polling. Raises TimeoutError when the job has not finished within ``timeout`` seconds,
+    and InvalidMeeting (field ``job_id``) when there is no such job.
+    """
+    key = _job_key(job_id)
+    with db.unavailable_as_infrastructure():
+        waiting.wait_until_final(key, timeout, get_settings())
+    job = get_job(key)
+    if job is None:
+        raise errors.InvalidMeeting("job_id", f"no job {key}")
+    return job
+
+
+def _job_key(job_id: uuid.UUID | str) -> uuid.UUID:
+    try:
+        return job_id if isinstance(job_id, uuid.UUID) else uuid.UUID(str(job_id))
+    except ValueError:
+        raise errors.InvalidMeeting("job_id", f"{job_id!r} is not a job id") from None
 
 
 def _check_retryable(row: JobRow | None, named_by_delete: uuid.UUID | None) -> None:
@@ -222,14 +261,6 @@ def _check_retryable(row: JobRow | None, named_by_delete: uuid.UUID | None) -> N
         )
 
 
-def request_digest(kind: str, request: Mapping[str, Any]) -> str:
-    """SHA-256 of the canonical JSON of a request: what an idempotency key promises."""
-    canonical = json.dumps(
-        {"kind": kind, **request}, sort_keys=True, separators=(",", ":"), default=str
-    )
-    return hashlib.sha256(canonical.encode()).hexdigest()
-
-
 def record_received(
     kind: str, kwargs: Mapping[str, Any], task_id: str, *, unknown: Sequence[str] = ()
 ) -> uuid.UUID:
@@ -250,11 +281,13 @@ def record_received(
                     "kwargs", f"unknown arguments for this task: {', '.join(unknown)}"
                 )
             if kind == CREATE:
-                row = _new_create(kwargs.get("user_id"), kwargs.get("meeting"), key)
+                row = job_requests.new_create(kwargs.get("user_id"), kwargs.get("meeting"), key)
             else:
-                row = _new_delete(kwargs.get("meeting_id"), kwargs.get("occurrence_id"), key)
+                row = job_requests.new_delete(
+                    kwargs.get("meeting_id"), kwargs.get("occurrence_id"), key
+                )
                 with db.sessions(get_settings())() as session:
-                    _check_created_here(session, row.meeting_id)
+                    job_requests.check_created_here(session, row.meeting_id)
             return admission.insert(row, get_settings())[0]
         except (errors.InvalidMeeting, errors.IdempotencyConflict, sa_exc.DataError) as exc:
             reason = str(exc) if isinstance(exc, ValueError) else db.first_line(exc)
@@ -268,7 +301,7 @@ def _record_rejected(
     """A failed job for a message that cannot run, under its key or, when that key names
     another request, under its task id."""
     user = kwargs.get("user_id")
-    digest = request_digest(kind, {"rejected": dict(kwargs)})
+    digest = job_requests.request_digest(kind, {"rejected": dict(kwargs)})
     for candidate in dict.fromkeys([_key_or_none(key), f"celery-task:{task_id}"]):
         if candidate is None:
             continue
@@ -291,81 +324,9 @@ def _record_rejected(
 
 def _key_or_none(value: str) -> str | None:
     try:
-        return _key(value)
+        return job_requests.checked_key(value)
     except errors.InvalidMeeting:
         return None
-
-
-def _new_create(user_id: object, meeting: object, idempotency_key: object) -> JobRow:
-    user = meeting_body.validate_user_id(user_id)
-    if not isinstance(meeting, Mapping):
-        raise errors.InvalidMeeting("meeting", "must be an object (Zoom's create-meeting body)")
-    body = meeting_body.validate_create_body(meeting, reserved_agenda_chars=RESERVED_AGENDA_CHARS)
-    job_id = uuid.uuid4()
-    return JobRow(
-        id=job_id,
-        kind=CREATE,
-        idempotency_key=_key(idempotency_key),
-        request_digest=request_digest(CREATE, {"user_id": user, "body": body}),
-        user_id=user,
-        topic=ledger.topic_of(body),
-        body=body,
-        marker=marker.for_job(job_id),
-    )
-
-
-def _new_delete(
-    meeting_id: object,
-    occurrence_id: object,
-    idempotency_key: object,
-    *,
-    after_job_id: uuid.UUID | None = None,
-) -> JobRow:
-    number = None if after_job_id else meeting_body.validate_meeting_id(meeting_id)
-    if occurrence_id is not None and (
-        not isinstance(occurrence_id, str) or not 1 <= len(occurrence_id) <= OCCURRENCE_ID_MAX
-    ):
-        raise errors.InvalidMeeting(
-            "occurrence_id", f"must be a string of 1 to {OCCURRENCE_ID_MAX} characters, or None"
-        )
-    request = {"meeting_id": number, "occurrence_id": occurrence_id}
-    return JobRow(
-        id=uuid.uuid4(),
-        kind=DELETE,
-        idempotency_key=_key(idempotency_key),
-        request_digest=request_digest(DELETE, request),
-        meeting_id=number,
-        occurrence_id=occurrence_id,
-        after_job_id=after_job_id,
-    )
-
-
-def _create_job(session: Session, job_id: uuid.UUID | str) -> JobRow:
-    try:
-        key = job_id if isinstance(job_id, uuid.UUID) else uuid.UUID(str(job_id))
-    except ValueError:
-        raise errors.InvalidMeeting("create_job_id", "is not a job id") from None
-    row = session.get(JobRow, key)
-    if row is None or row.kind != CREATE:
-        raise errors.InvalidMeeting("create_job_id", f"no create job {job_id}")
-    return row
-
-
-def _key(value: object) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value or len(value) > 255:
-        raise errors.InvalidMeeting("idempotency_key", "must be a string of 1 to 255 characters")
-    return value
-
-
-def _check_created_here(session: Session, meeting_id: int | None) -> None:
-    if session.get(MeetingRow, meeting_id) is None:
-        raise errors.InvalidMeeting(
-            "meeting_id",
-            f"meeting {meeting_id} was not created by zoom-worker, which never deletes "
-            "meetings it did not create",
-        )
 
 
 def _record_and_dispatch(row: JobRow) -> uuid.UUID:

@@ -246,7 +246,7 @@ class Ledger:
         """
         with self._sessions() as session, session.begin():
             create = session.get(JobRow, job.after_job_id, with_for_update=True)
-            if create is None or create.status == models.FAILED:
+            if create is None or create.status in (models.FAILED, models.CANCELLED):
                 return CreateResult(CreateState.FAILED, None)
             if create.status == models.SUCCEEDED:
                 return CreateResult(CreateState.MEETING, create.meeting_id)

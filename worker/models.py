@@ -7,6 +7,7 @@
 - ``job_status_counts``: only triggers on ``jobs`` (migration 0005); read by the metrics
 - ``webhook_events``: :mod:`worker.webhook_events`, which also writes the state and schedule
   of ``meetings`` rows when Zoom's events say a meeting was deleted, moved, started or ended
+- ``idempotency_keys``: :mod:`worker.admission` (pruned by :mod:`worker.retention`)
 """
 
 from __future__ import annotations
@@ -48,7 +49,9 @@ RETRYING = "retrying"
 WAITING = "waiting"
 SUCCEEDED = "succeeded"
 FAILED = "failed"
-FINAL_STATUSES = (SUCCEEDED, FAILED)
+# Cancelled by the producer (worker.jobs.cancel_job) before anything was sent to Zoom.
+CANCELLED = "cancelled"
+FINAL_STATUSES = (SUCCEEDED, FAILED, CANCELLED)
 
 # Meeting states in the service's own ledger of meetings it created.
 LIVE = "live"
@@ -248,3 +251,31 @@ class WebhookEvent(Base):
 PENDING = text("status IN ('queued', 'retrying')")
 # The oldest waiting job in one index probe, however many jobs have finished.
 Index("ix_jobs_created_at_pending", Job.created_at, postgresql_where=PENDING)
+
+
+# -- retention (migration 0007) -----------------------------------------------------------------
+
+
+class IdempotencyKey(Base):
+    """An idempotency key and the request it was first used for, kept after its job is pruned.
+
+    Written with the job (:mod:`worker.admission`), in the same transaction; consulted first,
+    so a key keeps naming its job for ``IDEMPOTENCY_KEY_DAYS`` even once the job's row has been
+    pruned after ``JOB_RETENTION_DAYS``: the same key never makes a second meeting.
+    """
+
+    __tablename__ = "idempotency_keys"
+
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    # NULL for a key whose job was recorded before request digests (0004): matched on kind.
+    request_digest: Mapped[str | None] = mapped_column(String(64))
+    # No foreign key: the key outlives its job's row.
+    job_id: Mapped[uuid.UUID] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(_tz(), server_default=func.now(), index=True)
+
+
+# What pruning reads and what deleting a job makes PostgreSQL look up (foreign keys to jobs).
+Index("ix_jobs_finished_at", Job.finished_at, postgresql_where=text("finished_at IS NOT NULL"))
+Index("ix_jobs_after_job_id", Job.after_job_id)
+Index("ix_meetings_job_id", Meeting.job_id)

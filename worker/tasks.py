@@ -19,8 +19,18 @@ import sqlalchemy.exc
 from celery import Task
 from celery.signals import worker_init, worker_process_init, worker_ready
 
-from worker import celery_app, cleanup, db, errors, jobs, meetings, metrics, webhook_events
-from worker.celery_app import CLEANUP_TASK, SWEEP_TASK, app
+from worker import (
+    celery_app,
+    cleanup,
+    db,
+    errors,
+    jobs,
+    meetings,
+    metrics,
+    retention,
+    webhook_events,
+)
+from worker.celery_app import CLEANUP_TASK, PRUNE_TASK, SWEEP_TASK, app
 from worker.config import get_settings
 from worker.outcomes import HoldReason
 
@@ -140,6 +150,13 @@ def apply_webhook_event(self: Task[Any, Any], /, event_id: int) -> None:
         raise self.retry(countdown=countdown) from exc
 
 
+@app.task(name=PRUNE_TASK, ignore_result=True)
+def prune() -> dict[str, Any]:
+    """Delete finished jobs, token requests and spent idempotency keys past their retention,
+    in small batches (see worker.retention)."""
+    return dataclasses.asdict(retention.prune(get_settings()))
+
+
 def _run(
     task: Task[Any, Any], job_id: str, retry_kwargs: dict[str, Any], slot_at: float | None
 ) -> None:
@@ -155,9 +172,7 @@ def _run(
         raise task.retry(countdown=reschedule.countdown_s, kwargs=retry_kwargs)
 
 
-def _recorded(
-    task: Task[Any, Any], kind: str, kwargs: dict[str, Any], unknown: list[str]
-) -> str:
+def _recorded(task: Task[Any, Any], kind: str, kwargs: dict[str, Any], unknown: list[str]) -> str:
     """Record a job sent by name; its id. While PostgreSQL cannot record it, the message is
     retried with a growing countdown (Celery publishes the retry, same task id, before the
     original is acknowledged), so it is never acknowledged as done without its job."""
