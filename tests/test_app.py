@@ -371,7 +371,9 @@ def test_prune__cli_dry_run_then_beat_task__shows_counts_then_deletes() -> None:
     result = CliRunner().invoke(cli, ["prune", "--dry-run"])
 
     assert result.exit_code == 0, result.output
-    assert result.output.strip() == "would delete 1 jobs, 0 token requests, 0 idempotency keys"
+    assert result.output.strip() == (
+        "would delete 1 jobs, 0 token requests, 0 idempotency keys, 0 webhook events"
+    )
     assert jobs.get_job(job_id) is not None
     entry = celery_app.celery_config(get_settings())["beat_schedule"]["prune-old-rows"]
     assert entry["task"] == "retention.prune" and entry["schedule"].total_seconds() == 3600
@@ -379,6 +381,32 @@ def test_prune__cli_dry_run_then_beat_task__shows_counts_then_deletes() -> None:
         "jobs": 1,
         "token_requests": 0,
         "idempotency_keys": 0,
+        "webhook_events": 0,
         "dry_run": False,
     }
     assert jobs.get_job(job_id) is None
+
+
+def test_prune__webhook_events__applied_old_ones_go_pending_ones_stay() -> None:
+    with db.sessions(get_settings())() as session, session.begin():
+        for n, (days, applied) in enumerate([(40, True), (40, False), (1, True)]):
+            session.execute(
+                text(
+                    "INSERT INTO webhook_events (digest, event, event_ts, payload, received_at, "
+                    "applied_at) VALUES (:digest, 'meeting.ended', 1, '{}', "
+                    f"now() - interval '{days} days', "
+                    + ("now()" if applied else "NULL")
+                    + ")"
+                ),
+                {"digest": f"{n:064d}"},
+            )
+
+    report = retention.prune(get_settings())
+
+    assert report.webhook_events == 1
+    with db.sessions(get_settings())() as session:
+        left = session.execute(
+            text("SELECT applied_at IS NULL, received_at > now() - interval '2 days' "
+                 "FROM webhook_events ORDER BY id")
+        ).all()  # fmt: skip
+    assert [tuple(row) for row in left] == [(True, False), (False, True)]

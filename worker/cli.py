@@ -156,14 +156,15 @@ def cancel(job_id: str) -> None:
 @cli.command()
 @click.option("--dry-run", is_flag=True, help="Count what would be deleted; delete nothing.")
 def prune(dry_run: bool) -> None:
-    """Delete finished jobs and token requests older than JOB_RETENTION_DAYS, and idempotency
+    """Delete finished jobs, token requests and applied webhook events older than
+    JOB_RETENTION_DAYS, and idempotency
     keys older than IDEMPOTENCY_KEY_DAYS whose job is gone (what beat does every
     PRUNE_INTERVAL_MINUTES)."""
     report = retention.prune(get_settings(), dry_run=dry_run)
     verb = "would delete" if dry_run else "deleted"
     click.echo(
         f"{verb} {report.jobs} jobs, {report.token_requests} token requests, "
-        f"{report.idempotency_keys} idempotency keys"
+        f"{report.idempotency_keys} idempotency keys, {report.webhook_events} webhook events"
     )
 
 

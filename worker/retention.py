@@ -27,7 +27,7 @@ from sqlalchemy.orm import InstrumentedAttribute, aliased
 
 from worker import db, models
 from worker.config import Settings
-from worker.models import IdempotencyKey, Job, TokenRequest
+from worker.models import IdempotencyKey, Job, TokenRequest, WebhookEvent
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,7 @@ class PruneReport:
     jobs: int
     token_requests: int
     idempotency_keys: int
+    webhook_events: int
     dry_run: bool
 
 
@@ -84,14 +85,28 @@ def prune(settings: Settings, *, dry_run: bool = False, batch: int = BATCH) -> P
             dry_run=dry_run,
             batch=batch,
         ),
+        # Only applied events: an unapplied one is still owed to the ledger.
+        _prune(
+            settings,
+            WebhookEvent,
+            WebhookEvent.id,
+            [
+                WebhookEvent.applied_at.is_not(None),
+                WebhookEvent.received_at < func.now() - retention,
+            ],
+            dry_run=dry_run,
+            batch=batch,
+        ),
     ]
-    jobs, token_requests, idempotency_keys = counts
-    report = PruneReport(jobs, token_requests, idempotency_keys, dry_run=dry_run)
+    jobs, token_requests, idempotency_keys, webhook_events = counts
+    report = PruneReport(jobs, token_requests, idempotency_keys, webhook_events, dry_run=dry_run)
     log.info(
-        "retention.pruned jobs=%d token_requests=%d idempotency_keys=%d dry_run=%s",
+        "retention.pruned jobs=%d token_requests=%d idempotency_keys=%d webhook_events=%d "
+        "dry_run=%s",
         report.jobs,
         report.token_requests,
         report.idempotency_keys,
+        report.webhook_events,
         dry_run,
     )
     return report
