@@ -109,6 +109,21 @@ def test_settings__rabbitmq_backoff_above_consumer_timeout__refused_naming_it(
     assert "RABBITMQ_CONSUMER_TIMEOUT" in str(caught.value)
 
 
+def test_settings__rabbitmq_lease_beyond_consumer_timeout__refused_naming_the_lease(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CELERY_BROKER_URL", AMQP)
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:6379/12")
+    monkeypatch.setenv("RABBITMQ_CONSUMER_TIMEOUT", "600")
+    monkeypatch.setenv("JOB_LEASE_SECONDS", "900")
+
+    with pytest.raises(errors.ConfigurationError) as caught:
+        load_settings()
+
+    assert caught.value.setting == "JOB_LEASE_SECONDS"
+    assert "RABBITMQ_CONSUMER_TIMEOUT" in str(caught.value)
+
+
 @pytest.mark.parametrize(
     ("broker_url", "hold_s", "countdown_limit_s"),
     [("redis://127.0.0.1:6379/3", "7200", 3600), (AMQP, "1800", 900)],

@@ -111,6 +111,15 @@ class Settings(BaseSettings):
                 "is not set: the broker is RabbitMQ and the rate governor keeps its "
                 "counters in Redis",
             )
+        if (
+            self.broker_kind == "rabbitmq"
+            and self.JOB_LEASE_SECONDS >= self.RABBITMQ_CONSUMER_TIMEOUT
+        ):
+            raise errors.ConfigurationError(
+                "JOB_LEASE_SECONDS",
+                "must be below RABBITMQ_CONSUMER_TIMEOUT: a job's message stays "
+                "unacknowledged while it runs, up to its lease",
+            )
         return self
 
     @property
