@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import kombu.pools
 import psycopg
 import pytest
 import redis
@@ -182,7 +183,7 @@ def env(
     token_store.forget_process_tokens()
     _point_app_at_broker()
     yield values
-    app.close()  # its pooled connections may lead to a vhost about to be deleted
+    _drop_broker_connections()  # they may lead to a vhost about to be deleted
 
 
 def _point_app_at_broker() -> None:
@@ -193,7 +194,15 @@ def _point_app_at_broker() -> None:
         broker_url=settings.CELERY_BROKER_URL,
         broker_transport_options=transport_options(settings),
     )
-    app.close()
+    _drop_broker_connections()
+
+
+def _drop_broker_connections() -> None:
+    """Close the app's connection and producer pools (``app.close()`` keeps the producers,
+    which would go on publishing to the previous broker)."""
+    kombu.pools.reset()
+    app._pool = None  # type: ignore[attr-defined]
+    app.amqp._producer_pool = None  # type: ignore[attr-defined]
 
 
 @pytest.fixture(autouse=True)
