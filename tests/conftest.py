@@ -1,6 +1,9 @@
 """Shared fixtures: a fresh PostgreSQL database per test (copied from a migrated template),
 a flushed Redis database, the simulator on 127.0.0.1, and real `celery worker` processes.
 
+The broker is Redis unless a test asks for ``broker_kind`` "rabbitmq" (``both_brokers``):
+then a RabbitMQ virtual host of the test's own, made for it and deleted after it.
+
 A service that is not running fails the test and names the service.
 """
 
@@ -18,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import kombu.pools
 import psycopg
 import pytest
 import redis
@@ -25,6 +29,7 @@ from alembic import command
 from alembic.config import Config
 
 from worker import db, token_store
+from worker.celery_app import app, transport_options
 from worker.config import get_settings
 from worker.simulator import RunningSimulator, SimulatorClient, start_simulator
 
@@ -36,6 +41,10 @@ REDIS_BASE = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
 BROKER_URL = os.environ.get("TEST_BROKER_URL", f"{REDIS_BASE}/11")
 GOVERNOR_URL = os.environ.get("TEST_GOVERNOR_URL", f"{REDIS_BASE}/12")
 TEMPLATE = f"zw_test_template_{os.getpid()}"
+# The local RabbitMQ (guest may connect from loopback only); each test makes its own vhost.
+AMQP_BASE = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672")
+BROKER_KINDS = ("redis", "rabbitmq")
+both_brokers = pytest.mark.parametrize("broker_kind", BROKER_KINDS, indirect=True)
 
 
 def _admin() -> psycopg.Connection[Any]:
@@ -91,6 +100,52 @@ def broker() -> Iterator[redis.Redis]:
     client.close()
 
 
+def rabbitmqctl(*arguments: str) -> str:
+    """Run ``rabbitmqctl``; fails the test naming RabbitMQ when it cannot."""
+    try:
+        done = subprocess.run(
+            ["rabbitmqctl", *arguments], capture_output=True, text=True, timeout=60, check=False
+        )
+    except FileNotFoundError:
+        pytest.fail("RabbitMQ is not installed (rabbitmqctl not found)")
+    if done.returncode != 0:
+        pytest.fail(f"rabbitmqctl {' '.join(arguments)} failed: {done.stderr.strip()[-500:]}")
+    return done.stdout
+
+
+@contextlib.contextmanager
+def rabbitmq_vhost() -> Iterator[str]:
+    """An AMQP URL to a new RabbitMQ virtual host, deleted afterwards with its queues."""
+    name = f"zw_test_{secrets.token_hex(6)}"
+    rabbitmqctl("add_vhost", name)
+    try:
+        rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
+        yield f"{AMQP_BASE}/{name}"
+    finally:
+        subprocess.run(
+            ["rabbitmqctl", "delete_vhost", name], capture_output=True, timeout=60, check=False
+        )
+
+
+@pytest.fixture
+def broker_kind(request: pytest.FixtureRequest) -> str:
+    """The broker of this test: "redis", or what ``both_brokers`` parametrizes."""
+    kind: str = getattr(request, "param", "redis")
+    assert kind in BROKER_KINDS
+    return kind
+
+
+@pytest.fixture
+def broker_url(broker_kind: str) -> Iterator[str]:
+    """The broker URL of this test, empty: Redis database 11, or a RabbitMQ vhost of its own."""
+    if broker_kind == "rabbitmq":
+        with rabbitmq_vhost() as url:
+            yield url
+    else:
+        flushed_redis(BROKER_URL).close()
+        yield BROKER_URL
+
+
 @pytest.fixture
 def sim() -> Iterator[RunningSimulator]:
     """The Zoom simulator, served on 127.0.0.1 for this test."""
@@ -106,13 +161,14 @@ def sim_client(sim: RunningSimulator) -> Iterator[SimulatorClient]:
 
 @pytest.fixture
 def env(
-    database_url: str, broker: redis.Redis, sim: RunningSimulator, monkeypatch: pytest.MonkeyPatch
-) -> dict[str, str]:
-    """Settings for this test (also handed to worker processes), pointed at the simulator."""
+    database_url: str, broker_url: str, sim: RunningSimulator, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[dict[str, str]]:
+    """Settings for this test (also handed to worker processes), pointed at the simulator;
+    this process's Celery app sends to the test's broker."""
     flushed_redis(GOVERNOR_URL).close()
     values = {
         "DATABASE_URL": database_url,
-        "CELERY_BROKER_URL": BROKER_URL,
+        "CELERY_BROKER_URL": broker_url,
         "REDIS_URL": GOVERNOR_URL,
         **sim.worker_env(),
         "RETRY_BACKOFF_BASE": "0.2",
@@ -125,7 +181,28 @@ def env(
     get_settings.cache_clear()
     db.dispose_all()
     token_store.forget_process_tokens()
-    return values
+    _point_app_at_broker()
+    yield values
+    _drop_broker_connections()  # they may lead to a vhost about to be deleted
+
+
+def _point_app_at_broker() -> None:
+    """Celery reads its settings once per process: give it this test's broker, and drop the
+    connections it pooled for the previous one."""
+    settings = get_settings()
+    app.conf.update(
+        broker_url=settings.CELERY_BROKER_URL,
+        broker_transport_options=transport_options(settings),
+    )
+    _drop_broker_connections()
+
+
+def _drop_broker_connections() -> None:
+    """Close the app's connection and producer pools (``app.close()`` keeps the producers,
+    which would go on publishing to the previous broker)."""
+    kombu.pools.reset()
+    app._pool = None  # type: ignore[attr-defined]
+    app.amqp._producer_pool = None  # type: ignore[attr-defined]
 
 
 @pytest.fixture(autouse=True)

@@ -27,7 +27,7 @@ import psycopg
 import pytest
 import redis
 import sqlalchemy.exc
-from conftest import BROKER_URL, PG_ADMIN, WorkerProcess, wait_for
+from conftest import BROKER_URL, PG_ADMIN, WorkerProcess, both_brokers, rabbitmqctl, wait_for
 from sqlalchemy import select
 
 from worker import db, jobs, marker
@@ -255,8 +255,9 @@ def _kill_a_busy_child(worker: WorkerProcess) -> int:
 # -- 1. processes and whole workers die -------------------------------------------------
 
 
+@both_brokers
 def test_durability__task_process_and_whole_worker_killed__all_succeed_once(
-    fleet: Callable[..., Fleet], sim_client: SimulatorClient
+    fleet: Callable[..., Fleet], sim_client: SimulatorClient, broker_kind: str
 ) -> None:
     # Each call holds its process 0.2 s: the pool is busy, and the run lasts long enough
     # for both kills to land while most jobs are still to do.
@@ -277,7 +278,7 @@ def test_durability__task_process_and_whole_worker_killed__all_succeed_once(
     outcome = _outcome(ids, sim_client)
     unfinished_at_kills = (200 - at_child_kill["succeeded"], 200 - at_worker_kill["succeeded"])
     summary = outcome.line(
-        "kills",
+        f"kills/{broker_kind}",
         drain_s,
         children_killed=children_killed,
         unfinished_at_kills=unfinished_at_kills,
@@ -294,8 +295,9 @@ def test_durability__task_process_and_whole_worker_killed__all_succeed_once(
 # -- 2. Zoom fails, drops the line, loses replies ------------------------------------------
 
 
+@both_brokers
 def test_durability__5xx_lost_replies_dropped_connections__no_meeting_twice(
-    fleet: Callable[..., Fleet], sim_client: SimulatorClient
+    fleet: Callable[..., Fleet], sim_client: SimulatorClient, broker_kind: str
 ) -> None:
     sim_client.configure(error_rate=0.10, reply_lost_rate=0.05, drop_rate=0.03, seed=3)
     run = fleet(4, 4)
@@ -305,7 +307,9 @@ def test_durability__5xx_lost_replies_dropped_connections__no_meeting_twice(
     drain_s = _drain(ids, started, 120)
 
     outcome = _outcome(ids, sim_client)
-    summary = outcome.line("faults", drain_s, adopted=run.logs().count("meeting.adopted "))
+    summary = outcome.line(
+        f"faults/{broker_kind}", drain_s, adopted=run.logs().count("meeting.adopted ")
+    )
     print(f"\n{summary}")
     faults = outcome.faults
     assert faults["api_5xx"] and faults["replies_lost"] and faults["connections_dropped"], summary
@@ -386,6 +390,54 @@ def test_durability__redis_flushed_mid_run__nothing_lost(
     )
     print(f"\n{summary}")
     assert queued_messages > 0 and unfinished > 0, f"the flush must land mid-run: {summary}"
+    _assert_exactly_once(outcome, 150, summary)
+
+
+def _rabbitmq_running() -> bool:
+    done = subprocess.run(
+        ["rabbitmqctl", "await_startup", "--timeout", "60"],
+        capture_output=True,
+        timeout=90,
+        check=False,
+    )
+    return done.returncode == 0
+
+
+@pytest.fixture
+def rabbitmq_restored() -> Iterator[None]:
+    """Whatever happens in the test, the RabbitMQ application runs again afterwards."""
+    yield
+    subprocess.run(["rabbitmqctl", "start_app"], capture_output=True, timeout=90, check=False)
+    _poll(_rabbitmq_running, "RabbitMQ running after the test", 90)
+
+
+@pytest.mark.parametrize("broker_kind", ["rabbitmq"], indirect=True)
+def test_durability__rabbitmq_restarted_mid_run__nothing_lost(
+    fleet: Callable[..., Fleet], sim_client: SimulatorClient, rabbitmq_restored: None
+) -> None:
+    # Stops the node's RabbitMQ application (every vhost): only these tests use RabbitMQ.
+    sim_client.configure(latency_s=0.05)
+    run = fleet(3, 3)
+    started = time.monotonic()
+    ids = _create(150)
+    at_stop = _poll(_succeeded_at_least(20), "20 jobs succeeded", 60)
+    rabbitmqctl("stop_app")
+    stopped = time.monotonic()
+    rabbitmqctl("start_app")
+    _poll(_rabbitmq_running, "RabbitMQ started again", 90)
+    down_s = time.monotonic() - stopped
+    drain_s = _drain(ids, started, 180)
+
+    outcome = _outcome(ids, sim_client)
+    summary = outcome.line(
+        "rabbitmq-restart",
+        drain_s,
+        unfinished_at_stop=150 - at_stop["succeeded"],
+        broker_down_s=f"{down_s:.1f}",
+        redelivered=_redelivered(run.logs()),
+    )
+    print(f"\n{summary}")
+    assert at_stop["succeeded"] < 150, f"the restart must land mid-run: {summary}"
     _assert_exactly_once(outcome, 150, summary)
 
 

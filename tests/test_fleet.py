@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from conftest import WorkerProcess, wait_for
+from conftest import WorkerProcess, both_brokers, wait_for
 from sqlalchemy import select, update
 
 from worker import db, jobs
@@ -52,6 +52,7 @@ def _duplicates(sim_client: SimulatorClient) -> int:
     return sum(count - 1 for count in markers.values())
 
 
+@both_brokers
 def test_fleet__create_then_delete__end_to_end_one_token(
     start_worker: Callable[..., WorkerProcess], sim_client: SimulatorClient
 ) -> None:
@@ -77,6 +78,7 @@ def test_fleet__create_then_delete__end_to_end_one_token(
     assert "sim-secret" not in logs and "zak=" not in logs and "Bearer" not in logs
 
 
+@both_brokers
 def test_fleet__sent_by_name__recorded_when_received(
     start_worker: Callable[..., WorkerProcess], sim_client: SimulatorClient
 ) -> None:
@@ -120,6 +122,7 @@ def test_fleet__client_error__fails_at_once_with_zoom_code(
     assert job.error and "1001" in job.error and "User does not exist" in job.error
 
 
+@both_brokers
 def test_fleet__server_errors__retried_without_duplicates(
     start_worker: Callable[..., WorkerProcess], sim_client: SimulatorClient
 ) -> None:

@@ -3,9 +3,20 @@
 The settings that keep jobs safe through crashes: ``task_acks_late`` with
 ``task_reject_on_worker_lost`` (a message is acknowledged only after its job recorded an
 outcome, and comes back if the process dies), ``worker_prefetch_multiplier = 1`` (a dead
-worker holds at most one message per process), and a Redis ``visibility_timeout`` above
-every countdown we ever give the broker (a longer wait is parked in PostgreSQL instead,
-because Redis would redeliver an unacknowledged countdown message once the timeout passes).
+worker holds at most one message per process), and every countdown we give the broker
+below what the broker lets a worker hold a message unacknowledged (a longer wait is parked
+in PostgreSQL instead; see ``Settings.broker_hold_limit_s``).
+
+Per broker (``Settings.broker_kind``):
+
+- Redis: a ``visibility_timeout`` (``CELERY_VISIBILITY_TIMEOUT``), after which Redis
+  redelivers an unacknowledged message, countdowns included.
+- RabbitMQ: durable classic queues with persistent messages (Celery's defaults) and
+  publisher confirms, so a send returns only once the broker has the message. Quorum queues
+  are not used: Celery holds countdowns on them only through its native delayed delivery
+  (topic exchanges), and its global QoS is refused on them. RabbitMQ has no visibility
+  timeout; its ``consumer_timeout`` (``RABBITMQ_CONSUMER_TIMEOUT``) bounds an unacknowledged
+  delivery instead.
 
 Time limits: each job task is stopped before its lease ends (soft limit, then the process is
 killed at the hard limit), so a worker never works on a job the sweeper has given to another;
@@ -22,6 +33,7 @@ from typing import Any
 
 from celery import Celery
 
+from worker import logs  # noqa: F401 - LOG_FORMAT, through Celery's logging signals
 from worker.config import Settings, get_settings
 
 SWEEP_TASK = "jobs.sweep"
@@ -53,11 +65,18 @@ def time_limits(settings: Settings) -> dict[str, dict[str, float]]:
     }
 
 
+def transport_options(settings: Settings) -> dict[str, Any]:
+    """``broker_transport_options`` for the broker ``CELERY_BROKER_URL`` names."""
+    if settings.broker_kind == "rabbitmq":
+        return {"confirm_publish": True}
+    return {"visibility_timeout": settings.CELERY_VISIBILITY_TIMEOUT}
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery's settings, derived from ours."""
     return {
         "broker_url": settings.CELERY_BROKER_URL,
-        "broker_transport_options": {"visibility_timeout": settings.CELERY_VISIBILITY_TIMEOUT},
+        "broker_transport_options": transport_options(settings),
         "broker_connection_retry_on_startup": True,
         "task_serializer": "json",
         "accept_content": ["json"],

@@ -44,7 +44,8 @@ class Settings(BaseSettings):
     DATABASE_STATEMENT_TIMEOUT: float = Field(30.0, gt=0, le=3600)
     DATABASE_IDLE_IN_TRANSACTION_TIMEOUT: float = Field(60.0, gt=0, le=3600)
     CELERY_BROKER_URL: str = "redis://127.0.0.1:6379/0"
-    # The rate governor keeps its counters in Redis; by default the broker's server.
+    # The rate governor keeps its counters in Redis: by default the broker's server when the
+    # broker is Redis; required when it is RabbitMQ (see broker_kind).
     REDIS_URL: str | None = None
 
     ZOOM_ACCOUNT_ID: str | None = None
@@ -91,6 +92,58 @@ class Settings(BaseSettings):
     METRICS_PORT: int = Field(9808, ge=0, le=65535)
     FLOWER_BASIC_AUTH: SecretStr | None = None
 
+    # -- RabbitMQ as broker, operators' logs (issue 16) --
+    # RabbitMQ closes a channel holding a delivered message unacknowledged longer than its
+    # consumer_timeout (30 minutes by default): set this to the server's value, in seconds.
+    RABBITMQ_CONSUMER_TIMEOUT: int = Field(1800, ge=60)
+    LOG_FORMAT: Literal["text", "json"] = "text"
+
+    @model_validator(mode="after")
+    def _check_broker(self) -> Settings:
+        # Raised as is (not a ValueError), so it names the variable, not "settings".
+        if broker_kind(self.CELERY_BROKER_URL) is None:
+            raise errors.ConfigurationError(
+                "CELERY_BROKER_URL", "must be a redis://, rediss:// or amqp:// URL"
+            )
+        if self.REDIS_URL is None and self.broker_kind == "rabbitmq":
+            raise errors.ConfigurationError(
+                "REDIS_URL",
+                "is not set: the broker is RabbitMQ and the rate governor keeps its "
+                "counters in Redis",
+            )
+        if (
+            self.broker_kind == "rabbitmq"
+            and self.JOB_LEASE_SECONDS >= self.RABBITMQ_CONSUMER_TIMEOUT
+        ):
+            raise errors.ConfigurationError(
+                "JOB_LEASE_SECONDS",
+                "must be below RABBITMQ_CONSUMER_TIMEOUT: a job's message stays "
+                "unacknowledged while it runs, up to its lease",
+            )
+        return self
+
+    @property
+    def broker_kind(self) -> BrokerKind:
+        """Which broker ``CELERY_BROKER_URL`` names (any other scheme is refused at load,
+        after the validators that run before that check saw "redis")."""
+        return broker_kind(self.CELERY_BROKER_URL) or "redis"
+
+    @property
+    def broker_hold_limit_s(self) -> int:
+        """How long the broker lets a worker hold a delivered, unacknowledged message (a
+        countdown waits on the worker unacknowledged): Redis redelivers it after its
+        visibility timeout, RabbitMQ closes the channel after its consumer timeout."""
+        if self.broker_kind == "rabbitmq":
+            return self.RABBITMQ_CONSUMER_TIMEOUT
+        return self.CELERY_VISIBILITY_TIMEOUT
+
+    @property
+    def broker_hold_limit_name(self) -> str:
+        """The setting behind ``broker_hold_limit_s``."""
+        if self.broker_kind == "rabbitmq":
+            return "RABBITMQ_CONSUMER_TIMEOUT"
+        return "CELERY_VISIBILITY_TIMEOUT"
+
     # -- where secrets may go (issue 12) --
     # The exporter's address: loopback unless an operator opens it (e.g. 0.0.0.0).
     METRICS_HOST: str = "127.0.0.1"
@@ -127,8 +180,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_backoff(self) -> Settings:
-        if self.RETRY_BACKOFF_MAX >= self.CELERY_VISIBILITY_TIMEOUT:
-            raise ValueError("RETRY_BACKOFF_MAX must be below CELERY_VISIBILITY_TIMEOUT")
+        if self.broker_hold_limit_s <= self.RETRY_BACKOFF_MAX:
+            raise ValueError(f"RETRY_BACKOFF_MAX must be below {self.broker_hold_limit_name}")
         return self
 
     @model_validator(mode="after")
@@ -163,7 +216,8 @@ class Settings(BaseSettings):
 
     @property
     def redis_url(self) -> str:
-        """Where the rate governor keeps its counters."""
+        """Where the rate governor keeps its counters (the broker's Redis by default; with
+        RabbitMQ as broker ``REDIS_URL`` is required at load)."""
         return self.REDIS_URL or self.CELERY_BROKER_URL
 
     @property
@@ -207,6 +261,21 @@ class Settings(BaseSettings):
         if self.ZOOM_CLIENT_SECRET is None:
             raise errors.ConfigurationError("ZOOM_CLIENT_SECRET", "is not set")
         return self.ZOOM_CLIENT_SECRET.get_secret_value()
+
+
+BrokerKind = Literal["redis", "rabbitmq"]
+_BROKER_SCHEMES: dict[str, BrokerKind] = {
+    "redis": "redis",
+    "rediss": "redis",
+    "amqp": "rabbitmq",
+    "amqps": "rabbitmq",
+    "pyamqp": "rabbitmq",
+}
+
+
+def broker_kind(url: str) -> BrokerKind | None:
+    """The broker a Celery broker URL names by its scheme, or None for one we do not run on."""
+    return _BROKER_SCHEMES.get(urllib.parse.urlsplit(url).scheme.lower())
 
 
 def parse_rate_limits(value: str) -> dict[str, int]:

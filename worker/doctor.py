@@ -1,7 +1,8 @@
 """``zoom-worker doctor``: the checks an operator runs first, in order, each in words.
 
-Settings, database, migrations at head, broker, credentials, a token through the shared
-store, and the API. A check whose prerequisite failed is skipped, naming it. Nothing shown
+Settings, database, migrations at head, the broker (through Celery's own connection, Redis
+or RabbitMQ) and the governor's Redis, credentials, a token through the shared store, and
+the API. A check whose prerequisite failed is skipped, naming it. Nothing shown
 holds a secret or a token.
 """
 
@@ -11,15 +12,17 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import httpx
+import kombu.exceptions
 import psycopg
 import redis
+from celery import Celery
 from rich.console import Console
 from rich.text import Text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from worker import db, errors, schema, zoom
-from worker.config import Settings, get_settings
+from worker import celery_app, db, errors, schema, zoom
+from worker.config import Settings, broker_kind, get_settings
 from worker.token_store import TokenStore
 
 # A stopped database or broker must fail in seconds, not after the OS's TCP timeout.
@@ -31,13 +34,20 @@ def _conninfo(url: str) -> str:
 
 
 def _where(url: str) -> str:
-    """Host and port of a database or Redis URL, never its password."""
+    """Host and port of a database, Redis or AMQP URL (and a RabbitMQ vhost), never its
+    password."""
     try:
         parsed = make_url(url)
     except (ArgumentError, ValueError):
         return "(an unparsable URL)"
+    if broker_kind(url) == "rabbitmq":
+        return f"{parsed.host or 'localhost'}:{parsed.port or 5672}/{parsed.database or ''}"
     port = parsed.port or (6379 if parsed.drivername.startswith("redis") else 5432)
     return f"{parsed.host or 'localhost'}:{port}"
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 class CheckFailed(Exception):
@@ -64,7 +74,7 @@ class _Doctor:
                 version = conn.info.server_version
         except psycopg.OperationalError as exc:
             # psycopg says 'connection failed: connection to server at "h", port p failed: X'.
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            first = _first_line(exc)
             cause = first.rsplit("failed: ", 1)[-1].removeprefix("FATAL:").strip()
             raise CheckFailed(f"PostgreSQL at {_where(url)} is not reachable: {cause}") from None
         return f"PostgreSQL {version // 10000}.{version % 100} at {_where(url)}"
@@ -83,19 +93,39 @@ class _Doctor:
         return f"at head ({head})"
 
     def broker(self) -> str:
+        """The broker through Celery's own connection (with our transport options), then
+        the governor's Redis on its own: the failure names which of the two is down."""
         settings = self._settings()
-        urls = dict.fromkeys([settings.CELERY_BROKER_URL, settings.redis_url])
+        name = "RabbitMQ" if settings.broker_kind == "rabbitmq" else "Redis"
+        where = _where(settings.CELERY_BROKER_URL)
+        probe = Celery("zoom-worker-doctor", set_as_current=False)
+        probe.conf.update(
+            broker_url=settings.CELERY_BROKER_URL,
+            broker_transport_options=celery_app.transport_options(settings),
+            broker_connection_timeout=CONNECT_TIMEOUT_S,
+        )
+        try:
+            with probe.connection_for_write() as conn:
+                conn.ensure_connection(max_retries=1, interval_start=0, timeout=CONNECT_TIMEOUT_S)
+        except (kombu.exceptions.OperationalError, OSError) as exc:
+            raise CheckFailed(
+                f"the broker ({name} at {where}, CELERY_BROKER_URL) is not reachable: "
+                f"{_first_line(exc)}"
+            ) from None
         timeouts = {
             "socket_connect_timeout": CONNECT_TIMEOUT_S,
             "socket_timeout": CONNECT_TIMEOUT_S,
         }
-        for url in urls:
-            try:
-                with redis.Redis.from_url(url, **timeouts) as client:
-                    client.ping()
-            except (redis.RedisError, ValueError) as exc:
-                raise CheckFailed(f"Redis at {_where(url)} is not reachable: {exc}") from None
-        return "Redis at " + ", ".join(_where(url) for url in urls)
+        governor = _where(settings.redis_url)
+        try:
+            with redis.Redis.from_url(settings.redis_url, **timeouts) as client:
+                client.ping()
+        except (redis.RedisError, ValueError) as exc:
+            raise CheckFailed(
+                f"the rate governor's Redis at {governor} (REDIS_URL) is not reachable: "
+                f"{_first_line(exc)}"
+            ) from None
+        return f"{name} at {where} (broker), Redis at {governor} (rate governor)"
 
     def credentials(self) -> str:
         settings = self._settings()

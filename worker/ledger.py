@@ -79,8 +79,9 @@ class Ledger:
     """The worker's side of the ledger, built once per process from Settings.
 
     ``lease`` is ``JOB_LEASE_SECONDS``; ``max_deliveries`` is ``JOB_MAX_DELIVERIES``; a wait
-    longer than half of ``visibility_timeout`` is parked in PostgreSQL instead of being a
-    broker countdown (Redis would redeliver it early); ``send`` puts a task on the broker.
+    longer than half of ``max_hold`` (``Settings.broker_hold_limit_s``) is parked in
+    PostgreSQL instead of being a broker countdown (Redis would redeliver it early, RabbitMQ
+    would close the worker's channel); ``send`` puts a task on the broker.
     """
 
     def __init__(
@@ -89,13 +90,13 @@ class Ledger:
         *,
         lease: timedelta,
         max_deliveries: int,
-        visibility_timeout: timedelta,
+        max_hold: timedelta,
         send: Send,
     ) -> None:
         self._sessions = sessions
         self.lease = lease
         self.max_deliveries = max_deliveries
-        self.visibility_timeout = visibility_timeout
+        self.max_hold = max_hold
         self._send = send
 
     @classmethod
@@ -105,7 +106,7 @@ class Ledger:
             db.sessions(settings),
             lease=timedelta(seconds=settings.JOB_LEASE_SECONDS),
             max_deliveries=settings.JOB_MAX_DELIVERIES,
-            visibility_timeout=timedelta(seconds=settings.CELERY_VISIBILITY_TIMEOUT),
+            max_hold=timedelta(seconds=settings.broker_hold_limit_s),
             send=send,
         )
 
@@ -222,10 +223,11 @@ class Ledger:
 
     def countdown(self, outcome: Retry | Hold) -> float | None:
         """Seconds until ``outcome.at`` when a broker countdown may carry the retry; None
-        when the wait is parked in PostgreSQL for the sweeper (beyond half the visibility
-        timeout, Redis would redeliver the countdown message early and run it twice)."""
+        when the wait is parked in PostgreSQL for the sweeper (beyond half ``max_hold``,
+        Redis would redeliver the countdown message early and run it twice, RabbitMQ would
+        close the channel of the worker holding it)."""
         delay_s = max(0.0, (outcome.at - datetime.now(UTC)).total_seconds())
-        return delay_s if delay_s <= self.visibility_timeout.total_seconds() / 2 else None
+        return delay_s if delay_s <= self.max_hold.total_seconds() / 2 else None
 
     def reschedule(self, job: Claim, outcome: Outcome) -> Reschedule | None:
         """Record ``outcome``; for a retry or hold a broker countdown carries, the Reschedule
