@@ -41,7 +41,7 @@ REDIS_BASE = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
 BROKER_URL = os.environ.get("TEST_BROKER_URL", f"{REDIS_BASE}/11")
 GOVERNOR_URL = os.environ.get("TEST_GOVERNOR_URL", f"{REDIS_BASE}/12")
 TEMPLATE = f"zw_test_template_{os.getpid()}"
-# The local RabbitMQ (guest may connect from loopback only); each test makes its own vhost.
+# The local RabbitMQ (guest may connect from loopback only); one vhost per run, emptied per test.
 AMQP_BASE = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672")
 BROKER_KINDS = ("redis", "rabbitmq")
 both_brokers = pytest.mark.parametrize("broker_kind", BROKER_KINDS, indirect=True)
@@ -113,9 +113,12 @@ def rabbitmqctl(*arguments: str) -> str:
     return done.stdout
 
 
-@contextlib.contextmanager
+@pytest.fixture(scope="session")
 def rabbitmq_vhost() -> Iterator[str]:
-    """An AMQP URL to a new RabbitMQ virtual host, deleted afterwards with its queues."""
+    """An AMQP URL to a RabbitMQ virtual host of this run, deleted at its end with its queues.
+
+    One per run, not per test: each ``rabbitmqctl`` call costs seconds. Tests empty its
+    queues between them instead (see ``broker_url``)."""
     name = f"zw_test_{secrets.token_hex(6)}"
     rabbitmqctl("add_vhost", name)
     try:
@@ -127,6 +130,17 @@ def rabbitmq_vhost() -> Iterator[str]:
         )
 
 
+def _empty_rabbitmq_queues(url: str) -> None:
+    """Delete the queues a test leaves in the run's vhost (Celery declares them again)."""
+    with kombu.Connection(url, connect_timeout=10) as conn:
+        channel = conn.default_channel
+        for queue in ("celery",):
+            try:
+                channel.queue_delete(queue)
+            except Exception:
+                channel = conn.channel()
+
+
 @pytest.fixture
 def broker_kind(request: pytest.FixtureRequest) -> str:
     """The broker of this test: "redis", or what ``both_brokers`` parametrizes."""
@@ -136,11 +150,14 @@ def broker_kind(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def broker_url(broker_kind: str) -> Iterator[str]:
-    """The broker URL of this test, empty: Redis database 11, or a RabbitMQ vhost of its own."""
+def broker_url(broker_kind: str, request: pytest.FixtureRequest) -> Iterator[str]:
+    """The broker URL of this test, empty: Redis database 11, or the run's RabbitMQ vhost
+    with its queues deleted."""
     if broker_kind == "rabbitmq":
-        with rabbitmq_vhost() as url:
-            yield url
+        url: str = request.getfixturevalue("rabbitmq_vhost")
+        _empty_rabbitmq_queues(url)
+        yield url
+        _empty_rabbitmq_queues(url)
     else:
         flushed_redis(BROKER_URL).close()
         yield BROKER_URL
