@@ -91,6 +91,13 @@ class Settings(BaseSettings):
     METRICS_PORT: int = Field(9808, ge=0, le=65535)
     FLOWER_BASIC_AUTH: SecretStr | None = None
 
+    # -- the outage breaker (issue 10) --
+    # ZOOM_OUTAGE_THRESHOLD Zoom faults (5xx, no answer) within ZOOM_OUTAGE_WINDOW seconds,
+    # and more of them than good answers, hold every job until a probe finds Zoom back;
+    # 0 turns the breaker off.
+    ZOOM_OUTAGE_THRESHOLD: int = Field(5, ge=0, le=10000)
+    ZOOM_OUTAGE_WINDOW: float = Field(10.0, gt=0, le=3600)
+
     # -- where secrets may go (issue 12) --
     # The exporter's address: loopback unless an operator opens it (e.g. 0.0.0.0).
     METRICS_HOST: str = "127.0.0.1"
