@@ -205,8 +205,9 @@ def wait_for_create(job: ledger.Claim, settings: Settings, now: datetime) -> Out
 
 
 def zoom_unwell(exc: Exception) -> bool:
-    """True when ``exc`` says Zoom itself is unwell (a 5xx, or no answer from the API): what
-    the outage breaker counts. A 4xx is about the job; the token endpoint has its own pacing."""
+    """True when ``exc`` says Zoom itself is unwell (a 5xx, or no answer at all): what the
+    outage breaker counts. A 4xx is about the job; the token endpoint's error answers
+    (TokenRequestFailed) have their own pacing in worker.token_budget."""
     return isinstance(exc, errors.ZoomServerError | errors.ZoomUnreachable)
 
 

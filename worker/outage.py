@@ -30,8 +30,8 @@ Keys in the governor's Redis (``REDIS_URL``), under a namespace (default ``zw:ou
   asking Zoom anything conclusive (a 4xx, a rate-limit wait, a lost claim) gives its lease
   back; a probe whose process died loses it when the lease expires (``attempt_bound_s``).
 
-Job-specific answers (4xx), rate limits and token-endpoint failures (paced by
-:mod:`worker.token_budget`) never count. Every operation is one Lua script on Redis's own
+Job-specific answers (4xx), rate limits and the token endpoint's error answers (paced by
+:mod:`worker.token_budget`) never count; no answer at all counts, whoever did not answer. Every operation is one Lua script on Redis's own
 clock, so hosts whose clocks disagree agree on the pause.
 
 The breaker fails open: when its Redis cannot be reached, every attempt may call Zoom and
