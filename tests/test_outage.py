@@ -12,10 +12,12 @@ from typing import Any
 
 import pytest
 import redis
+from click.testing import CliRunner
 from conftest import GOVERNOR_URL, flushed_redis, wait_for
 
 from worker import errors, meetings, outage
-from worker.config import Settings
+from worker.cli import cli
+from worker.config import Settings, get_settings
 
 THRESHOLD = 5
 
@@ -213,3 +215,27 @@ def test_outage__threshold_zero__no_breaker() -> None:
 )
 def test_outage__which_failures__count_as_zoom_unwell(exc: Exception, counted: bool) -> None:
     assert meetings.zoom_unwell(exc) is counted
+
+
+def test_outage__describe__closed_open_and_unreachable(client: redis.Redis) -> None:
+    breaker = _breaker(client)
+    closed = breaker.describe()
+    _fail(breaker, THRESHOLD)
+    opened = breaker.describe()
+    down = _breaker(outage.client_for(f"redis://127.0.0.1:{_closed_port()}/0")).describe()
+
+    assert closed.startswith("closed")
+    assert opened.startswith("open") and "pause 1s" in opened
+    assert down.startswith("unknown")
+
+
+@pytest.mark.usefixtures("env")
+def test_outage__zoom_worker_token__shows_the_open_breaker() -> None:
+    breaker = outage.OutageBreaker.from_settings(get_settings())
+    for _ in range(get_settings().ZOOM_OUTAGE_THRESHOLD):
+        breaker.report(breaker.check(), healthy=False)
+
+    result = CliRunner().invoke(cli, ["token"], catch_exceptions=False)
+
+    assert result.exit_code == 0, result.output
+    assert "zoom outage" in result.output and "open: Zoom fails" in result.output

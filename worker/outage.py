@@ -31,8 +31,9 @@ Keys in the governor's Redis (``REDIS_URL``), under a namespace (default ``zw:ou
   back; a probe whose process died loses it when the lease expires (``attempt_bound_s``).
 
 Job-specific answers (4xx), rate limits and the token endpoint's error answers (paced by
-:mod:`worker.token_budget`) never count; no answer at all counts, whoever did not answer. Every operation is one Lua script on Redis's own
-clock, so hosts whose clocks disagree agree on the pause.
+:mod:`worker.token_budget`) never count; no answer at all counts, whoever did not answer.
+Every operation is one Lua script on Redis's own clock, so hosts whose clocks disagree
+agree on the pause.
 
 The breaker fails open: when its Redis cannot be reached, every attempt may call Zoom and
 falls back on its own backoff, and the breaker stops asking Redis for :data:`REDIS_PAUSE_S`
@@ -162,6 +163,10 @@ class Breaker(Protocol):
         """Zoom answered well (True), was unwell (False), or neither was learnt (None)."""
         ...
 
+    def describe(self) -> str:
+        """The breaker's state in one line, for ``zoom-worker token``."""
+        ...
+
 
 class NoBreaker:
     """No breaker (``ZOOM_OUTAGE_THRESHOLD=0``): every attempt calls Zoom."""
@@ -172,6 +177,10 @@ class NoBreaker:
 
     def report(self, ticket: Ticket, healthy: bool | None) -> None:
         """Nothing to count."""
+
+    def describe(self) -> str:
+        """Off."""
+        return "off (ZOOM_OUTAGE_THRESHOLD=0)"
 
 
 class OutageBreaker:
@@ -258,6 +267,20 @@ class OutageBreaker:
         if not found:
             return None
         return {"until": int(found[b"until"]) / _US, "pause_s": int(found[b"pause"]) / _US}
+
+    def describe(self) -> str:
+        """Closed, open with its pause and next probe, or unknown when Redis cannot be read."""
+        try:
+            state = self.state()
+        except redis.RedisError:
+            return "unknown: its Redis is unreachable (jobs call Zoom on their own)"
+        if state is None:
+            return "closed: Zoom answers"
+        probe_at = datetime.fromtimestamp(state["until"], UTC)
+        return (
+            f"open: Zoom fails for the whole fleet; pause {state['pause_s']:g}s, "
+            f"next probe from {probe_at:%H:%M:%S} UTC"
+        )
 
     def _unreachable(self, what: str, exc: redis.RedisError) -> None:
         self._paused_until = time.monotonic() + REDIS_PAUSE_S
