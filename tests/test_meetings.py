@@ -440,3 +440,7 @@ def test_run__breaker_open__no_call_job_held_no_attempt_spent() -> None:
     job = jobs.get_job(claim.job_id)
     assert job is not None and job.status == "waiting" and job.attempts == 0
     assert "Zoom is failing for the whole fleet" in (job.error or "")
+    with db.sessions(get_settings())() as session:
+        row = session.get(JobRow, claim.job_id)
+        assert row is not None and row.held_for == HoldReason.ZOOM_OUTAGE
+        assert row.first_failed_at is not None, "the outage's time counts toward the budget"
