@@ -543,7 +543,10 @@ def test_durability__zoom_5xx_outage_longer_than_attempts__all_succeed(
 ) -> None:
     monkeypatch.setenv("JOB_MAX_ATTEMPTS", OUTAGE_ENV["JOB_MAX_ATTEMPTS"])
     sim_client.configure(error_rate=1.0)
-    workers = [start_worker(concurrency=3, **OUTAGE_ENV) for _ in range(2)]
+    # The give-up budget alone, each job failing on its own: the outage breaker, which would
+    # hold the jobs without attempts, is off here (its own test is section 7).
+    alone = {**OUTAGE_ENV, "ZOOM_OUTAGE_THRESHOLD": "0"}
+    workers = [start_worker(concurrency=3, **alone) for _ in range(2)]
     start_beat(**OUTAGE_ENV)
     started = time.monotonic()
     ids = _create(100)
@@ -640,6 +643,88 @@ def test_durability__governor_redis_stopped_mid_run__all_succeed(
     assert at_stop["succeeded"] < 100, f"the outage must land mid-run: {summary}"
     assert outcome.max_attempts > int(OUTAGE_ENV["JOB_MAX_ATTEMPTS"]), summary
     _assert_exactly_once(outcome, 100, summary)
+
+
+# -- 7. a Zoom outage: the fleet waits together (issue 10's outage breaker) -----------------
+
+BREAKER_OUTAGE_S = 15
+BREAKER_JOBS = 100
+
+
+@dataclass(frozen=True)
+class OutageRun:
+    ids: list[uuid.UUID]
+    calls: int  # Zoom API calls the simulator answered while it failed every one
+    outage_s: float
+    failed: int  # failed attempts of all the jobs (their successful last ones not counted)
+    opened: int  # times the breaker opened, from the workers' logs
+
+
+def _zoom_outage(
+    start_worker: StartWorker, sim_client: SimulatorClient, until: Callable[[Any], bool], **env: str
+) -> OutageRun:
+    """100 creates on 2 workers x 4 processes while Zoom answers 5xx to every API call for
+    at least BREAKER_OUTAGE_S and until every job satisfies ``until``; then Zoom recovers."""
+    workers = [start_worker(concurrency=4, **env) for _ in range(2)]
+    calls_before = sim_client.stats()["api_calls"]
+    sim_client.configure(error_rate=1.0)
+    started = time.monotonic()
+    ids = _create(BREAKER_JOBS)
+
+    def outlasted() -> bool:
+        found = jobs.jobs_for(ids)
+        return time.monotonic() - started >= BREAKER_OUTAGE_S and all(until(j) for j in found)
+
+    _poll(outlasted, "the outage reached every job", 240)
+    calls = sim_client.stats()["api_calls"] - calls_before
+    outage_s = time.monotonic() - started
+    sim_client.configure(error_rate=0.0)
+    _drain(ids, started, 180)
+    for worker in workers:
+        worker.stop()
+    logs = "".join(w.log() for w in workers)
+    failed = sum(j.attempts for j in jobs.jobs_for(ids)) - len(ids)
+    return OutageRun(ids, calls, outage_s, failed, logs.count("outage.opened "))
+
+
+def test_durability__zoom_5xx_outage__fleet_waits_together_far_fewer_calls(
+    short_leases: dict[str, str],
+    start_worker: StartWorker,
+    start_beat: Callable[..., WorkerProcess],
+    sim_client: SimulatorClient,
+) -> None:
+    start_beat()
+    # Without the breaker every job fails at least twice during the outage (so it made at
+    # least 2 x 100 calls and spent 200 attempts); with it, every job has been held or failed
+    # once. Both outages last at least BREAKER_OUTAGE_S, so the bounds below hold however
+    # slow the machine: they count calls and attempts, not seconds.
+    alone = _zoom_outage(
+        start_worker, sim_client, lambda j: j.attempts >= 2, ZOOM_OUTAGE_THRESHOLD="0"
+    )
+    together = _zoom_outage(
+        start_worker, sim_client, lambda j: j.attempts >= 1 or j.status == "waiting"
+    )
+
+    outcome = _outcome(alone.ids + together.ids, sim_client)
+    summary = outcome.line(
+        "breaker",
+        0.0,
+        calls_without=alone.calls,
+        outage_without_s=f"{alone.outage_s:.1f}",
+        failed_without=alone.failed,
+        calls_with=together.calls,
+        outage_with_s=f"{together.outage_s:.1f}",
+        failed_with=together.failed,
+        opened=together.opened,
+    )
+    print(f"\n{summary}")
+    _assert_exactly_once(outcome, 2 * BREAKER_JOBS, summary)
+    assert alone.opened == 0 and together.opened >= 1, summary
+    assert alone.calls >= 2 * BREAKER_JOBS, summary
+    # Fewer calls during the whole outage than there are jobs: the fleet waited together.
+    assert together.calls < BREAKER_JOBS, summary
+    # Far fewer attempts spent: held jobs wait without failing, only the probes fail.
+    assert together.failed * 4 < alone.failed, summary
 
 
 def _pg_accepts() -> bool:

@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy.exc
 from sqlalchemy import update
 
-from worker import celery_app, db, errors, jobs, ledger, meetings
+from worker import celery_app, db, errors, jobs, ledger, meetings, outage
 from worker.config import Settings, get_settings
 from worker.models import Job as JobRow
 from worker.outcomes import Failed, Hold, HoldReason, Outcome, Retry
@@ -379,3 +379,68 @@ def test_run__token_endpoint_down__no_create_permit_spent(sim_client: SimulatorC
     assert "create" not in gate.permits
     job = jobs.get_job(claim.job_id)
     assert job is not None and job.status == "retrying" and job.meeting_id is None
+
+
+# -- the outage breaker (issue 10: jobs that see the same fault wait together) ------------
+
+
+def test_decide__zoom_outage__held_within_one_pause_after_it_ends() -> None:
+    exc = errors.ZoomOutage("Zoom is failing for the fleet", retry_at=LATER, pause_s=4.0)
+    outcome = _decide(exc, attempts=2)
+    assert outcome == Hold(LATER + timedelta(seconds=4), HoldReason.ZOOM_OUTAGE, f"waiting: {exc}")
+
+
+def test_decide__zoom_outage_past_the_budget__gives_up() -> None:
+    exc = errors.ZoomOutage("Zoom is failing for the fleet", retry_at=LATER, pause_s=4.0)
+    outcome = _decide(exc, failing_for=2 * DAY)
+    assert isinstance(outcome, Failed) and outcome.gave_up
+    assert "JOB_GIVE_UP_AFTER" in outcome.reason
+
+
+def test_decide__token_request_failed_with_retry_at__retries_then() -> None:
+    paced = errors.TokenRequestFailed("the token endpoint failed 3 times", retry_at=_at(20))
+    outcome = _decide(paced, attempts=0)
+    assert isinstance(outcome, Retry) and outcome.transient and outcome.at == _at(20)
+
+
+def test_decide__token_request_failed_without_retry_at__plain_backoff() -> None:
+    outcome = _decide(errors.TokenRequestFailed("token endpoint 503", status=503), attempts=1)
+    assert isinstance(outcome, Retry) and outcome.at == _at(4)
+
+
+def _breaker_runtime(client: _Client) -> meetings.Runtime:
+    settings = get_settings()
+    breaker = outage.OutageBreaker.from_settings(settings)
+    return dataclasses.replace(_runtime(client, _Gate()), outage=breaker)
+
+
+@pytest.mark.usefixtures("env")
+def test_run__zoom_5xx_for_the_threshold__breaker_opens() -> None:
+    runtime = _breaker_runtime(_Client(_server_error()))
+    assert isinstance(runtime.outage, outage.OutageBreaker)
+    for _ in range(get_settings().ZOOM_OUTAGE_THRESHOLD):
+        claim = runtime.ledger.claim(jobs.create_meeting("host@example.com", BODY))
+        assert claim is not None
+        meetings.run(claim, runtime)
+    assert runtime.outage.state() is not None
+
+
+@pytest.mark.usefixtures("env")
+def test_run__breaker_open__no_call_job_held_no_attempt_spent() -> None:
+    client = _Client(_server_error())
+    runtime = _breaker_runtime(client)
+    for _ in range(get_settings().ZOOM_OUTAGE_THRESHOLD):
+        runtime.outage.report(runtime.outage.check(), healthy=False)
+    claim = runtime.ledger.claim(jobs.create_meeting("host@example.com", BODY))
+    assert claim is not None
+
+    meetings.run(claim, runtime)
+
+    assert client.creates == 0, "while the breaker is open no job calls Zoom"
+    job = jobs.get_job(claim.job_id)
+    assert job is not None and job.status == "waiting" and job.attempts == 0
+    assert "Zoom is failing for the whole fleet" in (job.error or "")
+    with db.sessions(get_settings())() as session:
+        row = session.get(JobRow, claim.job_id)
+        assert row is not None and row.held_for == HoldReason.ZOOM_OUTAGE
+        assert row.first_failed_at is not None, "the outage's time counts toward the budget"

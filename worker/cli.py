@@ -23,7 +23,7 @@ from rich.table import Table
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
-from worker import db, errors, jobs, models, retention, schema, simulator
+from worker import db, errors, jobs, models, outage, retention, schema, simulator
 from worker import doctor as checks
 from worker.config import get_settings, parse_rate_limits
 from worker.token_store import TokenStore
@@ -234,6 +234,7 @@ def token() -> None:
             ("failed requests", f"{status.failures_last_day} last day"),
             ("circuit", f"{status.circuit_state}: {status.circuit_reason or 'Zoom accepts it'}"),
             ("next probe", _text(status.next_probe_at)),
+            ("zoom outage", outage.OutageBreaker.from_settings(settings).describe()),
             ("last error", error),
         ]
     )

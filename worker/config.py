@@ -98,6 +98,13 @@ class Settings(BaseSettings):
     RABBITMQ_CONSUMER_TIMEOUT: int = Field(1800, ge=60)
     LOG_FORMAT: Literal["text", "json"] = "text"
 
+    # -- the outage breaker (issue 10) --
+    # ZOOM_OUTAGE_THRESHOLD Zoom faults (5xx, no answer) within ZOOM_OUTAGE_WINDOW seconds,
+    # and more of them than good answers, hold every job until a probe finds Zoom back;
+    # 0 turns the breaker off.
+    ZOOM_OUTAGE_THRESHOLD: int = Field(5, ge=0, le=10000)
+    ZOOM_OUTAGE_WINDOW: float = Field(10.0, gt=0, le=3600)
+
     @model_validator(mode="after")
     def _check_broker(self) -> Settings:
         # Raised as is (not a ValueError), so it names the variable, not "settings".

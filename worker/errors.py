@@ -10,6 +10,7 @@
     │                             a delete waits for is unfinished (``retry_at``)
     ├── TokenBudgetExhausted      the hourly token-request budget is spent: no more requests
     ├── CircuitOpen               the credential is known to be refused; calls are paused
+    ├── ZoomOutage                Zoom fails for the whole fleet; calls wait (``retry_at``)
     ├── ClaimLost                 this worker no longer holds the job's claim (fencing)
     ├── OutcomeUnknown            a create may have reached Zoom and cannot be looked for
     └── ZoomError                 Zoom did not do what we asked
@@ -109,6 +110,16 @@ class CircuitOpen(ZoomWorkerError):
         self.reason = reason
         self.retry_at = retry_at
         super().__init__(reason)
+
+
+class ZoomOutage(ZoomWorkerError):
+    """Raised instead of a call while the outage breaker is open (:mod:`worker.outage`):
+    ``retry_at`` is when the breaker's pause ends, ``pause_s`` its current length."""
+
+    def __init__(self, message: str, *, retry_at: datetime, pause_s: float) -> None:
+        self.retry_at = retry_at
+        self.pause_s = pause_s
+        super().__init__(message)
 
 
 class ClaimLost(ZoomWorkerError):

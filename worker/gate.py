@@ -11,6 +11,7 @@ import logging
 import random
 import time
 from datetime import UTC, datetime, timedelta
+from typing import Protocol
 
 from worker import errors, zoom
 from worker.config import Settings
@@ -33,6 +34,34 @@ PRECISION_WAIT_S = 0.05
 MAX_AHEAD_S = 60.0
 # After a per-second 429 with no Retry-After, the whole category pauses this long.
 QPS_PENALTY_S = 1.0
+
+
+class Gate(Protocol):
+    """Asked before every Zoom call: the fleet's rate governor, or an open gate."""
+
+    def before_call(
+        self, operation: str, user_id: str | None = None, slot_at: float | None = None
+    ) -> None:
+        """Return when the call may go now; raise Deferred or DailyLimitReached otherwise.
+
+        ``slot_at`` is a slot reserved by an earlier run of the same task."""
+        ...
+
+    def rate_limited(self, operation: str, exc: errors.RateLimited, user_id: str | None) -> None:
+        """Zoom answered 429 anyway: tell the whole fleet."""
+        ...
+
+
+class OpenGate:
+    """No governor: every call may go (``RATE_GOVERNOR=false``)."""
+
+    def before_call(
+        self, operation: str, user_id: str | None = None, slot_at: float | None = None
+    ) -> None:
+        """Always let the call go."""
+
+    def rate_limited(self, operation: str, exc: errors.RateLimited, user_id: str | None) -> None:
+        """Nothing to tell."""
 
 
 def category_of(operation: str, settings: Settings) -> str:

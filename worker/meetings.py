@@ -14,9 +14,15 @@ it has no side effects (the "a 429 tells the fleet's gate" step is one call afte
 :func:`run`), so it is tested as a table. A 4xx that says the job is wrong fails at once;
 Zoom or our infrastructure being unwell (5xx, no answer, Redis, the token store, the
 database) is retried with full-jitter backoff until ``JOB_GIVE_UP_AFTER`` has passed since
-the first failed attempt; rate limits, the credential circuit, the token budget and a
-configuration error hold the job without counting. An unexpected error is retried at most
+the first failed attempt (a failed token request waits for the fleet's next one, its
+``retry_at``); rate limits, the credential circuit, the token budget and a configuration
+error hold the job without counting. An unexpected error is retried at most
 ``JOB_MAX_ATTEMPTS`` times. A claim lost before a call stops the attempt with nothing recorded.
+
+When Zoom fails for the whole fleet, the jobs wait together: :func:`run` asks the outage
+breaker (:mod:`worker.outage`) before an attempt and tells it afterwards how Zoom answered;
+while it is open the attempt is not made and the job is held (``HoldReason.ZOOM_OUTAGE``,
+no attempt spent, but the time counts against ``JOB_GIVE_UP_AFTER``: Zoom is failing).
 """
 
 from __future__ import annotations
@@ -24,13 +30,13 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 import sqlalchemy.exc
 
-from worker import db, errors, gate, ledger, marker, metrics, zoom
+from worker import db, errors, gate, ledger, marker, metrics, outage, zoom
 from worker.config import Settings
 from worker.outcomes import Failed, Hold, HoldReason, Outcome, Reschedule, Retry, Succeeded
 from worker.token_store import TokenStore
@@ -41,32 +47,9 @@ log = logging.getLogger(__name__)
 CREATE_WAIT = timedelta(seconds=2)
 
 
-class Gate(Protocol):
-    """Asked before every Zoom call: the fleet's rate governor, or an open gate."""
-
-    def before_call(
-        self, operation: str, user_id: str | None = None, slot_at: float | None = None
-    ) -> None:
-        """Return when the call may go now; raise Deferred or DailyLimitReached otherwise.
-
-        ``slot_at`` is a slot reserved by an earlier run of the same task."""
-        ...
-
-    def rate_limited(self, operation: str, exc: errors.RateLimited, user_id: str | None) -> None:
-        """Zoom answered 429 anyway: tell the whole fleet."""
-        ...
-
-
-class OpenGate:
-    """No governor: every call may go (``RATE_GOVERNOR=false``)."""
-
-    def before_call(
-        self, operation: str, user_id: str | None = None, slot_at: float | None = None
-    ) -> None:
-        """Always let the call go."""
-
-    def rate_limited(self, operation: str, exc: errors.RateLimited, user_id: str | None) -> None:
-        """Nothing to tell."""
+# The gate's protocol and the open gate live in worker.gate; these names stay for callers.
+Gate = gate.Gate
+OpenGate = gate.OpenGate
 
 
 @dataclass(frozen=True)
@@ -78,6 +61,7 @@ class Runtime:
     gate: Gate
     store: TokenStore
     ledger: ledger.Ledger
+    outage: outage.Breaker = field(default_factory=outage.NoBreaker)
 
     @classmethod
     def from_settings(
@@ -97,7 +81,8 @@ class Runtime:
         if settings.RATE_GOVERNOR:
             permits = gate.FleetGate.from_settings(settings)
         work = ledger.Ledger.from_settings(settings, send)
-        return cls(settings=settings, client=client, gate=permits, store=store, ledger=work)
+        breaker = outage.OutageBreaker.from_settings(settings)
+        return cls(settings, client, permits, store, work, breaker)
 
 
 def run(job: ledger.Claim, runtime: Runtime, *, slot_at: float | None = None) -> Reschedule | None:
@@ -105,13 +90,19 @@ def run(job: ledger.Claim, runtime: Runtime, *, slot_at: float | None = None) ->
 
     ``slot_at`` is a rate permit a previous run reserved; the first call uses it."""
     attempt = _Attempt(job, runtime, slot_at)
+    ticket = outage.Ticket("")
     try:
+        ticket = runtime.outage.check()  # while Zoom fails for the fleet, wait together
         outcome = attempt.create() if job.kind == ledger.CREATE else attempt.delete()
+        # Zoom answered well, unless the attempt had nothing to ask it (a delete waiting).
+        runtime.outage.report(ticket, healthy=True if attempt.called else None)
     except errors.ClaimLost:
+        runtime.outage.report(ticket, healthy=None)
         return None  # another worker has the job now: nothing to call, nothing to record
     except Exception as exc:  # every failure is decided in one place: decide()
         if not isinstance(exc, errors.ZoomWorkerError | sqlalchemy.exc.OperationalError):
             log.exception("job.unexpected_error job_id=%s", job.job_id, exc_info=exc)
+        runtime.outage.report(ticket, healthy=False if zoom_unwell(exc) else None)
         outcome = decide(
             exc, job, runtime.settings, sent=attempt.create_sent, reconciled=attempt.reconciled
         )
@@ -132,6 +123,7 @@ class _Attempt:
         self.settings = runtime.settings
         self.create_sent = False
         self.reconciled = False
+        self.called = False  # a Zoom call was let through the gate
 
     def create(self) -> Outcome:
         job = self.job
@@ -186,6 +178,7 @@ class _Attempt:
     def _permit(self, operation: str, user_id: str | None = None) -> None:
         slot_at, self.slot_at = self.slot_at, None  # a reserved slot serves one call
         self.gate.before_call(operation, user_id, slot_at)
+        self.called = True
 
     def _find_lost_meeting(self) -> zoom.Meeting | None:
         job = self.job
@@ -213,6 +206,13 @@ def wait_for_create(job: ledger.Claim, settings: Settings, now: datetime) -> Out
     )
     reason = f"waiting: the create job {job.after_job_id} has not finished"
     return Hold(now + timedelta(seconds=wait_s), HoldReason.CREATE_PENDING, reason)
+
+
+def zoom_unwell(exc: Exception) -> bool:
+    """True when ``exc`` says Zoom itself is unwell (a 5xx, or no answer at all): what the
+    outage breaker counts. A 4xx is about the job; the token endpoint's error answers
+    (TokenRequestFailed) have their own pacing in worker.token_budget."""
+    return isinstance(exc, errors.ZoomServerError | errors.ZoomUnreachable)
 
 
 def _tell_gate(gate: Gate, job: ledger.Claim, exc: errors.RateLimited) -> None:
@@ -299,11 +299,16 @@ def decide(
 
 
 def _within_budget(case: _Case, outcome: Outcome) -> Outcome:
-    """A retry past its budget gives up: time for transient failures, attempts otherwise."""
-    if not isinstance(outcome, Retry):
-        return outcome
+    """A retry past its budget gives up: time for transient failures, attempts otherwise.
+    Held for a Zoom outage is failing time too (``HoldReason.counts_as_failing``)."""
     settings, job = case.settings, case.job
-    if outcome.transient:
+    if isinstance(outcome, Hold) and outcome.why.counts_as_failing:
+        timed = True
+    elif isinstance(outcome, Retry):
+        timed = outcome.transient
+    else:
+        return outcome
+    if timed:
         failing_s = job.failing_for.total_seconds() if job.failing_for is not None else 0.0
         if failing_s < settings.JOB_GIVE_UP_AFTER:
             return outcome
@@ -345,7 +350,17 @@ def _rate_limited(case: _Case) -> Outcome:
 
 def _transient(case: _Case) -> Outcome:
     at = case.backoff(case.job.attempts)
+    if isinstance(case.exc, errors.TokenRequestFailed) and case.exc.retry_at is not None:
+        at = max(case.exc.retry_at, case.now)  # the fleet asks the token endpoint again then
     return Retry(at, _text(case.exc), transient=True, maybe_sent=case.maybe_sent)
+
+
+def _outage(case: _Case) -> Outcome:
+    """Held while the breaker is open, back anywhere within one pause after it ends, so the
+    held jobs do not all arrive at the probe together."""
+    exc: errors.ZoomOutage = case.exc
+    at = max(exc.retry_at, case.now) + timedelta(seconds=case.jitter(0, exc.pause_s))
+    return case.hold(at, HoldReason.ZOOM_OUTAGE, f"waiting: {exc}")
 
 
 _Rule = Callable[[_Case], Outcome]
@@ -367,6 +382,7 @@ _RULES: list[tuple[type[Exception] | tuple[type[Exception], ...], _Rule]] = [
             c.exc.retry_at or c.now + MINUTE, HoldReason.CREDENTIALS, f"waiting: {c.exc.reason}"
         ),
     ),
+    (errors.ZoomOutage, _outage),
     (
         errors.TokenBudgetExhausted,
         lambda c: c.hold(c.exc.retry_at, HoldReason.TOKEN_BUDGET, f"waiting: {c.exc}"),

@@ -12,7 +12,8 @@ the cleanup reads ``jobs.gave_up``, the sweeper reads ``jobs.held_for`` (a :clas
   by ``JOB_MAX_ATTEMPTS``.
 - :class:`Hold`: nothing failed, the job waits until ``at`` (rate limits, the credential
   circuit, the host's daily cap, the token budget, a configuration error, a create a delete
-  depends on). Time held does not count against the give-up budget.
+  depends on, a Zoom outage the whole fleet waits out). Time held does not count against
+  the give-up budget, except for a Zoom outage (``HoldReason.counts_as_failing``).
 - :class:`Failed`: final. ``gave_up`` when a budget ran out rather than Zoom refusing the job.
 
 Every non-success carries ``maybe_sent``: the create's last request may have made a meeting,
@@ -37,6 +38,13 @@ class HoldReason(enum.StrEnum):
     TOKEN_BUDGET = "token_budget"  # noqa: S105 - not a secret; ZOOM_TOKEN_BUDGET_PER_HOUR is spent
     CONFIGURATION = "configuration"  # a setting is wrong; an operator fixes it
     CREATE_PENDING = "create_pending"  # a delete waits for the create job it names
+    ZOOM_OUTAGE = "zoom_outage"  # the outage breaker is open: Zoom fails for the whole fleet
+
+    @property
+    def counts_as_failing(self) -> bool:
+        """True when time held counts against ``JOB_GIVE_UP_AFTER``: a Zoom outage is real
+        failing time (the fleet just waits it out together), the other holds are not."""
+        return self is HoldReason.ZOOM_OUTAGE
 
     @property
     def status(self) -> str:

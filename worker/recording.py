@@ -120,12 +120,16 @@ def record_later(session: Session, job: Claim, outcome: Retry | Hold, *, lease: 
             "first_failed_at": func.coalesce(JobRow.first_failed_at, func.now()),
         }
     else:
-        # Held time does not count against the give-up budget: move its start along.
+        # Held time does not count against the give-up budget: move its start along
+        # (a Zoom outage's does: the job is failing, only waiting with the fleet).
+        failing_since = JobRow.first_failed_at + delay
+        if outcome.why.counts_as_failing:
+            failing_since = func.coalesce(JobRow.first_failed_at, func.now())
         values = {
             "status": outcome.why.status,
             "deferrals": JobRow.deferrals + 1,
             "held_for": outcome.why.value,
-            "first_failed_at": JobRow.first_failed_at + delay,
+            "first_failed_at": failing_since,
         }
     result = session.execute(
         update(JobRow)
