@@ -33,7 +33,7 @@ from typing import Any
 
 from celery import Celery
 
-from worker import logs  # noqa: F401 - LOG_FORMAT, through Celery's logging signals
+from worker import errors, logs  # noqa: F401 - logs: LOG_FORMAT, through Celery's logging signals
 from worker.config import Settings, get_settings
 
 SWEEP_TASK = "jobs.sweep"
@@ -114,7 +114,17 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 # Every task reports its arguments with meeting bodies masked (worker.events).
 app = Celery("worker", include=["worker.tasks"], task_cls="worker.events:MaskedTask")
-app.add_defaults(lambda: celery_config(get_settings()))
+app.add_defaults(lambda: celery_config(_settings_or_exit()))
+
+
+def _settings_or_exit() -> Settings:
+    """The process's Settings; invalid ones end a ``celery`` process with one line naming
+    the variable (Celery reads its configuration while parsing its options, before any signal
+    a task module could catch it in)."""
+    try:
+        return get_settings()
+    except errors.ConfigurationError as exc:
+        raise SystemExit(f"zoom-worker: invalid configuration: {exc}") from None
 
 
 def send(task_name: str, kwargs: dict[str, Any]) -> None:
