@@ -5,41 +5,21 @@ its writes never hang behind a frozen lock holder."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from sqlalchemy import select, text
+from token_parts import close_opened  # noqa: F401 - the autouse fixture, by import
+from token_parts import new_client as _client
+from token_parts import new_store as _store
 
-from worker import circuit, db, errors, token_store, zoom
+from worker import circuit, db, errors
 from worker.config import get_settings
 from worker.models import Credential
 from worker.simulator import SimulatorClient
 
 NOW = datetime(2026, 12, 2, 1, 0, tzinfo=UTC)
-
-_opened: list[token_store.TokenStore | zoom.ZoomClient] = []
-
-
-def _store() -> token_store.TokenStore:
-    store = token_store.TokenStore(get_settings(), db.sessions(get_settings()))
-    _opened.append(store)
-    return store
-
-
-def _client(store: token_store.TokenStore) -> zoom.ZoomClient:
-    client = zoom.ZoomClient(get_settings().ZOOM_API_URL, zoom.ZoomAuth(store), timeout_s=5)
-    _opened.append(client)
-    return client
-
-
-@pytest.fixture(autouse=True)
-def _close_clients() -> Iterator[None]:
-    yield
-    while _opened:
-        _opened.pop().close()
-
 
 # -- decisions on a row ------------------------------------------------------------------------
 

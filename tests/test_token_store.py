@@ -20,6 +20,9 @@ from typing import Any
 import pytest
 from conftest import WorkerProcess, wait_for
 from sqlalchemy import func, select, text
+from token_parts import close_opened  # noqa: F401 - the autouse fixture, by import
+from token_parts import new_client as _client
+from token_parts import new_store as _store
 
 from worker import circuit, db, errors, jobs, oauth, token_budget, token_store, zoom
 from worker.config import get_settings
@@ -27,28 +30,6 @@ from worker.models import Credential, TokenRequest
 from worker.simulator import SimulatorClient
 
 pytestmark = pytest.mark.usefixtures("env")
-
-
-_opened: list[token_store.TokenStore | zoom.ZoomClient] = []
-
-
-def _store() -> token_store.TokenStore:
-    store = token_store.TokenStore(get_settings(), db.sessions(get_settings()))
-    _opened.append(store)
-    return store
-
-
-def _client(store: token_store.TokenStore) -> zoom.ZoomClient:
-    client = zoom.ZoomClient(get_settings().ZOOM_API_URL, zoom.ZoomAuth(store), timeout_s=5)
-    _opened.append(client)
-    return client
-
-
-@pytest.fixture(autouse=True)
-def _close_clients() -> Iterator[None]:
-    yield
-    while _opened:
-        _opened.pop().close()
 
 
 def _token_rows() -> list[TokenRequest]:
