@@ -93,15 +93,7 @@ def test_settings__backoff_above_visibility_timeout__refused(
 def test_worker__missing_credentials__refuses_to_start_naming_variable() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ZOOM_")}
     env["ZOOM_ACCOUNT_ID"] = ""
-    result = subprocess.run(
-        [sys.executable, "-m", "celery", "-A", "worker", "worker", "--concurrency", "1"],
-        cwd=Path(__file__).resolve().parent.parent,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = _start_worker(env)
     assert result.returncode != 0
     assert "invalid configuration: ZOOM_ACCOUNT_ID: is not set" in result.stderr
 
@@ -154,15 +146,7 @@ def test_worker__http_oauth_url_on_network_host__refuses_to_start_naming_variabl
         ZOOM_CLIENT_SECRET="do-not-echo-me",
         ZOOM_OAUTH_URL="http://zoom.example.com/oauth/token",
     )
-    result = subprocess.run(
-        [sys.executable, "-m", "celery", "-A", "worker", "worker", "--concurrency", "1"],
-        cwd=Path(__file__).resolve().parent.parent,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = _start_worker(env)
     assert result.returncode != 0
     # Celery reads the settings while parsing its options, before worker_init: the process
     # still ends with one line naming the variable, not a traceback.
@@ -172,3 +156,16 @@ def test_worker__http_oauth_url_on_network_host__refuses_to_start_naming_variabl
         "(a simulator on a private network)"
     ]
     assert "do-not-echo-me" not in result.stderr + result.stdout
+
+
+def _start_worker(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Run `celery -A worker worker` with ``env`` until it exits (an invalid setting ends it)."""
+    return subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "worker", "worker", "--concurrency", "1"],
+        cwd=Path(__file__).resolve().parent.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
