@@ -19,7 +19,7 @@ import psycopg
 from rich.console import Console
 from sqlalchemy import insert, select
 
-from bench import report
+from bench import harness, report
 from worker import cleanup, db, marker, meetings, schema, simulator, zoom
 from worker.config import get_settings
 from worker.demo import environment
@@ -29,9 +29,9 @@ from worker.token_store import TokenStore
 
 NAME = "cleanup"
 TITLE = "Cleanup: Zoom is asked before each delete; calls per deleted meeting"
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
-DATABASE = "zoom_worker_bench_cleanup"
-DATABASE_URL = f"postgresql+psycopg://postgres@127.0.0.1:5432/{DATABASE}"
+PG_ADMIN = harness.PG_ADMIN
+DATABASE = "zoom_worker_bench_cleanup" + harness.DB_SUFFIX
+DATABASE_URL = harness.database_url(DATABASE)
 BODY = {"topic": "Bench", "type": 2, "duration": 30, "agenda": "Bench"}
 DAY = 86400
 STALE = timedelta(hours=3)

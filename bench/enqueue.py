@@ -36,8 +36,8 @@ from worker.outcomes import Succeeded
 
 NAME = "enqueue"
 TITLE = "Enqueue: 1,000 single calls against one bulk call; wait_for_job latency"
-DATABASE = "zoom_worker_bench_enqueue"
-DATABASE_URL = f"postgresql+psycopg://postgres@127.0.0.1:5432/{DATABASE}"
+DATABASE = "zoom_worker_bench_enqueue" + harness.DB_SUFFIX
+DATABASE_URL = harness.database_url(DATABASE)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -41,10 +41,21 @@ from worker.demo import (
 )
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
-BENCH_DB = "zoom_worker_bench"
-DATABASE_URL = f"postgresql+psycopg://postgres@127.0.0.1:5432/{BENCH_DB}"
-BROKER_URL = "redis://127.0.0.1:6379/10"
-GOVERNOR_URL = "redis://127.0.0.1:6379/13"
+# Two benchmark runs on one machine keep apart with BENCH_DB_SUFFIX (appended to every
+# benchmark database's name) and BENCH_REDIS_URL (another Redis server).
+DB_SUFFIX = os.environ.get("BENCH_DB_SUFFIX", "")
+REDIS_BASE = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379")
+
+
+def database_url(name: str) -> str:
+    """The SQLAlchemy URL of the benchmark database ``name`` on the local PostgreSQL."""
+    return f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+
+
+BENCH_DB = "zoom_worker_bench" + DB_SUFFIX
+DATABASE_URL = database_url(BENCH_DB)
+BROKER_URL = f"{REDIS_BASE}/10"
+GOVERNOR_URL = f"{REDIS_BASE}/13"
 RESULTS = Path(__file__).resolve().parent / "results"
 # Caps far above anything the simulator will see: the governor runs, but never holds a call.
 UNCAPPED = "light=1000,medium=1000,heavy=1000"

@@ -37,8 +37,8 @@ from worker.config import Settings
 
 NAME = "scrape"
 TITLE = "Scrape: one uncached metrics scrape"
-DATABASE = "zoom_worker_bench_scrape"
-DATABASE_URL = f"postgresql+psycopg://postgres@127.0.0.1:5432/{DATABASE}"
+DATABASE = "zoom_worker_bench_scrape" + harness.DB_SUFFIX
+DATABASE_URL = harness.database_url(DATABASE)
 SIZES = (100_000, 1_000_000)
 BACKLOG = 1_000
 TARGET_MS = 20.0

@@ -41,8 +41,8 @@ from worker import db, schema
 
 NAME = "webhooks"
 TITLE = "Webhooks: events verified and stored per second, p99 at 200/s"
-DATABASE = "zoom_worker_bench_webhooks"
-DATABASE_URL = f"postgresql+psycopg://postgres@127.0.0.1:5432/{DATABASE}"
+DATABASE = "zoom_worker_bench_webhooks" + harness.DB_SUFFIX
+DATABASE_URL = harness.database_url(DATABASE)
 SECRET = "bench-webhook-secret"
 PATH = "/zoom/webhooks"
 PORT = 9811
