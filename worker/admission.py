@@ -19,11 +19,11 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Connection, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
-from worker import db, errors, models
+from worker import db, errors, models, outbox
 from worker.config import Settings
 from worker.ledger import CREATE, DELETE
 from worker.models import IdempotencyKey
@@ -51,12 +51,15 @@ def insert_many(rows: Sequence[JobRow], settings: Settings) -> list[tuple[uuid.U
     IdempotencyConflict for any of them stores nothing)."""
     with db.sessions(settings)() as session, session.begin():
         admitted = insert_rows(session, rows, settings)
-    log.info("job.recorded_many count=%d", sum(created for _, created in admitted))
+    if len(admitted) == 1 and admitted[0][1]:
+        log.info("job.recorded job_id=%s kind=%s", admitted[0][0], rows[0].kind)
+    else:
+        log.info("job.recorded_many count=%d", sum(created for _, created in admitted))
     return admitted
 
 
 def insert_rows(
-    session: Session, rows: Sequence[JobRow], settings: Settings
+    session: Session | Connection, rows: Sequence[JobRow], settings: Settings
 ) -> list[tuple[uuid.UUID, bool]]:
     """Write the jobs in the session's transaction, a few statements for all of them: the
     keys first (``idempotency_keys``, so a key named twice, here or before, resolves to its
@@ -147,23 +150,34 @@ def requeue_failed(
     zero, the error, the give-up mark and the give-up clock are cleared and the lease is
     fresh; a create's ``maybe_sent`` mark stays, so its worker searches by marker first.
     """
-    lease = timedelta(seconds=settings.JOB_LEASE_SECONDS)
     with db.sessions(settings)() as session, session.begin():
-        row = session.get(JobRow, job_id, with_for_update=True)
-        named_by = session.scalar(
-            select(JobRow.id).where(JobRow.after_job_id == job_id, JobRow.kind == DELETE).limit(1)
-        )
-        check(row, named_by)
-        assert row is not None
-        row.status = models.QUEUED
-        row.attempts = row.deferrals = row.deliveries = 0
-        row.claim_token = row.held_for = row.next_attempt_at = row.finished_at = None
-        row.error = row.first_failed_at = None
-        row.gave_up = False
-        now = session.scalar(select(func.now()))
-        assert now is not None
-        row.lease_expires_at = now + lease
-        row.updated_at = now
+        return requeue_failed_in(session, job_id, check, settings)
+
+
+def requeue_failed_in(
+    session: Session,
+    job_id: uuid.UUID,
+    check: Callable[[JobRow | None, uuid.UUID | None], None],
+    settings: Settings,
+) -> JobRow:
+    """:func:`requeue_failed` in the session's transaction."""
+    lease = timedelta(seconds=settings.JOB_LEASE_SECONDS)
+    row = session.get(JobRow, job_id, with_for_update=True)
+    named_by = session.scalar(
+        select(JobRow.id).where(JobRow.after_job_id == job_id, JobRow.kind == DELETE).limit(1)
+    )
+    check(row, named_by)
+    assert row is not None
+    row.status = models.QUEUED
+    row.attempts = row.deferrals = row.deliveries = 0
+    row.claim_token = row.held_for = row.next_attempt_at = row.finished_at = None
+    row.error = row.first_failed_at = None
+    row.gave_up = False
+    now = session.scalar(select(func.now()))
+    assert now is not None
+    row.lease_expires_at = now + lease
+    row.updated_at = now
+    session.flush()
     return row
 
 
@@ -176,20 +190,27 @@ def cancel(job_id: uuid.UUID, settings: Settings) -> JobRow:
     ``job_id``) with the reason and, for a create, the way out.
     """
     with db.sessions(settings)() as session, session.begin():
-        row = session.get(JobRow, job_id, with_for_update=True)
-        if row is None:
-            raise errors.InvalidMeeting("job_id", "no such job")
-        if row.status == models.CANCELLED:
-            return row
-        refusal = _why_not_cancellable(row)
-        if refusal is not None:
-            raise errors.InvalidMeeting("job_id", refusal)
-        now = session.scalar(select(func.now()))
-        assert now is not None
-        row.status = models.CANCELLED
-        row.error = "cancelled before anything was sent to Zoom"
-        row.finished_at = row.updated_at = now
-        row.lease_expires_at = row.next_attempt_at = row.held_for = None
+        return cancel_in(session, job_id)
+
+
+def cancel_in(session: Session, job_id: uuid.UUID) -> JobRow:
+    """:func:`cancel` in the session's transaction (with the notification to ``on_done``)."""
+    row = session.get(JobRow, job_id, with_for_update=True)
+    if row is None:
+        raise errors.InvalidMeeting("job_id", "no such job")
+    if row.status == models.CANCELLED:
+        return row
+    refusal = _why_not_cancellable(row)
+    if refusal is not None:
+        raise errors.InvalidMeeting("job_id", refusal)
+    now = session.scalar(select(func.now()))
+    assert now is not None
+    row.status = models.CANCELLED
+    row.error = "cancelled before anything was sent to Zoom"
+    row.finished_at = row.updated_at = now
+    row.lease_expires_at = row.next_attempt_at = row.held_for = None
+    session.flush()
+    outbox.job_finished(session, row.id)
     log.info("job.cancelled job_id=%s kind=%s", row.id, row.kind)
     return row
 

@@ -28,6 +28,7 @@ Configuration is read from Settings lazily, when Celery first needs it, never at
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -40,6 +41,8 @@ SWEEP_TASK = "jobs.sweep"
 CLEANUP_TASK = "meetings.cleanup_stale"
 PRUNE_TASK = "retention.prune"
 JOB_TASKS = ("meetings.create", "meetings.delete")
+# Transport operations per message in a publish batch: the message, and its task-sent event.
+OPERATIONS_PER_MESSAGE = 2
 # Between the soft time limit (SoftTimeLimitExceeded in the task) and the hard one (the
 # process is killed): time for the task to record what it was doing.
 SOFT_LIMIT_HEADROOM_S = 1.0
@@ -131,3 +134,18 @@ def send(task_name: str, kwargs: dict[str, Any]) -> None:
     """Put a task on the broker by name, once (the ledger's ``send``; a failure is the
     caller's to handle: the sweeper dispatches the job again)."""
     app.send_task(task_name, kwargs=kwargs, retry=False)
+
+
+def send_many(messages: Sequence[tuple[str, dict[str, Any]]]) -> None:
+    """Put several tasks on the broker with one producer on one broker connection, as one
+    kombu publish batch: on Redis one pipeline, a single round trip for the task messages and
+    their ``task-sent`` events; other transports publish each message at once on that
+    connection (RabbitMQ confirms each). Raises when the broker refused any of them."""
+    if not messages:
+        return
+    with (
+        app.producer_or_acquire() as producer,
+        producer.batch(max_size=len(messages) * OPERATIONS_PER_MESSAGE),
+    ):
+        for task_name, kwargs in messages:
+            app.send_task(task_name, kwargs=kwargs, retry=False, producer=producer)

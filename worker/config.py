@@ -87,6 +87,9 @@ class Settings(BaseSettings):
     RETRY_BACKOFF_MAX: float = Field(300.0, gt=0)
     CELERY_VISIBILITY_TIMEOUT: int = Field(3600, ge=60)
     SWEEP_INTERVAL_SECONDS: float = Field(30.0, gt=0)
+    # The outbox relay (worker.relay) is woken by NOTIFY at each commit; it also scans this
+    # often, as a safety net, and a worker whose relay stands by tries to take over this often.
+    OUTBOX_SCAN_SECONDS: float = Field(10.0, gt=0)
     CLEANUP_INTERVAL_MINUTES: float = Field(15.0, gt=0)
     STALE_AFTER_MINUTES: float = Field(60.0, ge=0)
     METRICS_PORT: int = Field(9808, ge=0, le=65535)

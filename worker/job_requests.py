@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import Connection, select
 from sqlalchemy.orm import Session
 
 from worker import errors, ledger, marker, meeting_body
@@ -21,6 +24,38 @@ from worker.models import Meeting as MeetingRow
 
 # The width of jobs.occurrence_id (Zoom's occurrence ids are 13-digit epoch milliseconds).
 OCCURRENCE_ID_MAX = 64
+# A Celery task name as Python spells a dotted path: "billing.tasks.meeting_ready".
+DOTTED_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+")
+ON_DONE_MAX = 255
+
+Reader = Session | Connection
+"""What the checks read through: the caller's Session or Connection, or a session of ours."""
+
+
+@dataclass(frozen=True)
+class Options:
+    """How a job is run and reported, apart from what it does: the same for every kind of job
+    and every producer call (single, bulk, async), and not part of the request an idempotency
+    key promises. A new option is a field here and a column :meth:`apply` sets."""
+
+    on_done: str | None = None
+
+    def apply(self, row: JobRow) -> JobRow:
+        row.on_done = self.on_done
+        return row
+
+
+def options(*, on_done: object = None) -> Options:
+    """The producer's options, validated (InvalidMeeting names the field)."""
+    if on_done is not None and (
+        not isinstance(on_done, str)
+        or len(on_done) > ON_DONE_MAX
+        or not DOTTED_NAME.fullmatch(on_done)
+    ):
+        raise errors.InvalidMeeting(
+            "on_done", "must be a Celery task name such as 'billing.tasks.meeting_ready'"
+        )
+    return Options(on_done=on_done)
 
 
 def request_digest(kind: str, request: Mapping[str, Any]) -> str:
@@ -31,14 +66,16 @@ def request_digest(kind: str, request: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def new_create(user_id: object, meeting: object, idempotency_key: object) -> JobRow:
+def new_create(
+    user_id: object, meeting: object, idempotency_key: object, opts: Options = Options()
+) -> JobRow:
     """A create job for this host and body, validated (InvalidMeeting names the field)."""
     user = meeting_body.validate_user_id(user_id)
     if not isinstance(meeting, Mapping):
         raise errors.InvalidMeeting("meeting", "must be an object (Zoom's create-meeting body)")
     body = meeting_body.validate_create_body(meeting, reserved_agenda_chars=RESERVED_AGENDA_CHARS)
     job_id = uuid.uuid4()
-    return JobRow(
+    row = JobRow(
         id=job_id,
         kind=CREATE,
         idempotency_key=checked_key(idempotency_key),
@@ -48,12 +85,14 @@ def new_create(user_id: object, meeting: object, idempotency_key: object) -> Job
         body=body,
         marker=marker.for_job(job_id),
     )
+    return opts.apply(row)
 
 
 def new_delete(
     meeting_id: object,
     occurrence_id: object,
     idempotency_key: object,
+    opts: Options = Options(),
     *,
     after_job_id: uuid.UUID | None = None,
 ) -> JobRow:
@@ -66,7 +105,7 @@ def new_delete(
             "occurrence_id", f"must be a string of 1 to {OCCURRENCE_ID_MAX} characters, or None"
         )
     request = {"meeting_id": number, "occurrence_id": occurrence_id}
-    return JobRow(
+    row = JobRow(
         id=uuid.uuid4(),
         kind=DELETE,
         idempotency_key=checked_key(idempotency_key),
@@ -75,18 +114,49 @@ def new_delete(
         occurrence_id=occurrence_id,
         after_job_id=after_job_id,
     )
+    return opts.apply(row)
 
 
-def create_job(session: Session, job_id: uuid.UUID | str) -> JobRow:
+def delete_row(reader: Reader, request: Mapping[str, Any], opts: Options = Options()) -> JobRow:
+    """A delete job for ``{"meeting_id"}`` or ``{"create_job_id"}`` (with ``occurrence_id``
+    and ``idempotency_key`` optional), checked against the ledger through ``reader``: only a
+    meeting this service created, or a create job it knows."""
+    occurrence_id, key = request.get("occurrence_id"), request.get("idempotency_key")
+    if "meeting_id" in request:
+        row = new_delete(request["meeting_id"], occurrence_id, key, opts)
+        check_created_here(reader, row.meeting_id)
+        return row
+    create = create_job(reader, request["create_job_id"])
+    if create.meeting_id is None:
+        row = new_delete(None, occurrence_id, key, opts, after_job_id=create.id)
+    else:
+        row = new_delete(create.meeting_id, occurrence_id, key, opts)
+    # The caller's request names the create job, whatever that job has come to since.
+    named = {"create_job_id": str(create.id), "occurrence_id": occurrence_id}
+    row.request_digest = request_digest(DELETE, named)
+    return row
+
+
+def create_job(reader: Reader, job_id: uuid.UUID | str) -> CreateJob:
     """The create job ``job_id`` names (InvalidMeeting, field ``create_job_id``, if none)."""
     try:
         key = job_id if isinstance(job_id, uuid.UUID) else uuid.UUID(str(job_id))
     except ValueError:
         raise errors.InvalidMeeting("create_job_id", "is not a job id") from None
-    row = session.get(JobRow, key)
-    if row is None or row.kind != CREATE:
+    row = reader.execute(
+        select(JobRow.id, JobRow.meeting_id).where(JobRow.id == key, JobRow.kind == CREATE)
+    ).one_or_none()
+    if row is None:
         raise errors.InvalidMeeting("create_job_id", f"no create job {job_id}")
-    return row
+    return CreateJob(row.id, row.meeting_id)
+
+
+@dataclass(frozen=True)
+class CreateJob:
+    """The create job a delete names: its id, and its meeting once it has one."""
+
+    id: uuid.UUID
+    meeting_id: int | None
 
 
 def checked_key(value: object) -> str | None:
@@ -98,9 +168,10 @@ def checked_key(value: object) -> str | None:
     return value
 
 
-def check_created_here(session: Session, meeting_id: int | None) -> None:
+def check_created_here(reader: Reader, meeting_id: int | None) -> None:
     """Refuse (InvalidMeeting) a meeting this service did not create: it never deletes one."""
-    if session.get(MeetingRow, meeting_id) is None:
+    found = reader.scalar(select(MeetingRow.meeting_id).where(MeetingRow.meeting_id == meeting_id))
+    if found is None:
         raise errors.InvalidMeeting(
             "meeting_id",
             f"meeting {meeting_id} was not created by zoom-worker, which never deletes "

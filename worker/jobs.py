@@ -20,17 +20,18 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import func, select
 
-from worker import admission, celery_app, db, errors, job_requests, ledger, models, waiting
+from worker import admission, celery_app, db, enqueue, errors, job_requests, ledger, models, waiting
 from worker.bulk import create_meetings, delete_meetings
 from worker.config import get_settings
+from worker.enqueue import Transaction
 from worker.job_requests import OCCURRENCE_ID_MAX, request_digest
+from worker.job_view import Job
 from worker.ledger import CREATE, DELETE
 from worker.marker import RESERVED_AGENDA_CHARS
 from worker.models import Job as JobRow
@@ -56,49 +57,13 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Job:
-    """A job as application code sees it (a snapshot, not a live ORM object)."""
-
-    id: uuid.UUID
-    kind: str
-    status: str
-    user_id: str | None
-    topic: str | None
-    meeting_id: int | None
-    join_url: str | None
-    error: str | None
-    attempts: int
-    deferrals: int
-    idempotency_key: str | None
-    created_at: datetime
-    updated_at: datetime
-    finished_at: datetime | None
-    next_attempt_at: datetime | None
-
-    @classmethod
-    def from_row(cls, row: JobRow) -> Job:
-        return cls(
-            id=row.id,
-            kind=row.kind,
-            status=row.status,
-            user_id=row.user_id,
-            topic=row.topic,
-            meeting_id=row.meeting_id,
-            join_url=row.join_url,
-            error=row.error,
-            attempts=row.attempts,
-            deferrals=row.deferrals,
-            idempotency_key=row.idempotency_key,
-            created_at=row.created_at,
-            updated_at=row.updated_at,
-            finished_at=row.finished_at,
-            next_attempt_at=row.next_attempt_at,
-        )
-
-
 def create_meeting(
-    user_id: str, meeting: Mapping[str, Any], idempotency_key: str | None = None
+    user_id: str,
+    meeting: Mapping[str, Any],
+    idempotency_key: str | None = None,
+    *,
+    on_done: str | None = None,
+    session: Transaction | None = None,
 ) -> uuid.UUID:
     """Record a create job, then queue it; returns the job id.
 
@@ -106,10 +71,17 @@ def create_meeting(
     InvalidMeeting naming the field, and nothing is stored or queued. The same
     idempotency key with the same host and body returns the same job, so it never makes a
     second meeting; with another host or body it raises IdempotencyConflict.
+
+    ``on_done`` names a Celery task (``"billing.tasks.meeting_ready"``) sent the job's public
+    fields and a ``notification_id`` each time the job reaches a final status (see
+    :mod:`worker.outbox`). With ``session`` (a SQLAlchemy ``Session`` or ``Connection`` on the
+    same database) the job is written in the caller's transaction and nothing is committed
+    or queued here: once the caller commits, the relay queues it within moments; a rollback
+    leaves no job (:mod:`worker.enqueue`).
     """
-    row = job_requests.new_create(user_id, meeting, idempotency_key)
-    with db.unavailable_as_infrastructure():
-        return _record_and_dispatch(row)
+    opts = job_requests.options(on_done=on_done)
+    row = job_requests.new_create(user_id, meeting, idempotency_key, opts)
+    return enqueue.enqueue([row], session)[0]
 
 
 def delete_meeting(
@@ -118,6 +90,8 @@ def delete_meeting(
     idempotency_key: str | None = None,
     *,
     create_job_id: uuid.UUID | str | None = None,
+    on_done: str | None = None,
+    session: Transaction | None = None,
 ) -> uuid.UUID:
     """Record a delete job, then queue it; returns the job id.
 
@@ -125,26 +99,21 @@ def delete_meeting(
     meeting that is already gone succeeds. Instead of ``meeting_id``, ``create_job_id`` names
     the create job whose meeting to delete: a create that has not run yet is cancelled, one
     that is running is waited for, so a delete and its create never race into an orphan.
+    ``on_done`` and ``session`` work as for :func:`create_meeting`.
     """
     if (meeting_id is None) == (create_job_id is None):
         raise errors.InvalidMeeting("meeting_id", "give either meeting_id or create_job_id")
-    with db.unavailable_as_infrastructure():
-        if create_job_id is None:
-            row = job_requests.new_delete(meeting_id, occurrence_id, idempotency_key)
-            with db.sessions(get_settings())() as session, session.begin():
-                job_requests.check_created_here(session, row.meeting_id)
-            return _record_and_dispatch(row)
-        with db.sessions(get_settings())() as session:
-            create = job_requests.create_job(session, create_job_id)
-            meeting_id, after = create.meeting_id, create.id
-        # The caller's request names the create job, whatever that job has come to since.
-        request = {"create_job_id": str(after), "occurrence_id": occurrence_id}
-        if meeting_id is None:
-            row = job_requests.new_delete(None, occurrence_id, idempotency_key, after_job_id=after)
-        else:
-            row = job_requests.new_delete(meeting_id, occurrence_id, idempotency_key)
-        row.request_digest = job_requests.request_digest(DELETE, request)
-        return _record_and_dispatch(row)
+    request: dict[str, Any] = {"occurrence_id": occurrence_id, "idempotency_key": idempotency_key}
+    if create_job_id is None:
+        request["meeting_id"] = meeting_id
+    else:
+        request["create_job_id"] = create_job_id
+    opts = job_requests.options(on_done=on_done)
+    if session is not None:
+        return enqueue.enqueue([job_requests.delete_row(session, request, opts)], session)[0]
+    with db.unavailable_as_infrastructure(), db.sessions(get_settings())() as reader:
+        row = job_requests.delete_row(reader, request, opts)
+    return enqueue.enqueue([row], None)[0]
 
 
 def get_job(job_id: uuid.UUID | str) -> Job | None:
@@ -327,20 +296,6 @@ def _key_or_none(value: str) -> str | None:
         return job_requests.checked_key(value)
     except errors.InvalidMeeting:
         return None
-
-
-def _record_and_dispatch(row: JobRow) -> uuid.UUID:
-    job_id, created = admission.insert(row, get_settings())
-    if created:
-        ledger.dispatch(
-            job_id,
-            row.kind,
-            user_id=row.user_id,
-            topic=row.topic,
-            meeting_id=row.meeting_id,
-            send=celery_app.send,
-        )
-    return job_id
 
 
 def jobs_for(ids: Sequence[uuid.UUID]) -> list[Job]:

@@ -44,7 +44,7 @@ from typing import Any, TypeAlias
 from sqlalchemy import ColumnElement, and_, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from worker import db, errors, models, recording, webhook_events
+from worker import db, errors, models, outbox, recording, webhook_events
 from worker.config import Settings
 from worker.models import Job as JobRow
 from worker.outcomes import Failed, Hold, HoldReason, Outcome, Reschedule, Retry, Succeeded
@@ -60,6 +60,8 @@ __all__ = [
     "Ledger",
     "Send",
     "dispatch",
+    "message",
+    "message_of",
     "topic_of",
 ]
 
@@ -258,6 +260,8 @@ class Ledger:
                 create.error = f"cancelled by delete job {job.job_id} before it ran"
                 create.finished_at = create.updated_at = datetime.now(UTC)
                 create.lease_expires_at = create.next_attempt_at = None
+                session.flush()
+                outbox.job_finished(session, create.id)
                 log.info("job.cancelled job_id=%s by delete job %s", create.id, job.job_id)
                 return CreateResult(CreateState.CANCELLED, None)
             return CreateResult(CreateState.PENDING, None)
@@ -340,20 +344,39 @@ def dispatch(
     send: Send,
 ) -> None:
     """Put the job on the broker; a broker failure leaves it to the sweeper, nothing lost."""
-    # What Flower shows: the job id and what an operator needs, never the body or secrets.
-    kwargs: dict[str, Any] = {"job_id": str(job_id)}
-    if kind == CREATE:
-        kwargs.update(user_id=user_id, topic=topic)
-    else:
-        kwargs.update(meeting_id=meeting_id)
     try:
-        send(TASK_NAMES[kind], kwargs)
+        send(*message(job_id, kind, user_id=user_id, topic=topic, meeting_id=meeting_id))
     except Exception as exc:  # kombu raises many types; the ledger row is what counts
         log.warning(
             "job.dispatch_failed job_id=%s the sweeper will dispatch it again: %s",
             job_id,
             type(exc).__name__,
         )
+
+
+def message(
+    job_id: uuid.UUID,
+    kind: str,
+    *,
+    user_id: str | None,
+    topic: str | None,
+    meeting_id: int | None,
+) -> tuple[str, dict[str, Any]]:
+    """The task name and kwargs that put a job on the broker: the job id and what an operator
+    needs in Flower, never the body or a secret."""
+    kwargs: dict[str, Any] = {"job_id": str(job_id)}
+    if kind == CREATE:
+        kwargs.update(user_id=user_id, topic=topic)
+    else:
+        kwargs.update(meeting_id=meeting_id)
+    return TASK_NAMES[kind], kwargs
+
+
+def message_of(row: JobRow) -> tuple[str, dict[str, Any]]:
+    """:func:`message` for a job row."""
+    return message(
+        row.id, row.kind, user_id=row.user_id, topic=row.topic, meeting_id=row.meeting_id
+    )
 
 
 def topic_of(body: Mapping[str, Any]) -> str | None:

@@ -8,6 +8,7 @@
 - ``webhook_events``: :mod:`worker.webhook_events`, which also writes the state and schedule
   of ``meetings`` rows when Zoom's events say a meeting was deleted, moved, started or ended
 - ``idempotency_keys``: :mod:`worker.admission` (pruned by :mod:`worker.retention`)
+- ``outbox``: :mod:`worker.outbox` (job messages for the relay, and ``on_done`` notifications)
 """
 
 from __future__ import annotations
@@ -167,6 +168,8 @@ class Job(Base):
     updated_at: Mapped[datetime] = mapped_column(_tz(), server_default=func.now())
     started_at: Mapped[datetime | None] = mapped_column(_tz())
     finished_at: Mapped[datetime | None] = mapped_column(_tz())
+    # The Celery task told of the job's outcome ("billing.tasks.meeting_ready"), if any.
+    on_done: Mapped[str | None] = mapped_column(String(255))
 
 
 class Meeting(Base):
@@ -279,3 +282,33 @@ class IdempotencyKey(Base):
 Index("ix_jobs_finished_at", Job.finished_at, postgresql_where=text("finished_at IS NOT NULL"))
 Index("ix_jobs_after_job_id", Job.after_job_id)
 Index("ix_meetings_job_id", Meeting.job_id)
+
+
+# -- the outbox (migration 0009) -----------------------------------------------------------------
+
+
+class OutboxMessage(Base):
+    """A Celery task to send once the transaction that wrote it has committed (worker.outbox).
+
+    A job written in a producer's own transaction gets one (its dispatch), and so does each
+    outcome of a job with ``on_done`` (its notification; ``id`` is the notification id). The
+    relay sends the rows whose ``sent_at`` is NULL and sets it once the broker accepted them;
+    a trigger (migration 0009) wakes it with a NOTIFY at commit.
+    """
+
+    __tablename__ = "outbox"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    task: Mapped[str] = mapped_column(String(255))
+    kwargs: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    created_at: Mapped[datetime] = mapped_column(_tz(), server_default=func.now())
+    sent_at: Mapped[datetime | None] = mapped_column(_tz())
+
+
+# The relay's probe for messages not yet sent, however many were.
+Index(
+    "ix_outbox_created_at_unsent",
+    OutboxMessage.created_at,
+    postgresql_where=text("sent_at IS NULL"),
+)

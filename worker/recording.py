@@ -20,7 +20,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
-from worker import meeting_body, models
+from worker import meeting_body, models, outbox
 from worker.models import Job as JobRow
 from worker.models import Meeting as MeetingRow
 from worker.outcomes import Failed, Hold, Retry, Succeeded
@@ -184,6 +184,7 @@ def record_created(session: Session, job: Claim, outcome: Succeeded) -> bool:
         )
     )
     if adopted.rowcount:  # type: ignore[attr-defined]
+        outbox.job_finished(session, job.job_id)
         log.warning(
             "meeting.adopted_after_claim_lost job_id=%s meeting_id=%s",
             job.job_id,
@@ -240,7 +241,10 @@ def finish(session: Session, job: Claim, *, status: str, **values: Any) -> bool:
             **values,
         )
     )
-    return claimed(result, job, status)
+    if not claimed(result, job, status):
+        return False
+    outbox.job_finished(session, job.job_id)
+    return True
 
 
 def claimed(result: Any, job: Claim, what: str) -> bool:

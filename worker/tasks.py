@@ -17,7 +17,7 @@ from typing import Any
 
 import sqlalchemy.exc
 from celery import Task
-from celery.signals import worker_init, worker_process_init, worker_ready
+from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutdown
 
 from worker import (
     celery_app,
@@ -27,6 +27,8 @@ from worker import (
     jobs,
     meetings,
     metrics,
+    outbox,
+    relay,
     retention,
     webhook_events,
 )
@@ -38,6 +40,7 @@ log = logging.getLogger(__name__)
 
 _runtime_lock = threading.Lock()
 _runtime: tuple[int, meetings.Runtime] | None = None
+_relay: relay.Relay | None = None
 
 
 def runtime() -> meetings.Runtime:
@@ -70,6 +73,20 @@ def _prepare_process(**_: Any) -> None:
 def _start_exporter(**_: Any) -> None:
     """Serve the fleet's figures in Prometheus form from the worker's main process."""
     metrics.start_exporter(get_settings())
+
+
+@worker_ready.connect
+def _start_relay(**_: Any) -> None:
+    """Run the outbox relay in the worker's main process: it sends the jobs written in
+    producers' transactions and the on_done notifications (one relay sends at a time)."""
+    global _relay  # noqa: PLW0603 - one relay per worker process
+    _relay = relay.Relay(get_settings(), celery_app.send_many).start()
+
+
+@worker_shutdown.connect
+def _stop_relay(**_: Any) -> None:
+    if _relay is not None:
+        _relay.stop()
 
 
 @app.task(name="meetings.create", bind=True, max_retries=None)
@@ -121,12 +138,18 @@ def delete_meeting(
 @app.task(name=SWEEP_TASK, ignore_result=True)
 def sweep() -> int:
     """Dispatch again every unfinished job whose lease ran out (lost messages, dead workers),
-    and release the jobs held for the credentials once a probe is due or the circuit closed
-    (a rotated secret is noticed here within one sweep interval)."""
+    release the jobs held for the credentials once a probe is due or the circuit closed
+    (a rotated secret is noticed here within one sweep interval), and send what the outbox
+    holds unsent (the relay's safety net, worker.outbox)."""
     work = runtime()
     if work.store.probe_due():
         work.ledger.release_held(HoldReason.CREDENTIALS)
-    return work.ledger.sweep()
+    swept = work.ledger.sweep()
+    try:
+        outbox.send_pending(db.sessions(get_settings()), celery_app.send_many)
+    except Exception as exc:  # kombu raises many types; the rows wait for the next pass
+        log.warning("outbox.send_failed the relay sends them later: %s", db.first_line(exc))
+    return swept
 
 
 @app.task(name=CLEANUP_TASK, ignore_result=True)
