@@ -40,6 +40,8 @@ REDIS_BASE = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
 # Broker and governor databases of the test run (the simulator's own tests use 14 and 15).
 BROKER_URL = os.environ.get("TEST_BROKER_URL", f"{REDIS_BASE}/11")
 GOVERNOR_URL = os.environ.get("TEST_GOVERNOR_URL", f"{REDIS_BASE}/12")
+# Where tests/receivers.py records the on_done notifications a worker ran.
+RECEIVER_URL = os.environ.get("TEST_RECEIVER_URL", f"{REDIS_BASE}/13")
 TEMPLATE = f"zw_test_template_{os.getpid()}"
 # The local RabbitMQ (guest may connect from loopback only); one vhost per run, emptied per test.
 AMQP_BASE = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672")
@@ -281,13 +283,17 @@ def start_worker(env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., 
     """Start `celery -A worker worker` processes with this test's settings."""
     started: list[WorkerProcess] = []
 
-    def start(concurrency: int = 2, name: str | None = None, **overrides: str) -> WorkerProcess:
+    def start(
+        concurrency: int = 2, name: str | None = None, include: str | None = None, **overrides: str
+    ) -> WorkerProcess:
         name = name or f"w{len(started) + 1}"
         arguments = [
             "worker", "--loglevel", "INFO", "--concurrency", str(concurrency),
             "--pool", "prefork", "--hostname", f"{name}@%h", "--without-gossip",
             "--without-mingle",
         ]  # fmt: skip
+        if include:  # a test module of tasks the worker also runs (tests/receivers.py)
+            arguments += ["--include", include]
         worker = spawn_celery(
             name, arguments, {**env, **overrides}, tmp_path / f"{name}.log", "ready."
         )
