@@ -55,6 +55,8 @@ def record_and_publish(rows: Sequence[JobRow]) -> list[uuid.UUID]:
 
 def record_in(transaction: Transaction, rows: Sequence[JobRow]) -> list[uuid.UUID]:
     """Record the jobs and their dispatch in the caller's transaction (see the module)."""
+    if not rows:
+        return []
     with transaction.begin_nested():
         admitted = admission.insert_rows(transaction, rows, get_settings())
         fresh = [row for row, (_, created) in zip(rows, admitted, strict=True) if created]

@@ -117,6 +117,18 @@ def new_delete(
     return opts.apply(row)
 
 
+def delete_request(
+    meeting_id: object, occurrence_id: object, idempotency_key: object, create_job_id: object
+) -> dict[str, Any]:
+    """One delete call's arguments as a bulk request: ``meeting_id`` or ``create_job_id``."""
+    if (meeting_id is None) == (create_job_id is None):
+        raise errors.InvalidMeeting("meeting_id", "give either meeting_id or create_job_id")
+    request = {"occurrence_id": occurrence_id, "idempotency_key": idempotency_key}
+    if create_job_id is None:
+        return {**request, "meeting_id": meeting_id}
+    return {**request, "create_job_id": create_job_id}
+
+
 def delete_row(reader: Reader, request: Mapping[str, Any], opts: Options = Options()) -> JobRow:
     """A delete job for ``{"meeting_id"}`` or ``{"create_job_id"}`` (with ``occurrence_id``
     and ``idempotency_key`` optional), checked against the ledger through ``reader``: only a

@@ -101,13 +101,7 @@ def delete_meeting(
     that is running is waited for, so a delete and its create never race into an orphan.
     ``on_done`` and ``session`` work as for :func:`create_meeting`.
     """
-    if (meeting_id is None) == (create_job_id is None):
-        raise errors.InvalidMeeting("meeting_id", "give either meeting_id or create_job_id")
-    request: dict[str, Any] = {"occurrence_id": occurrence_id, "idempotency_key": idempotency_key}
-    if create_job_id is None:
-        request["meeting_id"] = meeting_id
-    else:
-        request["create_job_id"] = create_job_id
+    request = job_requests.delete_request(meeting_id, occurrence_id, idempotency_key, create_job_id)
     opts = job_requests.options(on_done=on_done)
     if session is not None:
         return enqueue.enqueue([job_requests.delete_row(session, request, opts)], session)[0]
@@ -153,9 +147,9 @@ def retry_job(job_id: uuid.UUID | str) -> Job:
     that a delete job names (cancelled, or meant to be deleted); refused with OutcomeUnknown
     for an instant meeting that may exist (Zoom never lists those, so no search can tell).
     """
-    key = _job_key(job_id)
+    key = job_key(job_id)
     with db.unavailable_as_infrastructure():
-        row = admission.requeue_failed(key, _check_retryable, get_settings())
+        row = admission.requeue_failed(key, check_retryable, get_settings())
         ledger.dispatch(
             row.id,
             row.kind,
@@ -178,7 +172,7 @@ def cancel_job(job_id: uuid.UUID | str) -> Job:
     job returns it unchanged.
     """
     with db.unavailable_as_infrastructure():
-        row = admission.cancel(_job_key(job_id), get_settings())
+        row = admission.cancel(job_key(job_id), get_settings())
     return Job.from_row(row)
 
 
@@ -189,7 +183,7 @@ def wait_for_job(job_id: uuid.UUID | str, timeout: float = 60.0) -> Job:
     by polling. Raises TimeoutError when the job has not finished within ``timeout`` seconds,
     and InvalidMeeting (field ``job_id``) when there is no such job.
     """
-    key = _job_key(job_id)
+    key = job_key(job_id)
     with db.unavailable_as_infrastructure():
         waiting.wait_until_final(key, timeout, get_settings())
     job = get_job(key)
@@ -198,14 +192,16 @@ def wait_for_job(job_id: uuid.UUID | str, timeout: float = 60.0) -> Job:
     return job
 
 
-def _job_key(job_id: uuid.UUID | str) -> uuid.UUID:
+def job_key(job_id: uuid.UUID | str) -> uuid.UUID:
+    """The job id as a UUID (InvalidMeeting, field ``job_id``, when it is not one)."""
     try:
         return job_id if isinstance(job_id, uuid.UUID) else uuid.UUID(str(job_id))
     except ValueError:
         raise errors.InvalidMeeting("job_id", f"{job_id!r} is not a job id") from None
 
 
-def _check_retryable(row: JobRow | None, named_by_delete: uuid.UUID | None) -> None:
+def check_retryable(row: JobRow | None, named_by_delete: uuid.UUID | None) -> None:
+    """Refuse (see :func:`retry_job`) a job that cannot run again."""
     if row is None:
         raise errors.InvalidMeeting("job_id", "no such job")
     if row.status != models.FAILED:

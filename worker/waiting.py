@@ -53,16 +53,28 @@ def _wait(
     connection.execute(f"LISTEN {CHANNEL}")
     while True:
         found = connection.execute(STATUS, (job_id,)).fetchone()
-        if found is None:
-            raise errors.InvalidMeeting("job_id", f"no job {job_id}")
-        if found[0] in models.FINAL_STATUSES:
-            return str(found[0])
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError(f"job {job_id} is still {found[0]} after {timeout_s:g}s")
+        final, remaining = settled(found, job_id, deadline, timeout_s)
+        if final is not None:
+            return final
         for note in connection.notifies(timeout=remaining):
             if note.payload == wanted:
                 break
+
+
+def settled(
+    found: tuple[object, ...] | None, job_id: uuid.UUID, deadline: float, timeout_s: float
+) -> tuple[str | None, float]:
+    """Step 3 of the protocol, for the sync and the asyncio waiter (:mod:`worker.aio`): the
+    final status read, or None and the seconds left to wait. Raises InvalidMeeting when there
+    is no such job, TimeoutError when the time is up."""
+    if found is None:
+        raise errors.InvalidMeeting("job_id", f"no job {job_id}")
+    if found[0] in models.FINAL_STATUSES:
+        return str(found[0]), 0.0
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise TimeoutError(f"job {job_id} is still {found[0]} after {timeout_s:g}s")
+    return None, remaining
 
 
 def conninfo(settings: Settings) -> str:
