@@ -9,6 +9,10 @@ each is reported. Each create carries an idempotency key, as an application's wo
 :func:`worker.jobs.wait_for_job`, then the outcome recorded; the latency is from the return of
 the outcome's commit to the return of ``wait_for_job`` (LISTEN/NOTIFY, then one read of the
 job).
+(d) relay latency: ``--relays`` jobs, each written with ``create_meeting(..., session=...)``
+and committed by the caller; a relay (:mod:`worker.relay`, in this process, its periodic scan
+a minute away so only the commit's NOTIFY wakes it) sends it. The latency is from the return
+of the caller's commit to the message's arrival on the broker (a blocking pop on the queue).
 
 No worker runs: this measures the producers' side only. The database is
 ``zoom_worker_bench_enqueue`` (dropped and migrated at the start); the broker is
@@ -29,7 +33,7 @@ import redis
 from rich.console import Console
 
 from bench import harness, report, workload
-from worker import celery_app, db, jobs, ledger, schema
+from worker import celery_app, db, jobs, ledger, relay, schema
 from worker.config import get_settings
 from worker.demo import environment
 from worker.outcomes import Succeeded
@@ -44,6 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jobs", type=int, default=1000, help="creates per side (1000)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per side (median kept)")
     parser.add_argument("--waits", type=int, default=50, help="wait_for_job samples (50)")
+    parser.add_argument("--relays", type=int, default=50, help="relay latency samples (50)")
     parser.add_argument("--broker-url", default=harness.BROKER_URL)
 
 
@@ -55,12 +60,14 @@ def run(args: argparse.Namespace, out: Console) -> dict[str, Any]:
             singles = [_singles(args.jobs, args.broker_url, run) for run in range(args.repeat)]
             bulks = [_bulk(args.jobs, args.broker_url, run) for run in range(args.repeat)]
             waits_ms = _wait_latencies(args.waits)
+            relays_ms = _relay_latencies(args.relays, args.broker_url)
         finally:
             db.dispose_all()
     single = sorted(singles, key=lambda side: side["total_s"])[len(singles) // 2]
     bulk_s = statistics.median(bulks)
     share = bulk_s / single["total_s"] if single["total_s"] else 0.0
     wait_p50, wait_p99 = harness.percentile(waits_ms, 50), harness.percentile(waits_ms, 99)
+    relay_p50, relay_p99 = harness.percentile(relays_ms, 50), harness.percentile(relays_ms, 99)
     out.print(f"[bold]enqueue[/]: {args.jobs} jobs; bulk is {share:.1%} of single calls")
     return {
         "name": NAME,
@@ -71,6 +78,7 @@ def run(args: argparse.Namespace, out: Console) -> dict[str, Any]:
         "bulk": {"total_s": bulk_s, "runs_s": bulks},
         "bulk_share_of_single": share,
         "wait_for_job_ms": {"p50": wait_p50, "p99": wait_p99, "samples": len(waits_ms)},
+        "relay_after_commit_ms": {"p50": relay_p50, "p99": relay_p99, "samples": len(relays_ms)},
         "rows": [
             [f"{args.jobs} creates, single calls", f"{single['total_s']:.2f} s", "-", "-"],
             [f"{args.jobs} creates, one bulk call", f"{bulk_s:.3f} s", "-", "a small fraction"],
@@ -87,6 +95,12 @@ def run(args: argparse.Namespace, out: Console) -> dict[str, Any]:
                 "-",
                 "-",
             ],
+            [
+                "relay: on the broker after the caller's commit p50 / p99",
+                f"{relay_p50:.1f} / {relay_p99:.1f} ms",
+                "-",
+                "within 2 s",
+            ],
         ],
         "panels": [
             report.panel(
@@ -99,6 +113,12 @@ def run(args: argparse.Namespace, out: Console) -> dict[str, Any]:
                 "wait_for_job after the outcome",
                 "ms",
                 {"p50": wait_p50, "p99": wait_p99},
+                fmt="{:.1f}",
+            ),
+            report.panel(
+                "relay: on the broker after the commit",
+                "ms",
+                {"p50": relay_p50, "p99": relay_p99},
                 fmt="{:.1f}",
             ),
         ],
@@ -181,3 +201,28 @@ def _wait(job_id: uuid.UUID, listening: threading.Event, returned: list[float]) 
     job = jobs.wait_for_job(job_id, timeout=30)
     returned.append(time.perf_counter())
     assert job.status == "succeeded"
+
+
+def _relay_latencies(samples: int, broker_url: str) -> list[float]:
+    _empty(broker_url)
+    settings = get_settings().model_copy(update={"OUTBOX_SCAN_SECONDS": 60.0})
+    sender = relay.Relay(settings, celery_app.send_many).start()
+    if not sender.holding.wait(30):
+        raise RuntimeError("the relay did not take the outbox lock (another relay holds it?)")
+    latencies_ms = []
+    sessions = db.sessions(settings)
+    try:
+        with redis.Redis.from_url(broker_url, socket_connect_timeout=5) as client:
+            for number in range(samples):
+                with sessions() as session:
+                    jobs.create_meeting(
+                        workload.host(number), workload.new_body(number), session=session
+                    )
+                    session.commit()
+                committed = time.perf_counter()
+                if client.brpop(["celery"], timeout=10) is None:
+                    raise RuntimeError("the relay sent nothing within 10 s")
+                latencies_ms.append((time.perf_counter() - committed) * 1000)
+    finally:
+        sender.stop(timeout_s=0)
+    return latencies_ms
