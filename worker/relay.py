@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
 
 import psycopg
 
@@ -40,6 +41,9 @@ log = logging.getLogger(__name__)
 LOCK_KEY = int.from_bytes(
     hashlib.blake2b(b"zoom-worker:outbox.relay", digest_size=8).digest(), signed=True
 )
+
+# How often a sleeping relay looks whether it was asked to stop.
+STOP_CHECK_S = 0.5
 
 
 class Relay:
@@ -88,5 +92,15 @@ class Relay:
             sessions = db.sessions(self.settings)
             while not self._stop.is_set():
                 outbox.send_pending(sessions, self.send_many)
-                for _ in connection.notifies(timeout=self.scan_s, stop_after=1):
-                    pass
+                self._sleep(connection)
+
+    def _sleep(self, connection: psycopg.Connection[tuple[object, ...]]) -> None:
+        """Until a notification, ``OUTBOX_SCAN_SECONDS``, or :meth:`stop` (looked at every
+        :data:`STOP_CHECK_S`, so a worker's shutdown does not wait for the scan)."""
+        deadline = time.monotonic() + self.scan_s
+        while not self._stop.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            for _ in connection.notifies(timeout=min(remaining, STOP_CHECK_S), stop_after=1):
+                return
