@@ -261,23 +261,37 @@ def test_send_pending__broker_refuses__kept_then_sent_with_the_same_id(
 @pytest.mark.fleet
 @pytest.mark.timeout(300)  # 100 creates and 100 notifications on a loaded 2-core machine
 def test_on_done__hundred_jobs_through_a_worker_restart__each_notified_same_id(
-    start_worker: Callable[..., WorkerProcess], env: dict[str, str]
+    start_worker: Callable[..., WorkerProcess],
+    start_beat: Callable[..., WorkerProcess],
+    env: dict[str, str],
 ) -> None:
     received = flushed_redis(RECEIVER_URL)
-    overrides = {"TEST_RECEIVER_URL": RECEIVER_URL, "OUTBOX_SCAN_SECONDS": "1"}
+    overrides = {
+        "TEST_RECEIVER_URL": RECEIVER_URL,
+        "OUTBOX_SCAN_SECONDS": "1",
+        # The job a stopped worker's pool process was running is swept within seconds.
+        "JOB_LEASE_SECONDS": "6",
+        "ZOOM_HTTP_TIMEOUT": "1.5",
+        "ZOOM_TOKEN_LOCK_TIMEOUT": "1",
+        "ZOOM_TOKEN_REQUEST_TIMEOUT": "1",
+        "SWEEP_INTERVAL_SECONDS": "1",
+    }
+    start_beat(**overrides)
     first = start_worker(concurrency=2, include="tests.receivers", **overrides)
+    # Its relay stands by while the first worker's holds the lock.
+    second = start_worker(concurrency=2, include="tests.receivers", **overrides)
     ids = jobs.create_meetings(
         [{"user_id": f"host{n % 5}@example.com", "meeting": _body(n)} for n in range(100)],
         on_done=ON_DONE,
     )
     wait_for(lambda: len(receivers.received(received)) >= 20, timeout=60, what="20 notified")
-    first.kill()
-    start_worker(concurrency=2, include="tests.receivers", **overrides)
+    first.stop()  # the second worker's relay takes over the notifications still to come
 
     def everyone() -> bool:
         return {n["job"]["id"] for n in receivers.received(received)} == {str(i) for i in ids}
 
-    wait_for(everyone, timeout=90, what="every job notified")
+    wait_for(everyone, timeout=120, what="every job notified")
+    assert "relay.started" in first.log() and "relay.started" in second.log()
     by_job: dict[str, set[str]] = {}
     for note in receivers.received(received):
         by_job.setdefault(note["job"]["id"], set()).add(note["notification_id"])
