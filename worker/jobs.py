@@ -13,6 +13,10 @@ returns the same job, whatever its state; the same key with another request rais
 IdempotencyConflict. A failed job keeps its key, and :func:`retry_job` runs it again. Keys
 are honoured for ``IDEMPOTENCY_KEY_DAYS``, even after the job itself was pruned
 (:mod:`worker.retention`): then the key returns the pruned job's id, never a second job.
+
+Every producer call takes ``session=`` (write the job in the caller's transaction; the relay
+queues it after the commit, :mod:`worker.enqueue`) and ``on_done=`` (a Celery task told of
+each outcome, :mod:`worker.outbox`). :mod:`worker.aio` has the asyncio twins.
 """
 
 from __future__ import annotations

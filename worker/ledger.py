@@ -19,6 +19,8 @@ A job is written to PostgreSQL before it is put on the broker. The broker messag
    a meeting made by a holder that lost its claim *after* its fence is still written to
    ``meetings``, adopted by the job if the job has no meeting yet, else kept as an orphan
    whose ``scheduled_end`` is :data:`worker.recording.ORPHAN_END`, so the next cleanup deletes it.
+   A job that names an ``on_done`` task gets its notification written in the transaction
+   that records its final status (:func:`worker.outbox.job_finished`), cancellations included.
 4. **Sweep.** Anything unfinished past its lease is dispatched again by the sweeper, which
    revokes a running job's claim in the same statement, so a lost message, a dead or frozen
    worker or an emptied Redis delays a job but never loses it, and one job never runs in two
