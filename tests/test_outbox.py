@@ -192,7 +192,9 @@ def test_create_meeting__producer_killed_after_commit__job_still_runs(
 # -- point 2: on_done ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("bad", ["nodots", "billing..tasks", "billing.tasks.1st", 42, "billing." + "a" * 250])
+@pytest.mark.parametrize(
+    "bad", ["nodots", "billing..tasks", "billing.tasks.1st", 42, "billing." + "a" * 250]
+)
 def test_create_meeting__invalid_on_done__refused_naming_it(bad: object) -> None:
     with pytest.raises(errors.InvalidMeeting) as caught:
         jobs.create_meeting("host@example.com", BODY, on_done=bad)  # type: ignore[arg-type]
