@@ -19,7 +19,7 @@ import redis
 from conftest import RECEIVER_URL, ROOT, WorkerProcess, flushed_redis, wait_for
 from sqlalchemy import func, select, text
 
-from worker import celery_app, db, errors, jobs, ledger, outbox, relay
+from worker import celery_app, db, errors, jobs, ledger, outbox, relay, tasks
 from worker.config import get_settings
 from worker.models import Job as JobRow
 from worker.models import OutboxMessage
@@ -300,3 +300,17 @@ def test_on_done__hundred_jobs_through_a_worker_restart__each_notified_same_id(
         assert note["job"]["status"] == "succeeded" and note["job"]["join_url"]
     assert all(len(ids_) == 1 for ids_ in by_job.values())  # a repeat carries the same id
     received.close()
+
+
+def test_sweep__no_relay_running__sends_what_the_outbox_holds(broker: redis.Redis) -> None:
+    with db.sessions(get_settings())() as session:
+        job_id = jobs.create_meeting("host@example.com", BODY, session=session)
+        session.commit()
+    assert _queued(broker) == []  # no relay runs in this test
+
+    tasks.sweep()
+
+    [(task, kwargs)] = _queued(broker)
+    assert task == "meetings.create" and kwargs["job_id"] == str(job_id)
+    with db.sessions(get_settings())() as session:
+        assert outbox.pending(session) == 0
