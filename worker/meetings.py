@@ -363,8 +363,19 @@ def _outage(case: _Case) -> Outcome:
     return case.hold(at, HoldReason.ZOOM_OUTAGE, f"waiting: {exc}")
 
 
+def _governor_down(case: _Case) -> Outcome:
+    """No permit can be taken while the governor's Redis is out of reach: the job waits
+    (calling Zoom unmetered could break the account's limits for every app on it), back
+    within :data:`GOVERNOR_WAIT_S`, spread so the held jobs do not return together."""
+    at = case.now + timedelta(seconds=case.jitter(GOVERNOR_WAIT_S / 2, GOVERNOR_WAIT_S))
+    reason = f"waiting: the rate governor's Redis (REDIS_URL) is unreachable: {case.exc}"
+    return case.hold(at, HoldReason.GOVERNOR, reason)
+
+
 _Rule = Callable[[_Case], Outcome]
 MINUTE = timedelta(minutes=1)
+# A job held while the governor's Redis is out of reach tries again within this long.
+GOVERNOR_WAIT_S = 10.0
 
 # Order matters: subclasses before their bases.
 _RULES: list[tuple[type[Exception] | tuple[type[Exception], ...], _Rule]] = [
@@ -393,6 +404,7 @@ _RULES: list[tuple[type[Exception] | tuple[type[Exception], ...], _Rule]] = [
             c.now + MINUTE, HoldReason.CONFIGURATION, f"waiting: configuration error: {c.exc}"
         ),
     ),
+    (errors.GovernorUnavailable, _governor_down),
     (errors.MissingScopes, lambda c: c.fail(f"{CONFIG_ADVICE}; Zoom said: {_text(c.exc)}")),
     (errors.ZoomClientError, lambda c: c.fail(f"Zoom refused the request: {_text(c.exc)}")),
     (TRANSIENT, _transient),

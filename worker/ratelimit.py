@@ -194,7 +194,7 @@ class RateGovernor:
     """Zoom's per-second limits per category and per-host daily caps, for the whole fleet.
 
     ``limits`` maps each category to its calls per second. Every method is one round trip to
-    Redis; a Redis failure raises :class:`~worker.errors.InfrastructureError`.
+    Redis; a Redis failure raises :class:`~worker.errors.GovernorUnavailable`.
     """
 
     def __init__(
@@ -348,7 +348,7 @@ def _translated() -> Iterator[None]:
     try:
         yield
     except redis.RedisError as exc:
-        raise errors.InfrastructureError(f"Redis (rate governor) failed: {exc}") from exc
+        raise errors.GovernorUnavailable(f"Redis (rate governor) failed: {exc}") from exc
 
 
 def _to_us(moment: datetime) -> int:
