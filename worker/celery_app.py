@@ -10,7 +10,8 @@ in PostgreSQL instead; see ``Settings.broker_hold_limit_s``).
 Per broker (``Settings.broker_kind``):
 
 - Redis: a ``visibility_timeout`` (``CELERY_VISIBILITY_TIMEOUT``), after which Redis
-  redelivers an unacknowledged message, countdowns included.
+  redelivers an unacknowledged message, countdowns included. Behind Sentinel (Celery's
+  ``sentinel://`` list), the master's name (``REDIS_SENTINEL_MASTER``) as ``master_name``.
 - RabbitMQ: durable classic queues with persistent messages (Celery's defaults) and
   publisher confirms, so a send returns only once the broker has the message. Quorum queues
   are not used: Celery holds countdowns on them only through its native delayed delivery
@@ -69,7 +70,10 @@ def transport_options(settings: Settings) -> dict[str, Any]:
     """``broker_transport_options`` for the broker ``CELERY_BROKER_URL`` names."""
     if settings.broker_kind == "rabbitmq":
         return {"confirm_publish": True}
-    return {"visibility_timeout": settings.CELERY_VISIBILITY_TIMEOUT}
+    options: dict[str, Any] = {"visibility_timeout": settings.CELERY_VISIBILITY_TIMEOUT}
+    if settings.broker_behind_sentinel:
+        options["master_name"] = settings.REDIS_SENTINEL_MASTER
+    return options
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:

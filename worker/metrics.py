@@ -42,7 +42,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from worker import db, errors, models, zoom
+from worker import db, errors, models, redis_client, zoom
 from worker.config import Settings
 from worker.token_store import CLOSED, TokenStatus, TokenStore
 
@@ -75,7 +75,7 @@ class FleetCounters:
     @classmethod
     def from_url(cls, url: str, *, prefix: str = "zw:stats:") -> FleetCounters:
         """Counters on a new client for ``url``, with short timeouts: they run inside calls."""
-        client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5)
+        client = redis_client.connect(url, socket_connect_timeout=0.5, socket_timeout=0.5)
         return cls(client, prefix=prefix)
 
     def on_response(self, response: httpx.Response) -> None:

@@ -52,7 +52,7 @@ from typing import Any
 import redis
 from redis.commands.core import Script
 
-from worker import errors
+from worker import errors, redis_client
 
 # Use a reservation within this long of its slot; a later call crowds the slots after it.
 USE_WITHIN_S = 0.25
@@ -225,7 +225,7 @@ class RateGovernor:
         cls, url: str, limits: Mapping[str, float], *, namespace: str = "zw:rl", burst: int = 1
     ) -> RateGovernor:
         """A governor on a new client for ``url``; timeouts stop a dead Redis hanging a task."""
-        client = redis.Redis.from_url(url, socket_connect_timeout=5.0, socket_timeout=5.0)
+        client = redis_client.connect(url, socket_connect_timeout=5.0, socket_timeout=5.0)
         return cls(client, limits, namespace=namespace, burst=burst)
 
     def reserve(
