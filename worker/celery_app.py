@@ -32,6 +32,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+import kombu.pools
 from celery import Celery
 
 from worker import errors, logs  # noqa: F401 - logs: LOG_FORMAT, through Celery's logging signals
@@ -129,6 +130,25 @@ def _settings_or_exit() -> Settings:
         return get_settings()
     except errors.ConfigurationError as exc:
         raise SystemExit(f"zoom-worker: invalid configuration: {exc}") from None
+
+
+def point_at_broker(settings: Settings) -> None:
+    """Give this process's app the broker of ``settings`` and drop the connections and
+    producers it pooled for the previous one (Celery reads its settings once per process;
+    the tests and the benchmarks change broker between runs)."""
+    app.conf.update(
+        broker_url=settings.CELERY_BROKER_URL,
+        broker_transport_options=transport_options(settings),
+    )
+    drop_broker_connections()
+
+
+def drop_broker_connections() -> None:
+    """Close the app's connection and producer pools (``app.close()`` keeps the producers,
+    which would go on publishing to the previous broker)."""
+    kombu.pools.reset()
+    app._pool = None  # type: ignore[attr-defined]
+    app.amqp._producer_pool = None  # type: ignore[attr-defined]
 
 
 def send(task_name: str, kwargs: dict[str, Any]) -> None:
