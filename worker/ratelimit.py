@@ -319,6 +319,18 @@ class RateGovernor:
         key = self._host_key("count", user_id)
         return int(self._run(self._host_count, [key], [0, DAY_KEY_MARGIN_S]))
 
+    def booked_ahead_s(self) -> dict[str, float]:
+        """How far ahead of now each category's slots are reserved, in seconds (0 when idle;
+        it grows while calls are asked for faster than the limit), by Redis's clock."""
+        with _translated():
+            seconds, micros = self.client.time()
+            values = self.client.mget([self._key("tat", c) for c in self.limits])
+        now = seconds * _US + micros
+        return {
+            category: max(0, int(value or 0) - now) / _US
+            for category, value in zip(self.limits, values, strict=True)
+        }
+
     def _run(self, script: Script, keys: Sequence[str], args: Sequence[str | int | float]) -> Any:
         with _translated():
             return script(keys=keys, args=args, client=self.client)
@@ -336,10 +348,14 @@ class RateGovernor:
         return ":".join((self.namespace, *parts))
 
     def _host_key(self, kind: str, user_id: str) -> str:
-        # Zoom matches emails without case; ids are case-sensitive.
-        canonical = user_id.lower() if "@" in user_id else user_id
-        digest = hashlib.blake2b(canonical.encode(), digest_size=16).hexdigest()
-        return self._key("host", kind, digest)
+        return self._key("host", kind, host_digest(user_id))
+
+
+def host_digest(user_id: str) -> str:
+    """The host's name in keys and metric labels: a BLAKE2b digest, never the email (Zoom
+    matches emails without case; ids are case-sensitive)."""
+    canonical = user_id.lower() if "@" in user_id else user_id
+    return hashlib.blake2b(canonical.encode(), digest_size=16).hexdigest()
 
 
 @contextlib.contextmanager
