@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 import redis
-from click.testing import CliRunner, Result
 from conftest import WorkerProcess, wait_for
 from sentinel_parts import MASTER_NAME, SentinelSet, sentinel_set
 from test_durability import (  # noqa: F401 - short_leases: a fixture
@@ -27,10 +26,10 @@ from test_durability import (  # noqa: F401 - short_leases: a fixture
     _succeeded_at_least,
     short_leases,
 )
+from test_rabbitmq import _doctor
 
 from worker import errors, ratelimit, redis_client
 from worker.celery_app import transport_options
-from worker.cli import cli
 from worker.config import get_settings, load_settings
 from worker.simulator import SimulatorClient
 
@@ -40,16 +39,21 @@ SENTINELS = "sentinel://127.0.0.1:26385/11;sentinel://127.0.0.1:26386/11"
 # -- settings (no server needed) ----------------------------------------------------------
 
 
-def test_settings__sentinel_broker_without_master__refused_naming_redis_sentinel_master(
-    monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.parametrize(
+    ("variable", "named"),
+    [("CELERY_BROKER_URL", "REDIS_SENTINEL_MASTER"), ("REDIS_URL", "REDIS_URL")],
+)
+def test_settings__sentinel_list_without_master__refused_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, named: str
 ) -> None:
-    monkeypatch.setenv("CELERY_BROKER_URL", SENTINELS)
+    monkeypatch.setenv(variable, SENTINELS)
     monkeypatch.delenv("REDIS_SENTINEL_MASTER", raising=False)
 
     with pytest.raises(errors.ConfigurationError) as caught:
         load_settings()
 
-    assert caught.value.setting == "REDIS_SENTINEL_MASTER"
+    assert caught.value.setting == named
+    assert "REDIS_SENTINEL_MASTER" in str(caught.value) or named == "REDIS_SENTINEL_MASTER"
 
 
 def test_settings__sentinel_broker__celery_gets_the_master_and_the_governor_follows_it(
@@ -94,19 +98,6 @@ def test_settings__unusable_governor_url__refused_naming_redis_url(
     assert "s3cret" not in str(caught.value)
 
 
-def test_settings__celery_sentinel_list_as_redis_url_without_master__refused(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setenv("REDIS_URL", SENTINELS)
-    monkeypatch.delenv("REDIS_SENTINEL_MASTER", raising=False)
-
-    with pytest.raises(errors.ConfigurationError) as caught:
-        load_settings()
-
-    assert caught.value.setting == "REDIS_URL"
-    assert "REDIS_SENTINEL_MASTER" in str(caught.value)
-
-
 # -- against real Sentinels -----------------------------------------------------------------
 
 
@@ -138,11 +129,6 @@ def sentinel_env(
     return env
 
 
-def _doctor() -> Result:
-    get_settings.cache_clear()
-    return CliRunner().invoke(cli, ["doctor"], catch_exceptions=False)
-
-
 def test_doctor__behind_sentinel__every_check_passes_naming_the_sentinels(
     sentinel_env: dict[str, str], sentinels: SentinelSet
 ) -> None:
@@ -154,36 +140,44 @@ def test_doctor__behind_sentinel__every_check_passes_naming_the_sentinels(
     assert f"Redis at {named} (broker), Redis at {named} (rate governor)" in result.output
 
 
-def test_doctor__sentinels_know_no_such_master__fails_naming_redis_url(
-    sentinel_env: dict[str, str], sentinels: SentinelSet, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _no_such_master(sentinels: SentinelSet) -> str:
     url = sentinels.governor_url(12).replace(MASTER_NAME, "nosuchmaster")
-    monkeypatch.setenv("REDIS_URL", url.replace("//", "//:hunter2@", 1))
-
-    result = _doctor()
-
-    assert result.exit_code == 1
-    assert re.search(
-        r"FAIL broker reachable: the rate governor's Redis at Sentinel \S+ "
-        r"\(master nosuchmaster\) \(REDIS_URL\) is not reachable: No master found",
-        result.output,
-    ), result.output
-    assert "hunter2" not in result.output
+    return url.replace("//", "//:hunter2@", 1)
 
 
-def test_doctor__broker_sentinels_know_no_such_master__fails_naming_the_broker(
-    sentinel_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("variable", "value", "failure"),
+    [
+        (
+            "REDIS_URL",
+            _no_such_master,
+            r"the rate governor's Redis at Sentinel \S+ \(master nosuchmaster\) \(REDIS_URL\) "
+            r"is not reachable: No master found",
+        ),
+        (
+            "REDIS_SENTINEL_MASTER",
+            lambda _: "nosuchmaster",
+            r"the broker \(Redis at Sentinel \S+ \(master nosuchmaster\), CELERY_BROKER_URL\) "
+            r"is not reachable",
+        ),
+    ],
+    ids=["governor", "broker"],
+)
+def test_doctor__sentinels_know_no_such_master__fails_naming_the_part(
+    sentinel_env: dict[str, str],
+    sentinels: SentinelSet,
+    monkeypatch: pytest.MonkeyPatch,
+    variable: str,
+    value: Callable[[SentinelSet], str],
+    failure: str,
 ) -> None:
-    monkeypatch.setenv("REDIS_SENTINEL_MASTER", "nosuchmaster")
+    monkeypatch.setenv(variable, value(sentinels))
 
     result = _doctor()
 
     assert result.exit_code == 1
-    assert re.search(
-        r"FAIL broker reachable: the broker \(Redis at Sentinel \S+ \(master nosuchmaster\), "
-        r"CELERY_BROKER_URL\) is not reachable",
-        result.output,
-    ), result.output
+    assert re.search(f"FAIL broker reachable: {failure}", result.output), result.output
+    assert "hunter2" not in result.output
 
 
 def _reserves_on(governor: ratelimit.RateGovernor, port: int) -> bool:

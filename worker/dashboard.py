@@ -74,6 +74,11 @@ class Row:
 
 UNFINISHED = ("queued", "running", "retrying", "waiting")
 
+
+def _quantiles(histogram: str) -> tuple[Query, ...]:
+    return tuple(Query(histogram, f"p{q}", quantile=q / 100, rate=True) for q in (50, 95, 99))
+
+
 ROWS: tuple[Row, ...] = (
     Row(
         "Jobs",
@@ -150,26 +155,8 @@ ROWS: tuple[Row, ...] = (
     Row(
         "Durations",
         (
-            Panel(
-                "Job attempt duration",
-                "s",
-                tuple(
-                    Query(
-                        "zoom_worker_job_duration_seconds", f"p{q:g}", quantile=q / 100, rate=True
-                    )
-                    for q in (50, 95, 99)
-                ),
-            ),
-            Panel(
-                "Zoom latency",
-                "s",
-                tuple(
-                    Query(
-                        "zoom_worker_zoom_latency_seconds", f"p{q:g}", quantile=q / 100, rate=True
-                    )
-                    for q in (50, 95, 99)
-                ),
-            ),
+            Panel("Job attempt duration", "s", _quantiles("zoom_worker_job_duration_seconds")),
+            Panel("Zoom latency", "s", _quantiles("zoom_worker_zoom_latency_seconds")),
         ),
     ),
 )
