@@ -55,6 +55,10 @@ def run_one(name: str, args: argparse.Namespace, out: Console) -> dict[str, Any]
     started = time.monotonic()
     result = BENCHMARKS[name].run(args, out)
     result["duration_s"] = round(time.monotonic() - started, 1)
+    broker = getattr(args, "broker", "redis")
+    if broker != "redis":  # beside the Redis figures, not over them
+        result["title"] = f"{result.get('title', name)} (broker: {broker})"
+        return report.finish(f"{name}-{broker}", result, out)
     return report.finish(name, result, out)
 
 

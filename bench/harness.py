@@ -2,7 +2,9 @@
 
 A benchmark never touches a deployment or the tests: it uses the PostgreSQL database
 ``zoom_worker_bench`` (dropped, created and migrated to head for every side it measures) and
-Redis databases 10 (broker) and 13 (rate governor), flushed at the start of every side. The
+Redis databases 10 (broker) and 13 (rate governor), flushed at the start of every side. With
+``--broker rabbitmq`` the broker is a RabbitMQ virtual host made for the side and deleted
+after it (the governor stays in Redis). The
 simulator is served from this process; the workers and beat are real ``celery`` processes
 started and stopped with :mod:`worker.demo`'s helpers, always stopped in a ``finally``.
 
@@ -12,8 +14,10 @@ Times of a job come from the ledger (``created_at`` and ``finished_at`` are both
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
+import subprocess
 import tempfile
 import time
 import uuid
@@ -29,7 +33,8 @@ import redis
 from rich.console import Console
 
 from bench import workload
-from worker import db, jobs, models, schema, simulator
+from worker import celery_app, db, jobs, models, schema, simulator
+from worker.config import get_settings
 from worker.demo import (
     DemoFailed,
     DemoOptions,
@@ -55,6 +60,10 @@ def database_url(name: str) -> str:
 BENCH_DB = "zoom_worker_bench" + DB_SUFFIX
 DATABASE_URL = database_url(BENCH_DB)
 BROKER_URL = f"{REDIS_BASE}/10"
+# --broker rabbitmq: a vhost of its own per side on this server (guest: loopback only).
+AMQP_BASE = os.environ.get("BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672")
+AMQP_USER = "guest"
+BROKERS = ("redis", "rabbitmq")
 GOVERNOR_URL = f"{REDIS_BASE}/13"
 RESULTS = Path(__file__).resolve().parent / "results"
 # Caps far above anything the simulator will see: the governor runs, but never holds a call.
@@ -163,8 +172,10 @@ class Service:
 
     def _explain_timeout(self, expected: int, done: int, batch: str) -> None:
         statuses = self._query(_BY_STATUS, (self._like(batch),))
-        with redis.Redis.from_url(BROKER_URL) as broker:
-            queued = broker.llen("celery")
+        queued = "?"
+        if get_settings().broker_kind == "redis":
+            with redis.Redis.from_url(BROKER_URL) as broker:
+                queued = str(broker.llen("celery"))
         self.out.print(
             f"[yellow]timed out[/]: {done} of {expected} jobs final; by status "
             f"{dict(statuses)}; {queued} messages waiting on the broker",
@@ -197,18 +208,56 @@ class Fleet:
         return f"{self.workers} workers x {self.concurrency} processes"
 
 
+def add_broker_argument(parser: argparse.ArgumentParser) -> None:
+    """``--broker redis|rabbitmq``: the Celery broker the fleet runs on."""
+    parser.add_argument(
+        "--broker", choices=BROKERS, default="redis", help="the Celery broker (redis)"
+    )
+
+
+@contextmanager
+def broker(kind: str) -> Iterator[str]:
+    """The broker URL of one side: Redis database 10, or a new RabbitMQ vhost, deleted after."""
+    if kind == "redis":
+        yield BROKER_URL
+        return
+    vhost = f"zw_bench{DB_SUFFIX}_{uuid.uuid4().hex[:8]}"
+    _rabbitmqctl("add_vhost", vhost)
+    try:
+        _rabbitmqctl("set_permissions", "-p", vhost, AMQP_USER, ".*", ".*", ".*")
+        yield f"{AMQP_BASE}/{vhost}"
+    finally:
+        celery_app.drop_broker_connections()
+        _rabbitmqctl("delete_vhost", vhost)
+
+
+def _rabbitmqctl(*arguments: str) -> None:
+    done = subprocess.run(
+        ["rabbitmqctl", *arguments], capture_output=True, text=True, timeout=60, check=False
+    )
+    if done.returncode != 0:
+        raise DemoFailed(f"rabbitmqctl {arguments[0]} failed: {done.stderr.strip()[-300:]}")
+
+
 @contextmanager
 def service(
-    config: simulator.SimulatorConfig, fleet: Fleet, out: Console, **settings: str
+    config: simulator.SimulatorConfig,
+    fleet: Fleet,
+    out: Console,
+    broker_kind: str = "redis",
+    **settings: str,
 ) -> Iterator[Service]:
-    """Serve the simulator, reset the database and Redis, start the fleet; stop all after."""
+    """Serve the simulator, reset the database and Redis, start the fleet on ``broker_kind``;
+    stop all after."""
     reset_redis()
     config = dataclasses.replace(config, daily_create_limit=DAILY_LIMIT)
     with (
+        broker(broker_kind) as broker_url,
         simulator.start_simulator(config) as sim,
         tempfile.TemporaryDirectory(prefix="zoom-worker-bench-") as tmp,
-        environment(_settings_env(sim, settings)),
+        environment({**_settings_env(sim, settings), "CELERY_BROKER_URL": broker_url}),
     ):
+        celery_app.point_at_broker(get_settings())
         reset_database()
         processes: list[ManagedProcess] = []
         running = Service(sim, processes, out)
@@ -218,7 +267,7 @@ def service(
             concurrency=fleet.concurrency,
             faults=False,
             database_url=DATABASE_URL,
-            broker_url=BROKER_URL,
+            broker_url=broker_url,
         )
         try:
             start_processes(options, Path(tmp), processes, out)

@@ -46,6 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--warmup", type=int, default=None, help="jobs run first, unmeasured (two per process)"
     )
+    harness.add_broker_argument(parser)
 
 
 def run(args: argparse.Namespace, out: Console) -> dict[str, Any]:
@@ -140,7 +141,7 @@ def run(args: argparse.Namespace, out: Console) -> dict[str, Any]:
 
 def _pipeline(args: argparse.Namespace, fleet: harness.Fleet, out: Console) -> dict[str, Any]:
     with harness.service(
-        simulator.SimulatorConfig(), fleet, out, ZOOM_RATE_LIMITS=harness.UNCAPPED
+        simulator.SimulatorConfig(), fleet, out, args.broker, ZOOM_RATE_LIMITS=harness.UNCAPPED
     ) as svc:
         svc.warm_up(2 * fleet.processes if args.warmup is None else args.warmup)
         # A backend that flushed its counters less than a second ago reports the rest only

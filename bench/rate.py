@@ -36,6 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--warmup", type=int, default=None, help="jobs run first, unmeasured (one per process)"
     )
+    harness.add_broker_argument(parser)
 
 
 def run(args: argparse.Namespace, out: Console) -> dict[str, Any]:
@@ -124,7 +125,7 @@ def _side(
         "ZOOM_RATE_LIMITS": ",".join(f"{name}={cap}" for name, cap in caps.items()),
         "RATE_GOVERNOR": "true" if governor else "false",
     }
-    with harness.service(config, fleet, out, **settings) as svc:
+    with harness.service(config, fleet, out, args.broker, **settings) as svc:
         svc.warm_up(fleet.processes if args.warmup is None else args.warmup)
         svc.enqueue_many(args.jobs)
         done, waited_s = svc.wait_final(args.jobs, args.timeout)

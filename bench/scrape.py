@@ -32,7 +32,7 @@ from sqlalchemy import Select
 from sqlalchemy.dialects import postgresql
 
 from bench import harness, report
-from worker import db, metrics, schema
+from worker import db, fleet_counters, metrics, schema
 from worker.config import Settings
 
 NAME = "scrape"
@@ -70,14 +70,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jobs", type=int, default=SIZES[-1], help="rows of the larger table")
 
 
-class _NoCounters(metrics.FleetCounters):
+class _NoCounters(fleet_counters.FleetCounters):
     """The Redis part of a scrape, left out: one MGET whatever the size."""
 
     def __init__(self) -> None:
         pass
 
-    def snapshot(self, names: Iterable[str] = metrics.NAMES) -> dict[str, int]:
+    def snapshot(self, names: Iterable[str] = fleet_counters.NAMES) -> dict[str, int]:
         return {}
+
+    def histogram(self, name: str) -> None:
+        return None
 
 
 def run(args: argparse.Namespace, out: Console) -> dict[str, Any]:

@@ -21,15 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import kombu.pools
+import kombu
 import psycopg
 import pytest
 import redis
 from alembic import command
 from alembic.config import Config
 
-from worker import db, token_store
-from worker.celery_app import app, transport_options
+from worker import celery_app, db, token_store
 from worker.config import get_settings
 from worker.simulator import RunningSimulator, SimulatorClient, start_simulator
 
@@ -202,26 +201,12 @@ def env(
     token_store.forget_process_tokens()
     _point_app_at_broker()
     yield values
-    _drop_broker_connections()  # they may lead to a vhost about to be deleted
+    celery_app.drop_broker_connections()  # they may lead to a vhost about to be deleted
 
 
 def _point_app_at_broker() -> None:
-    """Celery reads its settings once per process: give it this test's broker, and drop the
-    connections it pooled for the previous one."""
-    settings = get_settings()
-    app.conf.update(
-        broker_url=settings.CELERY_BROKER_URL,
-        broker_transport_options=transport_options(settings),
-    )
-    _drop_broker_connections()
-
-
-def _drop_broker_connections() -> None:
-    """Close the app's connection and producer pools (``app.close()`` keeps the producers,
-    which would go on publishing to the previous broker)."""
-    kombu.pools.reset()
-    app._pool = None  # type: ignore[attr-defined]
-    app.amqp._producer_pool = None  # type: ignore[attr-defined]
+    """Celery reads its settings once per process: give it this test's broker."""
+    celery_app.point_at_broker(get_settings())
 
 
 @pytest.fixture(autouse=True)

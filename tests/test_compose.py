@@ -14,6 +14,8 @@ import pytest
 import yaml
 from addresses import non_loopback_address
 
+from worker import dashboard
+from worker.config import Settings
 from worker.simulator import SimulatorClient, start_simulator
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -95,6 +97,61 @@ def test_compose__published_ports__loopback_unless_opened(files: tuple[str, ...]
 
     assert default and all(port.startswith("127.0.0.1:") for port in default), default
     assert all(port.startswith("0.0.0.0:") for port in opened), opened
+
+
+PROFILES = (*BASE, "--profile", "monitoring", "--profile", "rabbitmq")
+
+
+def _mounts(service: dict[str, Any]) -> dict[str, str]:
+    """Target -> host source of a service's bind mounts (Compose v1 prints strings, v2 maps)."""
+    found = {}
+    for volume in service.get("volumes", []):
+        if isinstance(volume, dict):
+            found[volume["target"]] = volume["source"]
+        else:
+            source, target = volume.split(":")[:2]
+            found[target] = source
+    return found
+
+
+@needs_compose
+def test_compose__monitoring_and_rabbitmq_profiles__accepted_and_wired() -> None:
+    config = _config(PROFILES)
+    services = config["services"]
+
+    assert services["prometheus"]["profiles"] == ["monitoring"]
+    assert services["grafana"]["profiles"] == ["monitoring"]
+    assert services["rabbitmq"]["profiles"] == ["rabbitmq"]
+    prometheus = _mounts(services["prometheus"])["/etc/prometheus/prometheus.yml"]
+    grafana = _mounts(services["grafana"])
+    for source in (prometheus, *grafana.values()):
+        assert Path(ROOT, source).exists(), source
+    assert Path(grafana["/var/lib/grafana/dashboards/zoom-worker.json"]).name == "zoom-worker.json"
+    assert all(port.startswith("127.0.0.1:") for port in _published(config))
+    for name in ZOOM_SERVICES:  # the broker stays Redis unless CELERY_BROKER_URL says otherwise
+        assert services[name]["environment"]["CELERY_BROKER_URL"] == "redis://redis:6379/0"
+
+
+def test_monitoring_files__prometheus_scrapes_the_workers_grafana_loads_the_dashboard() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text(encoding="utf-8"))
+    prometheus = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
+    datasource = yaml.safe_load(
+        (ROOT / "deploy/grafana/provisioning/datasources/prometheus.yml").read_text()
+    )
+    provider = yaml.safe_load(
+        (ROOT / "deploy/grafana/provisioning/dashboards/zoom-worker.yml").read_text()
+    )
+
+    (job,) = prometheus["scrape_configs"]
+    (target,) = job["dns_sd_configs"]
+    assert target["names"] == ["worker"] and "worker" in compose["services"]
+    assert target["port"] == Settings.model_fields["METRICS_PORT"].default
+    (source,) = datasource["datasources"]
+    assert source["uid"] == dashboard.DATASOURCE_UID
+    assert source["url"] == "http://prometheus:9090"
+    mounted = [v.split(":")[1] for v in compose["services"]["grafana"]["volumes"]]
+    dashboards = provider["providers"][0]["options"]["path"]
+    assert f"{dashboards}/zoom-worker.json" in mounted
 
 
 def test_simulator__control_token__required_on_control_api_only() -> None:

@@ -150,10 +150,21 @@ TABLE: list[tuple[str, Exception, dict[str, Any], Outcome]] = [
         Retry(_at(2), "connection refused", transient=True),
     ),
     (
-        "governor down",
-        errors.InfrastructureError("Redis (rate governor) failed"),
+        "governor down: the job waits and says why",
+        errors.GovernorUnavailable("Redis (rate governor) failed: Connection refused"),
+        {"attempts": 3, "failing_for": DAY},  # past JOB_GIVE_UP_AFTER: still waits
+        Hold(
+            _at(10),
+            HoldReason.GOVERNOR,
+            "waiting: the rate governor's Redis (REDIS_URL) is unreachable: "
+            "Redis (rate governor) failed: Connection refused",
+        ),
+    ),
+    (
+        "another Redis or store failure",
+        errors.InfrastructureError("the token store failed"),
         {},
-        Retry(_at(2), "Redis (rate governor) failed", transient=True),
+        Retry(_at(2), "the token store failed", transient=True),
     ),
     (
         "token row busy",

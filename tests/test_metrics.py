@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import delete, func, insert, select, text, update
 
-from worker import db, errors, jobs, metrics, models, zoom
+from worker import db, errors, fleet_counters, jobs, metrics, models, ratelimit, zoom
 from worker.config import get_settings
 from worker.simulator import SimulatorClient
 from worker.token_store import TokenStore
@@ -40,8 +40,8 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def counters(env: dict[str, str]) -> Iterator[metrics.FleetCounters]:
-    fleet = metrics.FleetCounters.from_url(env["REDIS_URL"])
+def counters(env: dict[str, str]) -> Iterator[fleet_counters.FleetCounters]:
+    fleet = fleet_counters.FleetCounters.from_url(env["REDIS_URL"])
     yield fleet
     fleet.client.close()
 
@@ -54,7 +54,7 @@ def exporter() -> Iterator[None]:
 
 
 def test_fleet_counters__simulator_answers__counted_like_zoom_saw_them(
-    counters: metrics.FleetCounters, sim_client: SimulatorClient
+    counters: fleet_counters.FleetCounters, sim_client: SimulatorClient
 ) -> None:
     settings = get_settings()
     store = TokenStore(settings, db.sessions(get_settings()))
@@ -96,7 +96,7 @@ def test_fleet_counters__simulator_answers__counted_like_zoom_saw_them(
 
 
 def test_fleet_counters__unreadable_429_body__counted_as_plain_429(
-    counters: metrics.FleetCounters,
+    counters: fleet_counters.FleetCounters,
 ) -> None:
     request = httpx.Request("GET", "http://zoom.invalid/v2/meetings/1")
     counters.on_response(httpx.Response(429, content=b"<html>busy</html>", request=request))
@@ -109,9 +109,9 @@ def test_fleet_counters__unreadable_429_body__counted_as_plain_429(
 def test_fleet_counters__redis_down__calls_go_on_and_logged_once(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    fleet = metrics.FleetCounters.from_url("redis://127.0.0.1:1/0")
+    fleet = fleet_counters.FleetCounters.from_url("redis://127.0.0.1:1/0")
     request = httpx.Request("GET", "http://zoom.invalid/v2/meetings/1")
-    with caplog.at_level(logging.WARNING, logger="worker.metrics"):
+    with caplog.at_level(logging.WARNING, logger="worker.fleet_counters"):
         for status in (200, 401, 429, 503):
             fleet.on_response(httpx.Response(status, json={}, request=request))
         snapshot = fleet.snapshot()
@@ -124,7 +124,7 @@ def test_fleet_counters__redis_down__calls_go_on_and_logged_once(
 
 def test_exporter__serves_fleet_figures__no_secret(
     env: dict[str, str],
-    counters: metrics.FleetCounters,
+    counters: fleet_counters.FleetCounters,
     exporter: None,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -173,7 +173,7 @@ def test_exporter__port_in_use__logs_and_goes_on_once(
 
 
 def test_collector__no_credentials__token_figures_left_out(
-    env: dict[str, str], counters: metrics.FleetCounters, monkeypatch: pytest.MonkeyPatch
+    env: dict[str, str], counters: fleet_counters.FleetCounters, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     for name in ("ZOOM_ACCOUNT_ID", "ZOOM_CLIENT_ID", "ZOOM_CLIENT_SECRET"):
         monkeypatch.delenv(name)
@@ -190,7 +190,7 @@ def test_collector__no_credentials__token_figures_left_out(
 
 
 def test_collector__database_down__scrape_answers_and_says_so(
-    env: dict[str, str], counters: metrics.FleetCounters
+    env: dict[str, str], counters: fleet_counters.FleetCounters
 ) -> None:
     missing = env["DATABASE_URL"].rsplit("/", 1)[0] + "/zw_no_such_database"
     settings = get_settings().model_copy(update={"DATABASE_URL": missing})
@@ -231,7 +231,7 @@ def test_exporter__metrics_host__other_addresses_reach_it_only_when_opened(
 
 
 def test_collector__jobs_change_status__figures_match_the_table(
-    env: dict[str, str], counters: metrics.FleetCounters
+    env: dict[str, str], counters: fleet_counters.FleetCounters
 ) -> None:
     ids = [jobs.create_meeting("host@example.com", {**BODY, "topic": f"T{n}"}) for n in range(6)]
     job = models.Job
@@ -259,7 +259,7 @@ def test_collector__jobs_change_status__figures_match_the_table(
 
 
 def test_collector__scrapes_within_cache_time__database_read_once(
-    env: dict[str, str], counters: metrics.FleetCounters
+    env: dict[str, str], counters: fleet_counters.FleetCounters
 ) -> None:
     collector = metrics.FleetCollector(get_settings(), counters, cache_s=600)
     before = _scrape(collector)
@@ -271,3 +271,88 @@ def test_collector__scrapes_within_cache_time__database_read_once(
     assert before[("zoom_worker_jobs", (("status", "queued"),))] == 0
     assert cached[("zoom_worker_jobs", (("status", "queued"),))] == 0
     assert fresh[("zoom_worker_jobs", (("status", "queued"),))] == 1
+
+
+# -- what the dashboard reads (issue 16) ------------------------------------------------------
+
+
+def test_fleet_counters__calls_through_both_hooks__answers_by_category_and_latency(
+    counters: fleet_counters.FleetCounters, sim_client: SimulatorClient
+) -> None:
+    settings = get_settings()
+    store = TokenStore(settings, db.sessions(settings))
+    client = zoom.ZoomClient(
+        settings.ZOOM_API_URL,
+        zoom.ZoomAuth(store),
+        timeout_s=5,
+        on_request=counters.on_request,
+        on_response=counters.on_response,
+    )
+    try:
+        meeting = client.create_meeting("host@example.com", dict(BODY))  # medium
+        sim_client.configure(rate_limits={"light": 1})
+        with pytest.raises(errors.RateLimited):
+            for _ in range(5):
+                client.get_meeting(meeting.id)  # light: 429 (the simulator counts creates
+                # as Light, as Zoom's 2026 spec does, so the window is full)
+        sim_client.configure(rate_limits=None, error_rate=1.0)
+        with pytest.raises(errors.ZoomServerError):
+            client.delete_meeting(meeting.id)  # light, 5xx
+    finally:
+        client.close()
+        store.close()
+
+    seen = sim_client.stats()
+    answers = counters.answers()
+    latency = counters.histogram(fleet_counters.ZOOM_LATENCY)
+    assert answers[("medium", "2xx")] == 1, answers  # ZOOM_CREATE_CATEGORY
+    assert answers[("light", "429")] == seen["api_429"] >= 1
+    assert answers[("light", "5xx")] == 1
+    assert sum(answers.values()) == seen["api_calls"]
+    assert latency is not None
+    buckets, total = latency
+    assert buckets[-1] == ("+Inf", seen["api_calls"]), "every call timed"
+    assert 0 < total < 5 * seen["api_calls"]
+
+
+def test_collector__holds_governor_budget_and_durations__exposed_without_an_email(
+    env: dict[str, str], counters: fleet_counters.FleetCounters
+) -> None:
+    ids = [jobs.create_meeting(f"host{n}@example.com", dict(BODY)) for n in (1, 1, 2)]
+    job = models.Job
+    with db.sessions(get_settings())() as session, session.begin():
+        held = {"status": models.WAITING, "held_for": "host_daily"}
+        session.execute(update(job).where(job.id.in_(ids[:2])).values(**held))
+        paced = {"status": models.RETRYING, "held_for": "rate_limit"}
+        session.execute(update(job).where(job.id == ids[2]).values(**paced))
+    governor = ratelimit.RateGovernor(counters.client, {"light": 10, "medium": 1})
+    for _ in range(3):
+        governor.reserve("medium")  # slots now, +1 s, +2 s: booked until +3 s
+    for seconds in (0.3, 0.3, 700.0):
+        counters.observe(fleet_counters.JOB_DURATION, seconds)
+    store = TokenStore(get_settings(), db.sessions(get_settings()))
+    collector = metrics.FleetCollector(
+        get_settings(), counters, store.status, governor=governor, cache_s=0
+    )
+
+    registry = CollectorRegistry()
+    registry.register(collector)
+    text = generate_latest(registry).decode()
+    found = _samples(text)
+    store.close()
+
+    assert found[("zoom_worker_jobs_held", (("reason", "host_daily"),))] == 2
+    assert found[("zoom_worker_jobs_held", (("reason", "rate_limit"),))] == 1
+    assert found[("zoom_worker_jobs_held", (("reason", "governor"),))] == 0
+    host = ratelimit.host_digest("host1@example.com")[:12]
+    assert found[("zoom_worker_host_daily_holds", (("host", host),))] == 2
+    assert "@example.com" not in text
+    assert 1.0 < found[("zoom_worker_governor_booked_seconds", (("category", "medium"),))] <= 3
+    assert found[("zoom_worker_governor_booked_seconds", (("category", "light"),))] == 0
+    assert found[("zoom_worker_governor_limit", (("category", "medium"),))] == 1
+    assert found[("zoom_worker_token_budget_per_hour", ())] == 20
+    duration = "zoom_worker_job_duration_seconds"
+    assert found[(f"{duration}_bucket", (("le", "0.5"),))] == 2
+    assert found[(f"{duration}_bucket", (("le", "+Inf"),))] == 3
+    assert found[(f"{duration}_count", ())] == 3
+    assert found[(f"{duration}_sum", ())] == pytest.approx(700.6)

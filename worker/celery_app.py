@@ -10,7 +10,8 @@ in PostgreSQL instead; see ``Settings.broker_hold_limit_s``).
 Per broker (``Settings.broker_kind``):
 
 - Redis: a ``visibility_timeout`` (``CELERY_VISIBILITY_TIMEOUT``), after which Redis
-  redelivers an unacknowledged message, countdowns included.
+  redelivers an unacknowledged message, countdowns included. Behind Sentinel (Celery's
+  ``sentinel://`` list), the master's name (``REDIS_SENTINEL_MASTER``) as ``master_name``.
 - RabbitMQ: durable classic queues with persistent messages (Celery's defaults) and
   publisher confirms, so a send returns only once the broker has the message. Quorum queues
   are not used: Celery holds countdowns on them only through its native delayed delivery
@@ -32,6 +33,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
+import kombu.pools
 from celery import Celery
 
 from worker import errors, logs  # noqa: F401 - logs: LOG_FORMAT, through Celery's logging signals
@@ -72,7 +74,10 @@ def transport_options(settings: Settings) -> dict[str, Any]:
     """``broker_transport_options`` for the broker ``CELERY_BROKER_URL`` names."""
     if settings.broker_kind == "rabbitmq":
         return {"confirm_publish": True}
-    return {"visibility_timeout": settings.CELERY_VISIBILITY_TIMEOUT}
+    options: dict[str, Any] = {"visibility_timeout": settings.CELERY_VISIBILITY_TIMEOUT}
+    if settings.broker_behind_sentinel:
+        options["master_name"] = settings.REDIS_SENTINEL_MASTER
+    return options
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -128,6 +133,25 @@ def _settings_or_exit() -> Settings:
         return get_settings()
     except errors.ConfigurationError as exc:
         raise SystemExit(f"zoom-worker: invalid configuration: {exc}") from None
+
+
+def point_at_broker(settings: Settings) -> None:
+    """Give this process's app the broker of ``settings`` and drop the connections and
+    producers it pooled for the previous one (Celery reads its settings once per process;
+    the tests and the benchmarks change broker between runs)."""
+    app.conf.update(
+        broker_url=settings.CELERY_BROKER_URL,
+        broker_transport_options=transport_options(settings),
+    )
+    drop_broker_connections()
+
+
+def drop_broker_connections() -> None:
+    """Close the app's connection and producer pools (``app.close()`` keeps the producers,
+    which would go on publishing to the previous broker)."""
+    kombu.pools.reset()
+    app._pool = None  # type: ignore[attr-defined]
+    app.amqp._producer_pool = None  # type: ignore[attr-defined]
 
 
 def send(task_name: str, kwargs: dict[str, Any]) -> None:

@@ -15,7 +15,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from worker import errors
+from worker import errors, redis_client
 
 RATE_CATEGORIES = ("light", "medium", "heavy")
 
@@ -45,8 +45,12 @@ class Settings(BaseSettings):
     DATABASE_IDLE_IN_TRANSACTION_TIMEOUT: float = Field(60.0, gt=0, le=3600)
     CELERY_BROKER_URL: str = "redis://127.0.0.1:6379/0"
     # The rate governor keeps its counters in Redis: by default the broker's server when the
-    # broker is Redis; required when it is RabbitMQ (see broker_kind).
+    # broker is Redis; required when it is RabbitMQ (see broker_kind). Behind Sentinel:
+    # redis+sentinel://host:port,host:port/master/db (see worker.redis_client).
     REDIS_URL: str | None = None
+    # Sentinel's name for the master, for Celery's sentinel:// broker URL (its transport's
+    # master_name) and a sentinel:// REDIS_URL.
+    REDIS_SENTINEL_MASTER: str | None = None
 
     ZOOM_ACCOUNT_ID: str | None = None
     ZOOM_CLIENT_ID: str | None = None
@@ -113,7 +117,13 @@ class Settings(BaseSettings):
         # Raised as is (not a ValueError), so it names the variable, not "settings".
         if broker_kind(self.CELERY_BROKER_URL) is None:
             raise errors.ConfigurationError(
-                "CELERY_BROKER_URL", "must be a redis://, rediss:// or amqp:// URL"
+                "CELERY_BROKER_URL", "must be a redis://, rediss://, sentinel:// or amqp:// URL"
+            )
+        if self.broker_behind_sentinel and not self.REDIS_SENTINEL_MASTER:
+            raise errors.ConfigurationError(
+                "REDIS_SENTINEL_MASTER",
+                "is not set: CELERY_BROKER_URL names Sentinels (sentinel://), which need "
+                "the master's name",
             )
         if self.REDIS_URL is None and self.broker_kind == "rabbitmq":
             raise errors.ConfigurationError(
@@ -131,6 +141,29 @@ class Settings(BaseSettings):
                 "unacknowledged while it runs, up to its lease",
             )
         return self
+
+    @model_validator(mode="after")
+    def _check_redis_url(self) -> Settings:
+        # Raised as is (not a ValueError), so it names the variable, not "settings".
+        if self.REDIS_URL is None:
+            return self
+        if _scheme(self.REDIS_URL) == redis_client.CELERY_SENTINEL_SCHEME:
+            if not self.REDIS_SENTINEL_MASTER:
+                raise errors.ConfigurationError(
+                    "REDIS_URL",
+                    "names Sentinels (sentinel://) but REDIS_SENTINEL_MASTER is not set",
+                )
+            return self
+        try:
+            redis_client.check(self.REDIS_URL)
+        except ValueError as exc:
+            raise errors.ConfigurationError("REDIS_URL", str(exc)) from None
+        return self
+
+    @property
+    def broker_behind_sentinel(self) -> bool:
+        """True when ``CELERY_BROKER_URL`` is Celery's ``sentinel://`` list."""
+        return _scheme(self.CELERY_BROKER_URL) == redis_client.CELERY_SENTINEL_SCHEME
 
     @property
     def broker_kind(self) -> BrokerKind:
@@ -227,8 +260,12 @@ class Settings(BaseSettings):
     @property
     def redis_url(self) -> str:
         """Where the rate governor keeps its counters (the broker's Redis by default; with
-        RabbitMQ as broker ``REDIS_URL`` is required at load)."""
-        return self.REDIS_URL or self.CELERY_BROKER_URL
+        RabbitMQ as broker ``REDIS_URL`` is required at load), a Sentinel list given as
+        ``sentinel://`` turned into ``redis+sentinel://`` (see :mod:`worker.redis_client`)."""
+        url = self.REDIS_URL or self.CELERY_BROKER_URL
+        if _scheme(url) == redis_client.CELERY_SENTINEL_SCHEME and self.REDIS_SENTINEL_MASTER:
+            return redis_client.from_celery_sentinel(url, self.REDIS_SENTINEL_MASTER)
+        return url
 
     @property
     def rate_limits(self) -> dict[str, int]:
@@ -277,6 +314,7 @@ BrokerKind = Literal["redis", "rabbitmq"]
 _BROKER_SCHEMES: dict[str, BrokerKind] = {
     "redis": "redis",
     "rediss": "redis",
+    "sentinel": "redis",
     "amqp": "rabbitmq",
     "amqps": "rabbitmq",
     "pyamqp": "rabbitmq",
@@ -284,8 +322,13 @@ _BROKER_SCHEMES: dict[str, BrokerKind] = {
 
 
 def broker_kind(url: str) -> BrokerKind | None:
-    """The broker a Celery broker URL names by its scheme, or None for one we do not run on."""
-    return _BROKER_SCHEMES.get(urllib.parse.urlsplit(url).scheme.lower())
+    """The broker a Celery broker URL names by its scheme, or None for one we do not run on
+    (Celery's ``sentinel://`` list is Redis behind Sentinel)."""
+    return _BROKER_SCHEMES.get(_scheme(url))
+
+
+def _scheme(url: str) -> str:
+    return urllib.parse.urlsplit(url).scheme.lower()
 
 
 def parse_rate_limits(value: str) -> dict[str, int]:

@@ -21,7 +21,7 @@ from rich.text import Text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from worker import celery_app, db, errors, schema, zoom
+from worker import celery_app, db, errors, redis_client, schema, zoom
 from worker.config import Settings, broker_kind, get_settings
 from worker.token_store import TokenStore
 
@@ -33,17 +33,18 @@ def _conninfo(url: str) -> str:
     return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
-def _where(url: str) -> str:
-    """Host and port of a database, Redis or AMQP URL (and a RabbitMQ vhost), never its
-    password."""
+def _where(url: str, service: str | None = None) -> str:
+    """Host and port of a database, Redis or AMQP URL (and a RabbitMQ vhost), or the
+    Sentinels and their master's name (``service``), never its password."""
+    if url.startswith(("redis", "sentinel:", "unix:")):
+        return redis_client.describe(url, service)
     try:
         parsed = make_url(url)
     except (ArgumentError, ValueError):
         return "(an unparsable URL)"
     if broker_kind(url) == "rabbitmq":
         return f"{parsed.host or 'localhost'}:{parsed.port or 5672}/{parsed.database or ''}"
-    port = parsed.port or (6379 if parsed.drivername.startswith("redis") else 5432)
-    return f"{parsed.host or 'localhost'}:{port}"
+    return f"{parsed.host or 'localhost'}:{parsed.port or 5432}"
 
 
 def _first_line(exc: BaseException) -> str:
@@ -97,7 +98,7 @@ class _Doctor:
         the governor's Redis on its own: the failure names which of the two is down."""
         settings = self._settings()
         name = "RabbitMQ" if settings.broker_kind == "rabbitmq" else "Redis"
-        where = _where(settings.CELERY_BROKER_URL)
+        where = _where(settings.CELERY_BROKER_URL, settings.REDIS_SENTINEL_MASTER)
         probe = Celery("zoom-worker-doctor", set_as_current=False)
         probe.conf.update(
             broker_url=settings.CELERY_BROKER_URL,
@@ -118,7 +119,7 @@ class _Doctor:
         }
         governor = _where(settings.redis_url)
         try:
-            with redis.Redis.from_url(settings.redis_url, **timeouts) as client:
+            with redis_client.connect(settings.redis_url, **timeouts) as client:
                 client.ping()
         except (redis.RedisError, ValueError) as exc:
             raise CheckFailed(

@@ -5,7 +5,8 @@
     ├── InvalidMeeting            a body Zoom would reject (names the field); a ValueError
     ├── IdempotencyConflict       a key reused with another body or host; a ValueError
     ├── InfrastructureError       our own infrastructure failed, never "bad credentials"
-    │   └── TokenStoreBusy        the token row lock was not granted in time
+    │   ├── TokenStoreBusy        the token row lock was not granted in time
+    │   └── GovernorUnavailable   the rate governor's Redis cannot be reached; calls wait
     ├── Deferred                  the call must wait: no rate permit now, or the create
     │                             a delete waits for is unfinished (``retry_at``)
     ├── TokenBudgetExhausted      the hourly token-request budget is spent: no more requests
@@ -76,6 +77,11 @@ class InfrastructureError(ZoomWorkerError):
 
 class TokenStoreBusy(InfrastructureError):
     """Raised when the token row lock was not granted within the configured wait."""
+
+
+class GovernorUnavailable(InfrastructureError):
+    """Raised when the rate governor's Redis (``REDIS_URL``) cannot be reached or answers
+    with an error: no permit can be taken, so the call waits rather than risk Zoom's limits."""
 
 
 class Deferred(ZoomWorkerError):

@@ -64,6 +64,11 @@ class OpenGate:
         """Nothing to tell."""
 
 
+def planned_limits(settings: Settings) -> dict[str, float]:
+    """Calls per second the governor plans for: ``RATE_HEADROOM`` of each limit."""
+    return {name: rate * settings.RATE_HEADROOM for name, rate in settings.rate_limits.items()}
+
+
 def category_of(operation: str, settings: Settings) -> str:
     """Zoom's rate-limit category for an operation."""
     if operation == "create":
@@ -87,9 +92,7 @@ class FleetGate:
     def from_settings(cls, settings: Settings) -> FleetGate:
         """The gate over the fleet's governor in ``REDIS_URL``, planning for
         ``RATE_HEADROOM`` of each per-second limit."""
-        limits = {
-            name: rate * settings.RATE_HEADROOM for name, rate in settings.rate_limits.items()
-        }
+        limits = planned_limits(settings)
         return cls(RateGovernor.from_url(settings.redis_url, limits), settings)
 
     def before_call(

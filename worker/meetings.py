@@ -36,7 +36,7 @@ from typing import Any
 
 import sqlalchemy.exc
 
-from worker import db, errors, gate, ledger, marker, metrics, outage, zoom
+from worker import db, errors, fleet_counters, gate, ledger, marker, outage, zoom
 from worker.config import Settings
 from worker.outcomes import Failed, Hold, HoldReason, Outcome, Reschedule, Retry, Succeeded
 from worker.token_store import TokenStore
@@ -62,6 +62,7 @@ class Runtime:
     store: TokenStore
     ledger: ledger.Ledger
     outage: outage.Breaker = field(default_factory=outage.NoBreaker)
+    counters: fleet_counters.FleetCounters | None = None  # job durations, when set
 
     @classmethod
     def from_settings(
@@ -70,11 +71,14 @@ class Runtime:
         """The token store, Zoom client, gate and ledger for these settings; ``send`` puts a
         task on the broker (``worker.celery_app.send``)."""
         store = TokenStore(settings, db.sessions(settings))
-        counters = metrics.FleetCounters.from_url(settings.redis_url)
+        counters = fleet_counters.FleetCounters.from_url(
+            settings.redis_url, create_category=settings.ZOOM_CREATE_CATEGORY
+        )
         client = zoom.ZoomClient(
             settings.ZOOM_API_URL,
             zoom.ZoomAuth(store),
             timeout_s=settings.ZOOM_HTTP_TIMEOUT,
+            on_request=counters.on_request,
             on_response=counters.on_response,
         )
         permits: Gate = OpenGate()
@@ -82,7 +86,7 @@ class Runtime:
             permits = gate.FleetGate.from_settings(settings)
         work = ledger.Ledger.from_settings(settings, send)
         breaker = outage.OutageBreaker.from_settings(settings)
-        return cls(settings, client, permits, store, work, breaker)
+        return cls(settings, client, permits, store, work, breaker, counters)
 
 
 def run(job: ledger.Claim, runtime: Runtime, *, slot_at: float | None = None) -> Reschedule | None:
@@ -365,6 +369,9 @@ def _outage(case: _Case) -> Outcome:
 
 _Rule = Callable[[_Case], Outcome]
 MINUTE = timedelta(minutes=1)
+# No permit while the governor's Redis is out of reach: the job waits (unmetered calls could
+# break the account's limits for every app on it), back within this long, spread out.
+GOVERNOR_WAIT_S = 10.0
 
 # Order matters: subclasses before their bases.
 _RULES: list[tuple[type[Exception] | tuple[type[Exception], ...], _Rule]] = [
@@ -391,6 +398,14 @@ _RULES: list[tuple[type[Exception] | tuple[type[Exception], ...], _Rule]] = [
         errors.ConfigurationError,
         lambda c: c.hold(
             c.now + MINUTE, HoldReason.CONFIGURATION, f"waiting: configuration error: {c.exc}"
+        ),
+    ),
+    (
+        errors.GovernorUnavailable,
+        lambda c: c.hold(
+            c.now + timedelta(seconds=c.jitter(GOVERNOR_WAIT_S / 2, GOVERNOR_WAIT_S)),
+            HoldReason.GOVERNOR,
+            f"waiting: the rate governor's Redis (REDIS_URL) is unreachable: {c.exc}",
         ),
     ),
     (errors.MissingScopes, lambda c: c.fail(f"{CONFIG_ADVICE}; Zoom said: {_text(c.exc)}")),

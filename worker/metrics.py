@@ -14,9 +14,18 @@ waiting job is the first entry of a partial index.
   made to Zoom's token endpoint (only when credentials are configured)
 - ``zoom_worker_circuit_open{state}``: 1 while the credential's circuit is not closed
 - ``zoom_worker_api_responses_total{kind}``: Zoom answers by kind, counted by
-  :class:`FleetCounters`: ``401``, ``429`` (all of them), ``429_daily`` (those for a host's
-  daily create/update cap) and ``5xx``
+  :class:`worker.fleet_counters.FleetCounters`: ``401``, ``429`` (all of them),
+  ``429_daily`` (those for a host's daily create/update cap) and ``5xx``
 - ``zoom_worker_api_calls_total``: every answer from Zoom's API
+- ``zoom_worker_api_answers_total{category, class}``: Zoom answers by rate category (light,
+  medium, heavy, other) and class (2xx, 401, 429, 5xx, other)
+- ``zoom_worker_zoom_latency_seconds`` and ``zoom_worker_job_duration_seconds``: histograms
+  of Zoom's answer time per call and of job attempts (claim to recorded outcome)
+- ``zoom_worker_jobs_held{reason}``: unfinished jobs held, by ``HoldReason``;
+  ``zoom_worker_host_daily_holds{host}``: those held for a host's daily cap, by host digest
+- ``zoom_worker_governor_booked_seconds{category}``: how far ahead the governor reserved
+  each category's calls; ``zoom_worker_governor_limit{category}``: the calls/s it plans for
+- ``zoom_worker_token_budget_per_hour``: ``ZOOM_TOKEN_BUDGET_PER_HOUR``, beside the requests
 - ``zoom_worker_metrics_source_up{source}``: 0 when the ``database`` or ``redis`` part of a
   scrape failed (those figures are then left out rather than reported as zeros)
 
@@ -30,103 +39,42 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
 from wsgiref.simple_server import WSGIServer
 
-import httpx
-import redis
 from prometheus_client import CollectorRegistry, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from worker import db, errors, models, zoom
+from worker import db, errors, fleet_counters, gate, models, ratelimit
 from worker.config import Settings
+from worker.outcomes import HoldReason
 from worker.token_store import CLOSED, TokenStatus, TokenStore
 
 log = logging.getLogger(__name__)
 
-CALLS = "api_calls"
-RESPONSE_KINDS = ("401", "429", "429_daily", "5xx")
-NAMES = (CALLS, *RESPONSE_KINDS)
 UNFINISHED = (models.QUEUED, models.RUNNING, models.RETRYING, models.WAITING)
 STATUSES = (*UNFINISHED, *models.FINAL_STATUSES)
 # Prometheus scrapes every 15-60 s; more scrapers, or anyone hammering the port, cost
 # PostgreSQL at most one read of the figures per this many seconds.
 CACHE_S = 5.0
-# After a Redis failure the counters stop trying for a while, so an outage costs API calls
-# one connect timeout per pause, not one per call.
-REDIS_PAUSE_S = 10.0
-
-
-class FleetCounters:
-    """Fleet-wide counters of Zoom's answers in Redis (``INCR`` under ``zw:stats:``).
-
-    A Redis failure is logged and the count is lost: counting never breaks a call.
-    """
-
-    def __init__(self, client: redis.Redis, *, prefix: str = "zw:stats:") -> None:
-        self.client = client
-        self.prefix = prefix
-        self._paused_until = 0.0
-
-    @classmethod
-    def from_url(cls, url: str, *, prefix: str = "zw:stats:") -> FleetCounters:
-        """Counters on a new client for ``url``, with short timeouts: they run inside calls."""
-        client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5)
-        return cls(client, prefix=prefix)
-
-    def on_response(self, response: httpx.Response) -> None:
-        """An httpx ``response`` event hook: count the call and a 401, 429 or 5xx answer."""
-        names = [CALLS]
-        status = response.status_code
-        if status == httpx.codes.UNAUTHORIZED:
-            names.append("401")
-        elif status == httpx.codes.TOO_MANY_REQUESTS:
-            names.append("429")
-            if _is_daily_limit(response):
-                names.append("429_daily")
-        elif status >= httpx.codes.INTERNAL_SERVER_ERROR:
-            names.append("5xx")
-        self.count(*names)
-
-    def count(self, *names: str) -> None:
-        """Add one to each named counter, in one round trip; never raises."""
-        if time.monotonic() < self._paused_until:
-            return
-        try:
-            with self.client.pipeline(transaction=False) as pipe:
-                for name in names:
-                    pipe.incr(self.prefix + name)
-                pipe.execute()
-        except redis.RedisError as exc:
-            self._paused_until = time.monotonic() + REDIS_PAUSE_S
-            log.warning("metrics.count_failed paused %.0fs: %s", REDIS_PAUSE_S, type(exc).__name__)
-
-    def snapshot(self, names: Iterable[str] = NAMES) -> dict[str, int]:
-        """The named counters (0 when never counted), or ``{}`` when Redis cannot be read."""
-        keys = list(names)
-        try:
-            values = self.client.mget([self.prefix + k for k in keys])
-        except redis.RedisError as exc:
-            log.warning("metrics.snapshot_failed %s", type(exc).__name__)
-            return {}
-        return {key: int(value or 0) for key, value in zip(keys, values, strict=True)}
-
-
-def _is_daily_limit(response: httpx.Response) -> bool:
-    # Zoom marks the per-host daily cap in X-RateLimit-Type ("Daily-limit") and its message.
-    if (response.headers.get("X-RateLimit-Type") or "").lower().startswith("daily"):
-        return True
-    try:
-        response.read()  # a hook sees the response before its body is read; 429s are small
-        body: Any = response.json()
-    except (httpx.HTTPError, ValueError):
-        return False
-    message = body.get("message") if isinstance(body, dict) else None
-    return isinstance(message, str) and bool(zoom.DAILY_LIMIT_PATTERN.search(message))
+HISTOGRAMS = {
+    fleet_counters.ZOOM_LATENCY: (
+        "zoom_worker_zoom_latency_seconds",
+        "Zoom API calls: request sent to the answer's headers",
+    ),
+    fleet_counters.JOB_DURATION: (
+        "zoom_worker_job_duration_seconds",
+        "Job attempts: claim to recorded outcome",
+    ),
+}
 
 
 # A scrape's three reads of the jobs (bench/scrape.py times them over a large table): jobs not
@@ -143,6 +91,17 @@ FINISHED_COUNTS = select(
 OLDEST_PENDING_AGE = select(
     func.extract("epoch", func.now() - func.min(models.Job.created_at))
 ).where(models.PENDING)
+# Jobs held (waiting or retrying without failing) by reason; the daily cap's by host.
+HELD_COUNTS = (
+    select(models.Job.held_for, func.count())
+    .where(models.Job.status.in_(UNFINISHED), models.Job.held_for.is_not(None))
+    .group_by(models.Job.held_for)
+)
+HOST_DAILY_HOLDS = (
+    select(models.Job.user_id, func.count())
+    .where(models.Job.status.in_(UNFINISHED), models.Job.held_for == HoldReason.HOST_DAILY)
+    .group_by(models.Job.user_id)
+)
 
 
 class FleetCollector(Collector):
@@ -154,14 +113,16 @@ class FleetCollector(Collector):
     def __init__(
         self,
         settings: Settings,
-        counters: FleetCounters,
+        counters: fleet_counters.FleetCounters,
         token_status: Callable[[], TokenStatus] | None = None,
         *,
+        governor: ratelimit.RateGovernor | None = None,
         cache_s: float = CACHE_S,
     ) -> None:
         self._settings = settings
         self._counters = counters
         self._token_status = token_status
+        self._governor = governor
         self._cache_s = cache_s
         self._cache_lock = threading.Lock()
         self._cached: tuple[float, list[Metric] | None] | None = None
@@ -174,18 +135,59 @@ class FleetCollector(Collector):
             responses = CounterMetricFamily(
                 "zoom_worker_api_responses", "Zoom API answers by kind", labels=["kind"]
             )
-            for kind in RESPONSE_KINDS:
+            for kind in fleet_counters.RESPONSE_KINDS:
                 responses.add_metric([kind], counts[kind])
             yield responses
             yield CounterMetricFamily(
-                "zoom_worker_api_calls", "Zoom API calls answered", value=counts[CALLS]
+                "zoom_worker_api_calls",
+                "Zoom API calls answered",
+                value=counts[fleet_counters.CALLS],
             )
+            yield from self._redis_figures()
         up = GaugeMetricFamily(
             "zoom_worker_metrics_source_up", "1 when the source was read", labels=["source"]
         )
         up.add_metric(["database"], 0 if database is None else 1)
         up.add_metric(["redis"], 1 if counts else 0)
         yield up
+
+    def _redis_figures(self) -> Iterator[Metric]:
+        """Answers by category and class, the histograms, and the governor's bookings."""
+        answers = CounterMetricFamily(
+            "zoom_worker_api_answers",
+            "Zoom API answers by rate category and class",
+            labels=["category", "class"],
+        )
+        for (category, kind), count in self._counters.answers().items():
+            answers.add_metric([category, kind], count)
+        yield answers
+        for name, (metric, documentation) in HISTOGRAMS.items():
+            found = self._counters.histogram(name)
+            if found is not None:
+                buckets, total = found
+                yield HistogramMetricFamily(metric, documentation, buckets, sum_value=total)
+        if self._governor is None:
+            return
+        try:
+            booked = self._governor.booked_ahead_s()
+        except errors.GovernorUnavailable as exc:
+            log.warning("metrics.scrape_failed source=governor %s", type(exc).__name__)
+            return
+        ahead = GaugeMetricFamily(
+            "zoom_worker_governor_booked_seconds",
+            "How far ahead the governor has reserved each category's calls",
+            labels=["category"],
+        )
+        limit = GaugeMetricFamily(
+            "zoom_worker_governor_limit",
+            "Calls per second the governor plans for",
+            labels=["category"],
+        )
+        for category, seconds in booked.items():
+            ahead.add_metric([category], seconds)
+            limit.add_metric([category], self._governor.limits[category])
+        yield ahead
+        yield limit
 
     def _database_figures(self) -> list[Metric] | None:
         """The database's figures, read again once ``cache_s`` passed; None when it failed
@@ -199,6 +201,13 @@ class FleetCollector(Collector):
                 figures = list(self._jobs())
                 if self._token_status is not None:
                     figures += _token_figures(self._token_status())
+                    figures.append(
+                        GaugeMetricFamily(
+                            "zoom_worker_token_budget_per_hour",
+                            "Token requests allowed per hour (ZOOM_TOKEN_BUDGET_PER_HOUR)",
+                            value=self._settings.ZOOM_TOKEN_BUDGET_PER_HOUR,
+                        )
+                    )
             except (SQLAlchemyError, errors.ZoomWorkerError) as exc:
                 figures = None
                 log.warning("metrics.scrape_failed source=database %s", type(exc).__name__)
@@ -210,6 +219,8 @@ class FleetCollector(Collector):
             counts = {status: int(n) for status, n in session.execute(UNFINISHED_COUNTS)}
             counts |= {status: int(n) for status, n in session.execute(FINISHED_COUNTS)}
             age = session.execute(OLDEST_PENDING_AGE).scalar()
+            held = {str(reason): int(n) for reason, n in session.execute(HELD_COUNTS)}
+            daily = list(session.execute(HOST_DAILY_HOLDS))
         jobs = GaugeMetricFamily("zoom_worker_jobs", "Jobs by status", labels=["status"])
         for status in sorted({*STATUSES, *counts}):
             jobs.add_metric([status], counts.get(status, 0))
@@ -219,6 +230,18 @@ class FleetCollector(Collector):
             "Age of the oldest queued or retrying job",
             value=max(0.0, float(age or 0)),
         )
+        holds = GaugeMetricFamily("zoom_worker_jobs_held", "Jobs held, by why", labels=["reason"])
+        for reason in HoldReason:
+            holds.add_metric([reason.value], held.get(reason.value, 0))
+        yield holds
+        hosts = GaugeMetricFamily(
+            "zoom_worker_host_daily_holds",
+            "Jobs held for a host's daily create/update cap, by host (a digest, never the email)",
+            labels=["host"],
+        )
+        for user_id, count in daily:
+            hosts.add_metric([ratelimit.host_digest(user_id or "")[:12]], int(count))
+        yield hosts
 
 
 def _token_figures(status: TokenStatus) -> Iterator[Metric]:
@@ -254,8 +277,11 @@ def start_exporter(settings: Settings) -> None:
         status = None
         if settings.has_credentials:
             status = TokenStore(settings, db.sessions(settings)).status
-        counters = FleetCounters.from_url(settings.redis_url)
-        registry.register(FleetCollector(settings, counters, status))
+        counters = fleet_counters.FleetCounters.from_url(settings.redis_url)
+        governor = None
+        if settings.RATE_GOVERNOR:
+            governor = ratelimit.RateGovernor(counters.client, gate.planned_limits(settings))
+        registry.register(FleetCollector(settings, counters, status, governor=governor))
         server: WSGIServer | None = None
         try:
             server, _thread = start_http_server(

@@ -54,7 +54,7 @@ from redis.backoff import NoBackoff
 from redis.commands.core import Script
 from redis.retry import Retry
 
-from worker import errors
+from worker import errors, redis_client
 from worker.config import Settings
 
 log = logging.getLogger(__name__)
@@ -136,7 +136,7 @@ return ''
 def client_for(url: str) -> redis.Redis:
     """A Redis client for the breaker: short timeouts and no retries, so an unreachable
     Redis costs a call one short wait, once per :data:`REDIS_PAUSE_S`."""
-    return redis.Redis.from_url(
+    return redis_client.connect(
         url,
         socket_connect_timeout=REDIS_TIMEOUT_S,
         socket_timeout=REDIS_TIMEOUT_S,

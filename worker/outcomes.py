@@ -12,8 +12,9 @@ the cleanup reads ``jobs.gave_up``, the sweeper reads ``jobs.held_for`` (a :clas
   by ``JOB_MAX_ATTEMPTS``.
 - :class:`Hold`: nothing failed, the job waits until ``at`` (rate limits, the credential
   circuit, the host's daily cap, the token budget, a configuration error, a create a delete
-  depends on, a Zoom outage the whole fleet waits out). Time held does not count against
-  the give-up budget, except for a Zoom outage (``HoldReason.counts_as_failing``).
+  depends on, a Zoom outage the whole fleet waits out, the rate governor's Redis out of
+  reach). Time held does not count against the give-up budget, except for a Zoom outage
+  (``HoldReason.counts_as_failing``).
 - :class:`Failed`: final. ``gave_up`` when a budget ran out rather than Zoom refusing the job.
 
 Every non-success carries ``maybe_sent``: the create's last request may have made a meeting,
@@ -39,6 +40,7 @@ class HoldReason(enum.StrEnum):
     CONFIGURATION = "configuration"  # a setting is wrong; an operator fixes it
     CREATE_PENDING = "create_pending"  # a delete waits for the create job it names
     ZOOM_OUTAGE = "zoom_outage"  # the outage breaker is open: Zoom fails for the whole fleet
+    GOVERNOR = "governor"  # the rate governor's Redis cannot be reached: no permit, no call
 
     @property
     def counts_as_failing(self) -> bool:

@@ -52,7 +52,7 @@ from typing import Any
 import redis
 from redis.commands.core import Script
 
-from worker import errors
+from worker import errors, redis_client
 
 # Use a reservation within this long of its slot; a later call crowds the slots after it.
 USE_WITHIN_S = 0.25
@@ -194,7 +194,7 @@ class RateGovernor:
     """Zoom's per-second limits per category and per-host daily caps, for the whole fleet.
 
     ``limits`` maps each category to its calls per second. Every method is one round trip to
-    Redis; a Redis failure raises :class:`~worker.errors.InfrastructureError`.
+    Redis; a Redis failure raises :class:`~worker.errors.GovernorUnavailable`.
     """
 
     def __init__(
@@ -225,7 +225,7 @@ class RateGovernor:
         cls, url: str, limits: Mapping[str, float], *, namespace: str = "zw:rl", burst: int = 1
     ) -> RateGovernor:
         """A governor on a new client for ``url``; timeouts stop a dead Redis hanging a task."""
-        client = redis.Redis.from_url(url, socket_connect_timeout=5.0, socket_timeout=5.0)
+        client = redis_client.connect(url, socket_connect_timeout=5.0, socket_timeout=5.0)
         return cls(client, limits, namespace=namespace, burst=burst)
 
     def reserve(
@@ -319,6 +319,18 @@ class RateGovernor:
         key = self._host_key("count", user_id)
         return int(self._run(self._host_count, [key], [0, DAY_KEY_MARGIN_S]))
 
+    def booked_ahead_s(self) -> dict[str, float]:
+        """How far ahead of now each category's slots are reserved, in seconds (0 when idle;
+        it grows while calls are asked for faster than the limit), by Redis's clock."""
+        with _translated():
+            seconds, micros = self.client.time()
+            values = self.client.mget([self._key("tat", c) for c in self.limits])
+        now = seconds * _US + micros
+        return {
+            category: max(0, int(value or 0) - now) / _US
+            for category, value in zip(self.limits, values, strict=True)
+        }
+
     def _run(self, script: Script, keys: Sequence[str], args: Sequence[str | int | float]) -> Any:
         with _translated():
             return script(keys=keys, args=args, client=self.client)
@@ -336,10 +348,14 @@ class RateGovernor:
         return ":".join((self.namespace, *parts))
 
     def _host_key(self, kind: str, user_id: str) -> str:
-        # Zoom matches emails without case; ids are case-sensitive.
-        canonical = user_id.lower() if "@" in user_id else user_id
-        digest = hashlib.blake2b(canonical.encode(), digest_size=16).hexdigest()
-        return self._key("host", kind, digest)
+        return self._key("host", kind, host_digest(user_id))
+
+
+def host_digest(user_id: str) -> str:
+    """The host's name in keys and metric labels: a BLAKE2b digest, never the email (Zoom
+    matches emails without case; ids are case-sensitive)."""
+    canonical = user_id.lower() if "@" in user_id else user_id
+    return hashlib.blake2b(canonical.encode(), digest_size=16).hexdigest()
 
 
 @contextlib.contextmanager
@@ -348,7 +364,7 @@ def _translated() -> Iterator[None]:
     try:
         yield
     except redis.RedisError as exc:
-        raise errors.InfrastructureError(f"Redis (rate governor) failed: {exc}") from exc
+        raise errors.GovernorUnavailable(f"Redis (rate governor) failed: {exc}") from exc
 
 
 def _to_us(moment: datetime) -> int:

@@ -12,6 +12,7 @@ import logging
 import os
 import random
 import threading
+import time
 import uuid
 from typing import Any
 
@@ -24,6 +25,7 @@ from worker import (
     cleanup,
     db,
     errors,
+    fleet_counters,
     jobs,
     meetings,
     metrics,
@@ -188,7 +190,10 @@ def _run(
     if claim is None:
         log.info("job.not_claimed job_id=%s finished, held elsewhere or not due", job_id)
         return
+    started = time.monotonic()
     reschedule = meetings.run(claim, work, slot_at=slot_at)
+    if work.counters is not None:
+        work.counters.observe(fleet_counters.JOB_DURATION, time.monotonic() - started)
     if reschedule is not None:
         if reschedule.slot_at is not None:
             retry_kwargs = {**retry_kwargs, "slot_at": reschedule.slot_at}

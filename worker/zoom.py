@@ -177,16 +177,21 @@ class ZoomClient:
         *,
         timeout_s: float = 30.0,
         transport: httpx.BaseTransport | None = None,
+        on_request: Callable[[httpx.Request], None] | None = None,
         on_response: Callable[[httpx.Response], None] | None = None,
     ) -> None:
-        # ``on_response`` sees every answer, the 401 before a renewal included (metrics).
-        hooks = {"response": [on_response]} if on_response else None
+        # The hooks see every request and answer, the 401 before a renewal included (metrics).
+        hooks: dict[str, list[Callable[..., Any]]] = {}
+        if on_request:
+            hooks["request"] = [on_request]
+        if on_response:
+            hooks["response"] = [on_response]
         self._http = httpx.Client(
             base_url=api_url.rstrip("/") + "/",
             auth=auth,
             timeout=timeout_s,
             transport=transport,
-            event_hooks=hooks,
+            event_hooks=hooks or None,
             headers={"User-Agent": "zoom-worker"},
         )
 
