@@ -37,9 +37,41 @@ ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN = os.environ.get("TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 PG_BASE = PG_ADMIN.rsplit("/", 1)[0]
 REDIS_BASE = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
-# Broker and governor databases of the test run (the simulator's own tests use 14 and 15).
-BROKER_URL = os.environ.get("TEST_BROKER_URL", f"{REDIS_BASE}/11")
-GOVERNOR_URL = os.environ.get("TEST_GOVERNOR_URL", f"{REDIS_BASE}/12")
+# pytest-xdist (`scripts/test` runs `-n 2`) starts one process per worker, gw0 and gw1; tests
+# flush their Redis databases, so each xdist worker has its own: gw0 databases 8..15, gw1 the
+# same numbers less 8. Everything else is private already (a PostgreSQL database per test,
+# the template and the RabbitMQ vhost per process, ports chosen free).
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+XDIST_INDEX = int(XDIST_WORKER.removeprefix("gw") or "0")
+REDIS_DATABASES = 16  # Redis's default `databases`
+XDIST_REDIS_SHIFT = 8
+if XDIST_INDEX * XDIST_REDIS_SHIFT >= REDIS_DATABASES:
+    raise pytest.UsageError(
+        f"pytest-xdist worker {XDIST_WORKER}: the tests share one Redis of "
+        f"{REDIS_DATABASES} databases between at most 2 xdist workers (use -n 2 or fewer)"
+    )
+
+
+def redis_db(number: int) -> int:
+    """This xdist worker's Redis database for ``number`` (name one of 8..15; gw1 gets
+    ``number`` - 8, so the two workers never flush each other's)."""
+    return (number - XDIST_INDEX * XDIST_REDIS_SHIFT) % REDIS_DATABASES
+
+
+def redis_url(number: int, base: str = REDIS_BASE) -> str:
+    """The URL of ``redis_db(number)`` on the test Redis."""
+    return f"{base}/{redis_db(number)}"
+
+
+def _own_database(url: str) -> str:
+    """``url`` (ending in a database number) moved to this xdist worker's database."""
+    base, _, number = url.rpartition("/")
+    return redis_url(int(number), base) if number.isdigit() else url
+
+
+# Broker and governor databases of the test run (test_ratelimit uses 14, the demo test 8).
+BROKER_URL = _own_database(os.environ.get("TEST_BROKER_URL", f"{REDIS_BASE}/11"))
+GOVERNOR_URL = _own_database(os.environ.get("TEST_GOVERNOR_URL", f"{REDIS_BASE}/12"))
 TEMPLATE = f"zw_test_template_{os.getpid()}"
 # The local RabbitMQ (guest may connect from loopback only); one vhost per run, emptied per test.
 AMQP_BASE = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672")
@@ -220,6 +252,15 @@ def _drop_broker_connections() -> None:
     kombu.pools.reset()
     app._pool = None  # type: ignore[attr-defined]
     app.amqp._producer_pool = None  # type: ignore[attr-defined]
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A ``serial`` test stops or restarts a service every test uses: never beside others."""
+    if item.get_closest_marker("serial") and "PYTEST_XDIST_WORKER" in os.environ:
+        pytest.fail(
+            "a `serial` test must run alone, not under pytest-xdist: scripts/test runs "
+            '`-m "not serial"` with -n 2, then `-m serial` without'
+        )
 
 
 @pytest.fixture(autouse=True)

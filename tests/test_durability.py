@@ -411,11 +411,12 @@ def rabbitmq_restored() -> Iterator[None]:
     _poll(_rabbitmq_running, "RabbitMQ running after the test", 90)
 
 
+@pytest.mark.serial
 @pytest.mark.parametrize("broker_kind", ["rabbitmq"], indirect=True)
 def test_durability__rabbitmq_restarted_mid_run__nothing_lost(
     fleet: Callable[..., Fleet], sim_client: SimulatorClient, rabbitmq_restored: None
 ) -> None:
-    # Stops the node's RabbitMQ application (every vhost): only these tests use RabbitMQ.
+    # Stops the node's RabbitMQ application (every vhost): `serial`, no other test runs meanwhile.
     sim_client.configure(latency_s=0.05)
     run = fleet(3, 3)
     started = time.monotonic()
@@ -747,6 +748,7 @@ def pg_restored(env: dict[str, str]) -> Iterator[None]:
 
 
 # Last in the module: restarting PostgreSQL cuts every connection to it.
+@pytest.mark.serial
 @pytest.mark.skipif(
     not (os.environ.get("CI") or os.environ.get("ZW_TEST_RESTART_POSTGRES")),
     reason="restarts this machine's PostgreSQL server; CI runs it, or set ZW_TEST_RESTART_POSTGRES=1",
