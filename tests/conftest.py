@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,8 +87,39 @@ def _admin() -> psycopg.Connection[Any]:
         pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN}: {exc}")
 
 
+def _drop_database(name: str) -> None:
+    with _admin() as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+class DatabaseDropper:
+    """Drops the tests' databases in a thread of its own: a DROP DATABASE waits for every
+    server process to let go of the database (up to a second on a busy machine), and the
+    next test need not wait for it."""
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="drop-database")
+        self._dropped: list[Future[None]] = []
+
+    def drop(self, name: str) -> None:
+        self._dropped.append(self._pool.submit(_drop_database, name))
+
+    def finish(self) -> None:
+        """Wait for every drop; raise the first that failed."""
+        self._pool.shutdown(wait=True)
+        for dropped in self._dropped:
+            dropped.result()
+
+
 @pytest.fixture(scope="session")
-def pg_template() -> Iterator[str]:
+def database_dropper() -> Iterator[DatabaseDropper]:
+    dropper = DatabaseDropper()
+    yield dropper
+    dropper.finish()
+
+
+@pytest.fixture(scope="session")
+def pg_template(database_dropper: DatabaseDropper) -> Iterator[str]:
     """A database migrated to head once per run, copied for each test."""
     with _admin() as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE}" WITH (FORCE)')
@@ -98,20 +130,19 @@ def pg_template() -> Iterator[str]:
     config.attributes["configure_logger"] = False
     command.upgrade(config, "head")
     yield TEMPLATE
-    with _admin() as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE}" WITH (FORCE)')
+    database_dropper.finish()  # the copies first
+    _drop_database(TEMPLATE)
 
 
 @pytest.fixture
-def database_url(pg_template: str) -> Iterator[str]:
-    """A fresh, migrated database for this test."""
+def database_url(pg_template: str, database_dropper: DatabaseDropper) -> Iterator[str]:
+    """A fresh, migrated database for this test (dropped after it, in the background)."""
     name = f"zw_test_{secrets.token_hex(6)}"
     with _admin() as conn:
         conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"')
     yield f"{PG_BASE.replace('postgresql://', 'postgresql+psycopg://')}/{name}"
     db.dispose_all()
-    with _admin() as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    database_dropper.drop(name)
 
 
 def flushed_redis(url: str) -> redis.Redis:
