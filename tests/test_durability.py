@@ -27,7 +27,15 @@ import psycopg
 import pytest
 import redis
 import sqlalchemy.exc
-from conftest import BROKER_URL, PG_ADMIN, WorkerProcess, both_brokers, rabbitmqctl, wait_for
+from conftest import (
+    BROKER_URL,
+    PG_ADMIN,
+    WorkerProcess,
+    both_brokers,
+    rabbitmqctl,
+    stop_together,
+    wait_for,
+)
 from sqlalchemy import select
 
 from worker import db, jobs, marker
@@ -681,8 +689,7 @@ def _zoom_outage(
     outage_s = time.monotonic() - started
     sim_client.configure(error_rate=0.0)
     _drain(ids, started, 180)
-    for worker in workers:
-        worker.stop()
+    stop_together(workers)
     logs = "".join(w.log() for w in workers)
     failed = sum(j.attempts for j in jobs.jobs_for(ids)) - len(ids)
     return OutageRun(ids, calls, outage_s, failed, logs.count("outage.opened "))
