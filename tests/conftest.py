@@ -346,9 +346,16 @@ def stop_together(processes: list[WorkerProcess]) -> None:
 
 
 def spawn_celery(
-    name: str, arguments: list[str], env: dict[str, str], log_path: Path, ready: str
+    name: str,
+    arguments: list[str],
+    env: dict[str, str],
+    log_path: Path,
+    ready: str,
+    timeout: float = 60,
 ) -> WorkerProcess:
-    """Start `celery -A worker ...` in its own process group and wait for its ready line."""
+    """Start `celery -A worker ...` in its own process group and wait for its ready line;
+    a process not ready in time (or interrupted: pytest-timeout, ^C) is killed, never left
+    running to take the next test's messages from the same broker database."""
     with log_path.open("wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "worker", *arguments],
@@ -359,7 +366,15 @@ def spawn_celery(
             start_new_session=True,
         )
     spawned = WorkerProcess(name=name, process=process, log_path=log_path)
-    wait_for(lambda: ready in spawned.log() or process.poll() is not None, timeout=60)
+    try:
+        wait_for(
+            lambda: ready in spawned.log() or process.poll() is not None,
+            timeout=timeout,
+            what=f"celery {name} ready",
+        )
+    except BaseException:
+        spawned.kill()
+        raise
     if process.poll() is not None:
         pytest.fail(f"celery {name} exited at start:\n{spawned.log()[-3000:]}")
     return spawned
