@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,11 +37,43 @@ ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN = os.environ.get("TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 PG_BASE = PG_ADMIN.rsplit("/", 1)[0]
 REDIS_BASE = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
-# Broker and governor databases of the test run (the simulator's own tests use 14 and 15).
-BROKER_URL = os.environ.get("TEST_BROKER_URL", f"{REDIS_BASE}/11")
-GOVERNOR_URL = os.environ.get("TEST_GOVERNOR_URL", f"{REDIS_BASE}/12")
+# pytest-xdist (`scripts/test` runs `-n 2`) starts one process per worker, gw0 and gw1; tests
+# flush their Redis databases, so each xdist worker has its own: gw0 databases 8..15, gw1 the
+# same numbers less 8. Everything else is private already (a PostgreSQL database per test,
+# the template and the RabbitMQ vhost per process, ports chosen free).
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+XDIST_INDEX = int(XDIST_WORKER.removeprefix("gw") or "0")
+REDIS_DATABASES = 16  # Redis's default `databases`
+XDIST_REDIS_SHIFT = 8
+if XDIST_INDEX * XDIST_REDIS_SHIFT >= REDIS_DATABASES:
+    raise pytest.UsageError(
+        f"pytest-xdist worker {XDIST_WORKER}: the tests share one Redis of "
+        f"{REDIS_DATABASES} databases between at most 2 xdist workers (use -n 2 or fewer)"
+    )
+
+
+def redis_db(number: int) -> int:
+    """This xdist worker's Redis database for ``number`` (name one of 8..15; gw1 gets
+    ``number`` - 8, so the two workers never flush each other's)."""
+    return (number - XDIST_INDEX * XDIST_REDIS_SHIFT) % REDIS_DATABASES
+
+
+def redis_url(number: int, base: str = REDIS_BASE) -> str:
+    """The URL of ``redis_db(number)`` on the test Redis."""
+    return f"{base}/{redis_db(number)}"
+
+
+def _own_database(url: str) -> str:
+    """``url`` (ending in a database number) moved to this xdist worker's database."""
+    base, _, number = url.rpartition("/")
+    return redis_url(int(number), base) if number.isdigit() else url
+
+
+# Broker and governor databases of the test run (receivers 13, test_ratelimit 14, the demo test 8).
+BROKER_URL = _own_database(os.environ.get("TEST_BROKER_URL", f"{REDIS_BASE}/11"))
+GOVERNOR_URL = _own_database(os.environ.get("TEST_GOVERNOR_URL", f"{REDIS_BASE}/12"))
 # Where tests/receivers.py records the on_done notifications a worker ran.
-RECEIVER_URL = os.environ.get("TEST_RECEIVER_URL", f"{REDIS_BASE}/13")
+RECEIVER_URL = _own_database(os.environ.get("TEST_RECEIVER_URL", f"{REDIS_BASE}/13"))
 TEMPLATE = f"zw_test_template_{os.getpid()}"
 # The local RabbitMQ (guest may connect from loopback only); one vhost per run, emptied per test.
 AMQP_BASE = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672")
@@ -55,8 +88,39 @@ def _admin() -> psycopg.Connection[Any]:
         pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN}: {exc}")
 
 
+def _drop_database(name: str) -> None:
+    with _admin() as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+class DatabaseDropper:
+    """Drops the tests' databases in a thread of its own: a DROP DATABASE waits for every
+    server process to let go of the database (up to a second on a busy machine), and the
+    next test need not wait for it."""
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="drop-database")
+        self._dropped: list[Future[None]] = []
+
+    def drop(self, name: str) -> None:
+        self._dropped.append(self._pool.submit(_drop_database, name))
+
+    def finish(self) -> None:
+        """Wait for every drop; raise the first that failed."""
+        self._pool.shutdown(wait=True)
+        for dropped in self._dropped:
+            dropped.result()
+
+
 @pytest.fixture(scope="session")
-def pg_template() -> Iterator[str]:
+def database_dropper() -> Iterator[DatabaseDropper]:
+    dropper = DatabaseDropper()
+    yield dropper
+    dropper.finish()
+
+
+@pytest.fixture(scope="session")
+def pg_template(database_dropper: DatabaseDropper) -> Iterator[str]:
     """A database migrated to head once per run, copied for each test."""
     with _admin() as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE}" WITH (FORCE)')
@@ -67,20 +131,19 @@ def pg_template() -> Iterator[str]:
     config.attributes["configure_logger"] = False
     command.upgrade(config, "head")
     yield TEMPLATE
-    with _admin() as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE}" WITH (FORCE)')
+    database_dropper.finish()  # the copies first
+    _drop_database(TEMPLATE)
 
 
 @pytest.fixture
-def database_url(pg_template: str) -> Iterator[str]:
-    """A fresh, migrated database for this test."""
+def database_url(pg_template: str, database_dropper: DatabaseDropper) -> Iterator[str]:
+    """A fresh, migrated database for this test (dropped after it, in the background)."""
     name = f"zw_test_{secrets.token_hex(6)}"
     with _admin() as conn:
         conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"')
     yield f"{PG_BASE.replace('postgresql://', 'postgresql+psycopg://')}/{name}"
     db.dispose_all()
-    with _admin() as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    database_dropper.drop(name)
 
 
 def flushed_redis(url: str) -> redis.Redis:
@@ -209,6 +272,15 @@ def _point_app_at_broker() -> None:
     celery_app.point_at_broker(get_settings())
 
 
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A ``serial`` test stops or restarts a service every test uses: never beside others."""
+    if item.get_closest_marker("serial") and "PYTEST_XDIST_WORKER" in os.environ:
+        pytest.fail(
+            "a `serial` test must run alone, not under pytest-xdist: scripts/test runs "
+            '`-m "not serial"` with -n 2, then `-m serial` without'
+        )
+
+
 @pytest.fixture(autouse=True)
 def _fresh_settings() -> Iterator[None]:
     get_settings.cache_clear()
@@ -235,18 +307,42 @@ class WorkerProcess:
         self.process.wait(timeout=30)
 
     def stop(self) -> None:
+        self.ask_to_stop()
+        self.await_stop()
+
+    def ask_to_stop(self) -> None:
+        """SIGTERM: Celery's warm shutdown (running tasks finish)."""
         if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGTERM)
+
+    def await_stop(self) -> None:
+        """Wait for the exit ``ask_to_stop`` asked for; SIGKILL after 20 seconds."""
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+
+def stop_together(processes: list[WorkerProcess]) -> None:
+    """Stop ``processes`` side by side: their warm shutdowns overlap, not add up."""
+    for process in processes:
+        process.ask_to_stop()
+    for process in processes:
+        process.await_stop()
 
 
 def spawn_celery(
-    name: str, arguments: list[str], env: dict[str, str], log_path: Path, ready: str
+    name: str,
+    arguments: list[str],
+    env: dict[str, str],
+    log_path: Path,
+    ready: str,
+    timeout: float = 60,
 ) -> WorkerProcess:
-    """Start `celery -A worker ...` in its own process group and wait for its ready line."""
+    """Start `celery -A worker ...` in its own process group and wait for its ready line;
+    a process not ready in time (or interrupted: pytest-timeout, ^C) is killed, never left
+    running to take the next test's messages from the same broker database."""
     with log_path.open("wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "worker", *arguments],
@@ -257,7 +353,15 @@ def spawn_celery(
             start_new_session=True,
         )
     spawned = WorkerProcess(name=name, process=process, log_path=log_path)
-    wait_for(lambda: ready in spawned.log() or process.poll() is not None, timeout=60)
+    try:
+        wait_for(
+            lambda: ready in spawned.log() or process.poll() is not None,
+            timeout=timeout,
+            what=f"celery {name} ready",
+        )
+    except BaseException:
+        spawned.kill()
+        raise
     if process.poll() is not None:
         pytest.fail(f"celery {name} exited at start:\n{spawned.log()[-3000:]}")
     return spawned
@@ -286,8 +390,7 @@ def start_worker(env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., 
         return worker
 
     yield start
-    for worker in started:
-        worker.stop()
+    stop_together(started)
 
 
 @pytest.fixture
@@ -305,8 +408,7 @@ def start_beat(env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., Wo
         return beat
 
     yield start
-    for beat in started:
-        beat.stop()
+    stop_together(started)
 
 
 def wait_for(

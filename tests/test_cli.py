@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import secrets
 import subprocess
@@ -18,13 +17,12 @@ import psycopg
 import pytest
 import redis
 from click.testing import CliRunner, Result
+from conftest import PG_ADMIN, redis_url
 
 from worker import db, jobs, token_store
 from worker.cli import cli
 from worker.config import get_settings
 
-PG_ADMIN = os.environ.get("TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
-REDIS_BASE = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
 MEETING = {"topic": "Standup", "type": 2, "start_time": "2030-01-07T10:00:00Z", "duration": 30}
 
 
@@ -220,7 +218,7 @@ def test_demo__no_faults__every_job_succeeds_without_duplicates() -> None:
     command = [
         str(Path(sys.executable).with_name("zoom-worker")), "demo", "--jobs", "12",
         "--workers", "1", "--concurrency", "2", "--no-faults",
-        "--database-url", f"{base}/{name}", "--broker-url", f"{REDIS_BASE}/8",
+        "--database-url", f"{base}/{name}", "--broker-url", redis_url(8),
     ]  # fmt: skip
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=280, check=False)

@@ -27,7 +27,15 @@ import psycopg
 import pytest
 import redis
 import sqlalchemy.exc
-from conftest import BROKER_URL, PG_ADMIN, WorkerProcess, both_brokers, rabbitmqctl, wait_for
+from conftest import (
+    BROKER_URL,
+    PG_ADMIN,
+    WorkerProcess,
+    both_brokers,
+    rabbitmqctl,
+    stop_together,
+    wait_for,
+)
 from sqlalchemy import select
 
 from worker import db, jobs, marker
@@ -411,11 +419,12 @@ def rabbitmq_restored() -> Iterator[None]:
     _poll(_rabbitmq_running, "RabbitMQ running after the test", 90)
 
 
+@pytest.mark.serial
 @pytest.mark.parametrize("broker_kind", ["rabbitmq"], indirect=True)
 def test_durability__rabbitmq_restarted_mid_run__nothing_lost(
     fleet: Callable[..., Fleet], sim_client: SimulatorClient, rabbitmq_restored: None
 ) -> None:
-    # Stops the node's RabbitMQ application (every vhost): only these tests use RabbitMQ.
+    # Stops the node's RabbitMQ application (every vhost): `serial`, no other test runs meanwhile.
     sim_client.configure(latency_s=0.05)
     run = fleet(3, 3)
     started = time.monotonic()
@@ -705,8 +714,7 @@ def _zoom_outage(
     outage_s = time.monotonic() - started
     sim_client.configure(error_rate=0.0)
     _drain(ids, started, 180)
-    for worker in workers:
-        worker.stop()
+    stop_together(workers)
     logs = "".join(w.log() for w in workers)
     failed = sum(j.attempts for j in jobs.jobs_for(ids)) - len(ids)
     return OutageRun(ids, calls, outage_s, failed, logs.count("outage.opened "))
@@ -772,6 +780,7 @@ def pg_restored(env: dict[str, str]) -> Iterator[None]:
 
 
 # Last in the module: restarting PostgreSQL cuts every connection to it.
+@pytest.mark.serial
 @pytest.mark.skipif(
     not (os.environ.get("CI") or os.environ.get("ZW_TEST_RESTART_POSTGRES")),
     reason="restarts this machine's PostgreSQL server; CI runs it, or set ZW_TEST_RESTART_POSTGRES=1",

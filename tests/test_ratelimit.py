@@ -1,11 +1,11 @@
-"""The fleet-wide rate governor, against a real Redis (database 14, flushed per test)."""
+"""The fleet-wide rate governor, against a real Redis (database 14 of this xdist worker,
+flushed per test)."""
 
 from __future__ import annotations
 
 import itertools
 import math
 import multiprocessing
-import os
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -13,12 +13,12 @@ from typing import Any
 
 import pytest
 import redis
-from conftest import flushed_redis, wait_for
+from conftest import flushed_redis, redis_url, wait_for
 
 from worker import errors
 from worker.ratelimit import USE_WITHIN_S, Permit, RateGovernor
 
-REDIS_URL = f"{os.environ.get('TEST_REDIS_URL', 'redis://127.0.0.1:6379')}/14"
+REDIS_URL = redis_url(14)
 LIMITS = {"light": 10, "medium": 2, "heavy": 1}
 EPSILON = 1e-6
 
