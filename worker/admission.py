@@ -8,7 +8,9 @@ another request under the same key is an :class:`~worker.errors.IdempotencyConfl
 written to their own table (``idempotency_keys``) with the job, and read there first, so a key
 still names its job after :mod:`worker.retention` pruned the job's row.
 Leases are set on the database's clock, like every other lease (see :mod:`worker.ledger`).
-Apart from these, :mod:`worker.ledger` writes every row of ``jobs``.
+Apart from these, :mod:`worker.ledger` writes every row of ``jobs``. The one column of
+``meetings`` written here is ``update_seq``, the order of a meeting's update jobs
+(:func:`insert_update`).
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ from sqlalchemy.orm import Session
 
 from worker import db, errors, models
 from worker.config import Settings
-from worker.ledger import CREATE, DELETE
+from worker.ledger import CREATE, DELETE, UPDATE
 from worker.models import IdempotencyKey
 from worker.models import Job as JobRow
+from worker.models import Meeting as MeetingRow
 
 log = logging.getLogger("worker.ledger")
 
@@ -43,6 +46,36 @@ def insert(row: JobRow, settings: Settings) -> tuple[uuid.UUID, bool]:
         [(job_id, created)] = insert_rows(session, [row], settings)
     if created:
         log.info("job.recorded job_id=%s kind=%s", job_id, row.kind)
+    return job_id, created
+
+
+def insert_update(row: JobRow, settings: Settings) -> tuple[uuid.UUID, bool]:
+    """:func:`insert` for an update job, which also takes its place among its meeting's
+    updates (see :mod:`worker.updates`): the meeting's row is locked, a meeting this service
+    did not create, or that is gone, is refused (InvalidMeeting, field ``meeting_id``), the
+    job gets the host and the next ``update_seq``, and the counter moves only when the job
+    is new (an idempotency key already used returns its job, as for every kind)."""
+    with db.sessions(settings)() as session, session.begin():
+        meeting = session.execute(
+            select(MeetingRow).where(MeetingRow.meeting_id == row.meeting_id).with_for_update()
+        ).scalar_one_or_none()
+        if meeting is None:
+            raise errors.InvalidMeeting(
+                "meeting_id",
+                f"meeting {row.meeting_id} was not created by zoom-worker, which only updates "
+                "meetings it created",
+            )
+        if meeting.state == models.DELETED:
+            raise errors.InvalidMeeting(
+                "meeting_id", f"meeting {row.meeting_id} is gone from Zoom (deleted)"
+            )
+        row.user_id = meeting.user_id
+        row.seq = meeting.update_seq + 1
+        [(job_id, created)] = insert_rows(session, [row], settings)
+        if created:
+            meeting.update_seq = row.seq
+    if created:
+        log.info("job.recorded job_id=%s kind=update seq=%d", job_id, row.seq)
     return job_id, created
 
 
@@ -155,6 +188,12 @@ def requeue_failed(
         )
         check(row, named_by)
         assert row is not None
+        if row.kind == UPDATE:
+            # Retried now, it goes after every update of its meeting enqueued so far.
+            meeting = session.get(MeetingRow, row.meeting_id, with_for_update=True)
+            if meeting is None or meeting.state == models.DELETED:
+                raise errors.InvalidMeeting("job_id", f"meeting {row.meeting_id} is gone")
+            meeting.update_seq = row.seq = meeting.update_seq + 1
         row.status = models.QUEUED
         row.attempts = row.deferrals = row.deliveries = 0
         row.claim_token = row.held_for = row.next_attempt_at = row.finished_at = None

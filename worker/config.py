@@ -71,6 +71,8 @@ class Settings(BaseSettings):
     # the stricter one is the default.
     ZOOM_CREATE_CATEGORY: Literal["light", "medium", "heavy"] = "medium"
     ZOOM_DAILY_CREATE_LIMIT: int = Field(100, ge=1)
+    # Zoom: "You can update a meeting for a maximum of 100 times within a 24-hour period."
+    ZOOM_MEETING_UPDATE_LIMIT: int = Field(100, ge=1)
     RATE_GOVERNOR: bool = True
     # The governor spaces calls for this share of each per-second limit: Zoom counts calls in
     # a sliding second, and a call that runs a little late would otherwise share its second.

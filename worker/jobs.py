@@ -1,5 +1,5 @@
 """The producers' API: create and delete meetings (one or many at a time, :mod:`worker.bulk`),
-read jobs, wait for one to finish, cancel or retry one.
+update them (:mod:`worker.updates`), read jobs, wait for one to finish, cancel or retry one.
 
 A job is written to PostgreSQL (:mod:`worker.ledger`) before it is put on the broker, so it is
 durable once :func:`create_meeting` or :func:`delete_meeting` returns. Bodies are validated
@@ -31,7 +31,7 @@ from worker import admission, celery_app, db, errors, job_requests, ledger, mode
 from worker.bulk import create_meetings, delete_meetings
 from worker.config import get_settings
 from worker.job_requests import OCCURRENCE_ID_MAX, request_digest
-from worker.ledger import CREATE, DELETE
+from worker.ledger import CREATE, DELETE, UPDATE
 from worker.marker import RESERVED_AGENDA_CHARS
 from worker.models import Job as JobRow
 
@@ -40,6 +40,7 @@ __all__ = [
     "DELETE",
     "OCCURRENCE_ID_MAX",
     "RESERVED_AGENDA_CHARS",
+    "UPDATE",
     "Job",
     "cancel_job",
     "create_meeting",
@@ -50,6 +51,7 @@ __all__ = [
     "list_jobs",
     "request_digest",
     "retry_job",
+    "update_meeting",
     "wait_for_job",
 ]
 
@@ -147,6 +149,31 @@ def delete_meeting(
         return _record_and_dispatch(row)
 
 
+def update_meeting(
+    meeting_id: int,
+    changes: Mapping[str, Any],
+    occurrence_id: str | None = None,
+    idempotency_key: str | None = None,
+) -> uuid.UUID:
+    """Record an update job (``PATCH /meetings/{meetingId}``), then queue it; returns its id.
+
+    ``changes`` is any part of Zoom's create-meeting body, checked by the same rules:
+    unknown fields and a past ``start_time`` (Zoom would silently ignore it) raise
+    InvalidMeeting naming the field, and so does a meeting this service did not create, or
+    one that is gone; then nothing is stored or queued. Updates of one meeting are applied
+    one at a time, in the order they were enqueued (:mod:`worker.updates`); with
+    ``occurrence_id`` the update changes one occurrence of a series.
+    """
+    row = job_requests.new_update(
+        meeting_id, changes, occurrence_id, idempotency_key, now=datetime.now(UTC)
+    )
+    with db.unavailable_as_infrastructure():
+        job_id, created = admission.insert_update(row, get_settings())
+        if created:
+            _dispatch(row)
+    return job_id
+
+
 def get_job(job_id: uuid.UUID | str) -> Job | None:
     """The job's current state, or None when there is no such job."""
     try:
@@ -210,6 +237,9 @@ def cancel_job(job_id: uuid.UUID | str) -> Job:
     """
     with db.unavailable_as_infrastructure():
         row = admission.cancel(_job_key(job_id), get_settings())
+        if row.kind == UPDATE and row.meeting_id is not None:
+            # The next update of the meeting may have been waiting for this one.
+            ledger.wake_next_update(db.sessions(get_settings()), row.meeting_id, celery_app.send)
     return Job.from_row(row)
 
 
@@ -243,7 +273,7 @@ def _check_retryable(row: JobRow | None, named_by_delete: uuid.UUID | None) -> N
         raise errors.InvalidMeeting(
             "job_id", f"job {row.id} is {row.status}; only a failed job can be retried"
         )
-    if (row.kind == CREATE and row.body is None) or (
+    if (row.kind in (CREATE, UPDATE) and row.body is None) or (
         row.kind == DELETE and row.meeting_id is None and row.after_job_id is None
     ):
         raise errors.InvalidMeeting(
@@ -282,6 +312,18 @@ def record_received(
                 )
             if kind == CREATE:
                 row = job_requests.new_create(kwargs.get("user_id"), kwargs.get("meeting"), key)
+            elif kind == UPDATE:
+                row = job_requests.new_update(
+                    kwargs.get("meeting_id"),
+                    kwargs.get("changes"),
+                    kwargs.get("occurrence_id"),
+                    key,
+                    now=datetime.now(UTC),
+                )
+                job_id, created = admission.insert_update(row, get_settings())
+                if created:
+                    _dispatch(row)  # its turn may wait: its first message was this one
+                return job_id
             else:
                 row = job_requests.new_delete(
                     kwargs.get("meeting_id"), kwargs.get("occurrence_id"), key
@@ -332,15 +374,19 @@ def _key_or_none(value: str) -> str | None:
 def _record_and_dispatch(row: JobRow) -> uuid.UUID:
     job_id, created = admission.insert(row, get_settings())
     if created:
-        ledger.dispatch(
-            job_id,
-            row.kind,
-            user_id=row.user_id,
-            topic=row.topic,
-            meeting_id=row.meeting_id,
-            send=celery_app.send,
-        )
+        _dispatch(row)
     return job_id
+
+
+def _dispatch(row: JobRow) -> None:
+    ledger.dispatch(
+        row.id,
+        row.kind,
+        user_id=row.user_id,
+        topic=row.topic,
+        meeting_id=row.meeting_id,
+        send=celery_app.send,
+    )
 
 
 def jobs_for(ids: Sequence[uuid.UUID]) -> list[Job]:

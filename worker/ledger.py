@@ -42,7 +42,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeAlias
 
 from sqlalchemy import ColumnElement, and_, func, or_, select, update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from worker import db, errors, models, recording, webhook_events
 from worker.config import Settings
@@ -54,6 +54,7 @@ from worker.recording import Claim, CreateResult, CreateState
 __all__ = [
     "CREATE",
     "DELETE",
+    "UPDATE",
     "Claim",
     "CreateResult",
     "CreateState",
@@ -65,8 +66,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-CREATE, DELETE = "create", "delete"
-TASK_NAMES = {CREATE: "meetings.create", DELETE: "meetings.delete"}
+CREATE, DELETE, UPDATE = "create", "delete", "update"
+TASK_NAMES = {CREATE: "meetings.create", DELETE: "meetings.delete", UPDATE: "meetings.update"}
 # A message may arrive this much before next_attempt_at (hosts' clocks differ from the
 # database's by a little); earlier than that it is a stray and claims nothing.
 CLAIM_EARLY = timedelta(seconds=1)
@@ -138,6 +139,8 @@ class Ledger:
                 or_(JobRow.lease_expires_at < now, JobRow.claim_token.is_(None)),
             ),
         )
+        # An update runs once every older update of its meeting has ended (see _turn_of).
+        claimable = and_(claimable, or_(JobRow.seq.is_(None), ~_older_update_unfinished()))
         token = secrets.token_hex(16)
         statement = (
             update(JobRow)
@@ -164,7 +167,8 @@ class Ledger:
                 return None
             row, was_maybe_sent, failing_for, age = result
             job = recording.claim_of(row, token, bool(was_maybe_sent), failing_for, age)
-            if job.deliveries > self.max_deliveries:
+            poisoned = job.deliveries > self.max_deliveries
+            if poisoned:
                 reason = (
                     f"gave up: delivered {job.deliveries} times in a row without finishing "
                     "(the worker died each time)"
@@ -175,7 +179,9 @@ class Ledger:
                     session, job, status=models.FAILED, **recording.failed_values(failed)
                 )
                 log.error("job.poison job_id=%s %s", job.job_id, reason)
-                return None
+        if poisoned:
+            self._wake_next_update(job)
+            return None
         if job.deliveries > 1:
             log.warning("job.redelivered job_id=%s deliveries=%d", job.job_id, job.deliveries)
         return job
@@ -204,10 +210,18 @@ class Ledger:
     def record(self, job: Claim, outcome: Outcome) -> bool:
         """Record what the attempt came to; False when this worker no longer holds the claim
         (then nothing is recorded, except a meeting it made: see the module's protocol)."""
+        recorded = self._record(job, outcome)
+        if recorded and isinstance(outcome, Succeeded | Failed):
+            self._wake_next_update(job)
+        return recorded
+
+    def _record(self, job: Claim, outcome: Outcome) -> bool:
         with self._sessions() as session, session.begin():
             match outcome:
                 case Succeeded() if job.kind == CREATE:
                     return recording.record_created(session, job, outcome)
+                case Succeeded() if job.kind == UPDATE:
+                    return recording.record_updated(session, job, outcome)
                 case Succeeded():
                     return recording.record_deleted(session, job, outcome)
                 case Failed():
@@ -237,6 +251,12 @@ class Ledger:
             return None
         countdown = self.countdown(outcome)
         return None if countdown is None else Reschedule(countdown, outcome.slot_at)
+
+    def _wake_next_update(self, job: Claim) -> None:
+        """An update of a meeting ended: dispatch the next one now, rather than leave it to
+        the sweeper (its own message may have come, and found this one unfinished)."""
+        if job.kind == UPDATE and job.meeting_id is not None:
+            wake_next_update(self._sessions, job.meeting_id, self._send)
 
     # -- a delete that names its create job ------------------------------------------------
 
@@ -354,6 +374,41 @@ def dispatch(
             job_id,
             type(exc).__name__,
         )
+
+
+def wake_next_update(sessions: sessionmaker[Session], meeting_id: int, send: Send) -> None:
+    """Dispatch the meeting's oldest unfinished update job, if any: its turn may have come."""
+    with sessions() as session:
+        following = session.execute(
+            select(JobRow.id)
+            .where(
+                JobRow.meeting_id == meeting_id,
+                JobRow.seq.is_not(None),
+                JobRow.status.not_in(models.FINAL_STATUSES),
+            )
+            .order_by(JobRow.seq)
+            .limit(1)
+        ).scalar_one_or_none()
+    if following is not None:
+        log.info("job.update_turn job_id=%s meeting_id=%s", following, meeting_id)
+        dispatch(following, UPDATE, user_id=None, topic=None, meeting_id=meeting_id, send=send)
+
+
+def _older_update_unfinished() -> ColumnElement[bool]:
+    """An update of the same meeting with a lower seq that has not ended yet: the ordering
+    promise of update jobs. Checked inside the claim's compare-and-swap, so with any number
+    of workers and redeliveries an update runs only after every older one ended."""
+    older = aliased(JobRow)
+    return (
+        select(older.id)
+        .where(
+            older.meeting_id == JobRow.meeting_id,
+            older.seq.is_not(None),
+            older.seq < JobRow.seq,
+            older.status.not_in(models.FINAL_STATUSES),
+        )
+        .exists()
+    )
 
 
 def topic_of(body: Mapping[str, Any]) -> str | None:

@@ -1,4 +1,5 @@
-"""The work for one claimed job: create or delete a meeting, and decide what a failure means.
+"""The work for one claimed job: create, update (:mod:`worker.updates`) or delete a meeting,
+and decide what a failure means.
 
 Finding a meeting whose create reply was lost
 ---------------------------------------------
@@ -36,7 +37,7 @@ from typing import Any
 
 import sqlalchemy.exc
 
-from worker import db, errors, gate, ledger, marker, metrics, outage, zoom
+from worker import db, errors, gate, ledger, marker, metrics, outage, updates, zoom
 from worker.config import Settings
 from worker.outcomes import Failed, Hold, HoldReason, Outcome, Reschedule, Retry, Succeeded
 from worker.token_store import TokenStore
@@ -93,7 +94,8 @@ def run(job: ledger.Claim, runtime: Runtime, *, slot_at: float | None = None) ->
     ticket = outage.Ticket("")
     try:
         ticket = runtime.outage.check()  # while Zoom fails for the fleet, wait together
-        outcome = attempt.create() if job.kind == ledger.CREATE else attempt.delete()
+        work = {ledger.CREATE: attempt.create, ledger.UPDATE: attempt.update}
+        outcome = work.get(job.kind, attempt.delete)()
         # Zoom answered well, unless the attempt had nothing to ask it (a delete waiting).
         runtime.outage.report(ticket, healthy=True if attempt.called else None)
     except errors.ClaimLost:
@@ -175,9 +177,17 @@ class _Attempt:
         log.info("meeting.deleted job_id=%s meeting_id=%s", job.job_id, meeting_id)
         return Succeeded(meeting_id)
 
-    def _permit(self, operation: str, user_id: str | None = None) -> None:
+    def update(self) -> Outcome:
+        return updates.patch(self.job, self.client, self.ledger, self._permit)
+
+    def _permit(
+        self, operation: str, user_id: str | None = None, meeting_id: int | None = None
+    ) -> None:
         slot_at, self.slot_at = self.slot_at, None  # a reserved slot serves one call
-        self.gate.before_call(operation, user_id, slot_at)
+        if meeting_id is None:
+            self.gate.before_call(operation, user_id, slot_at)
+        else:
+            self.gate.before_call(operation, user_id, slot_at, meeting_id=meeting_id)
         self.called = True
 
     def _find_lost_meeting(self) -> zoom.Meeting | None:
@@ -218,7 +228,7 @@ def zoom_unwell(exc: Exception) -> bool:
 def _tell_gate(gate: Gate, job: ledger.Claim, exc: errors.RateLimited) -> None:
     """Zoom answered 429 anyway: the whole fleet slows down (a governor outage is only logged:
     the job's own outcome is already decided)."""
-    operation = "create" if job.kind == ledger.CREATE else "delete"
+    operation = job.kind  # "create", "update" or "delete": the gate's operation names
     try:
         gate.rate_limited(operation, exc, job.user_id)
     except errors.InfrastructureError as failure:
@@ -334,6 +344,15 @@ def _text(exc: Exception) -> str:
     return exc.describe() if isinstance(exc, errors.ZoomError) else str(exc)
 
 
+def _meeting_cap(case: _Case) -> Outcome:
+    until = case.exc.retry_at or zoom.next_utc_midnight()
+    reason = (
+        f"waiting: meeting {case.job.meeting_id} reached Zoom's limit of updates in 24 hours; "
+        f"resumes at {until:%Y-%m-%d %H:%M} UTC"
+    )
+    return case.hold(until, HoldReason.MEETING_UPDATES, reason)
+
+
 def _daily(case: _Case) -> Outcome:
     until = case.exc.retry_at or zoom.next_utc_midnight()
     reason = (
@@ -374,6 +393,7 @@ _RULES: list[tuple[type[Exception] | tuple[type[Exception], ...], _Rule]] = [
         errors.Deferred,
         lambda c: c.hold(c.exc.retry_at, HoldReason.RATE_LIMIT, f"waiting: {c.exc}", c.exc.slot_at),
     ),
+    (errors.MeetingUpdateLimitReached, _meeting_cap),
     (errors.DailyLimitReached, _daily),
     (errors.RateLimited, _rate_limited),
     (
