@@ -304,3 +304,44 @@ def test_fleet__three_updates_first_fails_twice__applied_in_order(
     assert finished_at == sorted(finished_at), "applied in the order enqueued"  # type: ignore[type-var]
     row = _meeting_row(meeting_id)
     assert (row.topic, row.duration_min) == ("Topic C", 50)
+
+
+# -- the simulator does what Zoom does ----------------------------------------------------------
+
+
+def test_simulator_patch__past_start_time__ignored_silently(
+    runtime: meetings.Runtime, sim_client: SimulatorClient
+) -> None:
+    meeting_id = _created(runtime)
+
+    runtime.client.update_meeting(meeting_id, {"start_time": "2020-01-01T10:00:00Z", "topic": "T"})
+
+    zoom = _sim_meeting(sim_client, meeting_id)
+    assert (zoom["start_time"], zoom["topic"]) == (BODY["start_time"], "T")
+
+
+def test_simulator_patch__over_the_meeting_cap__429_naming_the_meeting(
+    runtime: meetings.Runtime, sim_client: SimulatorClient
+) -> None:
+    sim_client.configure(meeting_update_limit=2)
+    meeting_id = _created(runtime)
+    for n in range(2):
+        runtime.client.update_meeting(meeting_id, {"topic": f"T{n}"})
+
+    with pytest.raises(errors.MeetingUpdateLimitReached) as refused:
+        runtime.client.update_meeting(meeting_id, {"topic": "One too many"})
+
+    assert refused.value.status == 429 and refused.value.retry_at is not None
+
+
+def test_simulator_fail_next__scripted_5xx_then_normal(
+    runtime: meetings.Runtime, sim_client: SimulatorClient
+) -> None:
+    meeting_id = _created(runtime)
+    sim_client.fail_next("update", count=1, status=502)
+
+    with pytest.raises(errors.ZoomServerError):
+        runtime.client.update_meeting(meeting_id, {"topic": "Fails"})
+    runtime.client.update_meeting(meeting_id, {"topic": "Goes"})
+
+    assert _sim_meeting(sim_client, meeting_id)["topic"] == "Goes"
