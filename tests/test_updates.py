@@ -345,3 +345,21 @@ def test_simulator_fail_next__scripted_5xx_then_normal(
     runtime.client.update_meeting(meeting_id, {"topic": "Goes"})
 
     assert _sim_meeting(sim_client, meeting_id)["topic"] == "Goes"
+
+
+def test_update_sent_by_name__recorded_in_turn_or_failed_naming_the_field(
+    runtime: meetings.Runtime,
+) -> None:
+    meeting_id = _created(runtime)
+    good = {"meeting_id": meeting_id, "changes": {"topic": "By name"}}
+    bad = {"meeting_id": meeting_id, "changes": {"topik": "typo"}}
+
+    recorded = jobs.record_received(jobs.UPDATE, good, "task-1")
+    again = jobs.record_received(jobs.UPDATE, good, "task-1")  # a redelivered message
+    rejected = jobs.get_job(jobs.record_received(jobs.UPDATE, bad, "task-2"))
+
+    assert again == recorded
+    assert _run(runtime, recorded).status == "succeeded"
+    assert (
+        rejected is not None and rejected.status == "failed" and "topik" in (rejected.error or "")
+    )

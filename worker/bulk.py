@@ -131,14 +131,7 @@ def _dispatch(rows: list[JobRow]) -> None:
         ):
             send = _sender(producer)
             for row in rows:
-                ledger.dispatch(
-                    row.id,
-                    row.kind,
-                    user_id=row.user_id,
-                    topic=row.topic,
-                    meeting_id=row.meeting_id,
-                    send=send,
-                )
+                ledger.dispatch_row(row, send)
     except Exception as exc:  # kombu raises many types; the ledger rows are what counts
         log.warning(
             "job.dispatch_failed count=%d the sweeper will dispatch them again: %s",

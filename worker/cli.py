@@ -308,7 +308,10 @@ def doctor() -> None:
 @cli.command("webhooks")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(0, 65535), default=9810, show_default=True)
-def run_webhooks(host: str, port: int) -> None:
+@click.option(
+    "--workers", type=click.IntRange(1, 64), help="uvicorn processes (default WEBHOOK_WORKERS)"
+)
+def run_webhooks(host: str, port: int, workers: int | None) -> None:
     """Serve Zoom's event notifications on ZOOM_WEBHOOK_PATH until interrupted."""
     from worker import celery_app, webhooks  # noqa: PLC0415 - only this command serves
 
@@ -316,7 +319,8 @@ def run_webhooks(host: str, port: int) -> None:
     if settings.ZOOM_WEBHOOK_SECRET_TOKEN is None:
         raise errors.ConfigurationError("ZOOM_WEBHOOK_SECRET_TOKEN", "is not set")
     click.echo(f"Zoom webhooks: http://{host}:{port}{settings.ZOOM_WEBHOOK_PATH}")
-    webhooks.serve(settings, host, port, send=celery_app.send)
+    processes = workers or settings.WEBHOOK_WORKERS
+    webhooks.serve(settings, host, port, send=celery_app.send, workers=processes)
 
 
 @cli.command("events")

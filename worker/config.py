@@ -165,6 +165,8 @@ class Settings(BaseSettings):
     # Requests signed longer ago than this are refused (401): a replay window, not a clock skew.
     ZOOM_WEBHOOK_MAX_AGE: float = Field(300.0, gt=0, le=3600)
     ZOOM_WEBHOOK_PATH: str = Field("/zoom/webhooks", pattern=r"^/[A-Za-z0-9._~/-]*$")
+    # uvicorn processes serving the endpoint (each verifies, stores and queues on its own).
+    WEBHOOK_WORKERS: int = Field(1, ge=1, le=64)
     # -- retention (issue 15): finished jobs and token requests pruned after this many days;
     # an idempotency key keeps naming its job (never a second meeting) for IDEMPOTENCY_KEY_DAYS.
     JOB_RETENTION_DAYS: float = Field(30.0, gt=0)

@@ -214,14 +214,7 @@ def retry_job(job_id: uuid.UUID | str) -> Job:
     key = _job_key(job_id)
     with db.unavailable_as_infrastructure():
         row = admission.requeue_failed(key, _check_retryable, get_settings())
-        ledger.dispatch(
-            row.id,
-            row.kind,
-            user_id=row.user_id,
-            topic=row.topic,
-            meeting_id=row.meeting_id,
-            send=celery_app.send,
-        )
+        ledger.dispatch_row(row, celery_app.send)
     log.info("job.retried job_id=%s kind=%s maybe_sent=%s", row.id, row.kind, row.maybe_sent)
     return Job.from_row(row)
 
@@ -379,14 +372,7 @@ def _record_and_dispatch(row: JobRow) -> uuid.UUID:
 
 
 def _dispatch(row: JobRow) -> None:
-    ledger.dispatch(
-        row.id,
-        row.kind,
-        user_id=row.user_id,
-        topic=row.topic,
-        meeting_id=row.meeting_id,
-        send=celery_app.send,
-    )
+    ledger.dispatch_row(row, celery_app.send)
 
 
 def jobs_for(ids: Sequence[uuid.UUID]) -> list[Job]:

@@ -8,7 +8,8 @@ A job is written to PostgreSQL before it is put on the broker. The broker messag
 1. **Claim.** A worker claims the job: one compare-and-swap on status, due time and lease that
    sets a fresh ``claim_token`` and ``lease_expires_at = now() + JOB_LEASE_SECONDS``. A
    retrying or waiting job is not claimable before its ``next_attempt_at`` (a stray message
-   finds nothing to do).
+   finds nothing to do), nor an update job while an older update of its meeting is
+   unfinished; when an update ends the next one is dispatched (see :mod:`worker.updates`).
 2. **Fence.** Right before every call that changes Zoom (create, delete) the holder proves it
    still holds the claim in one statement that also extends the lease (:meth:`Ledger.fence`);
    a holder that lost it gets :class:`~worker.errors.ClaimLost` and stops without calling.
@@ -42,7 +43,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeAlias
 
 from sqlalchemy import ColumnElement, and_, func, or_, select, update
-from sqlalchemy.orm import Session, aliased, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from worker import db, errors, models, recording, webhook_events
 from worker.config import Settings
@@ -139,8 +140,8 @@ class Ledger:
                 or_(JobRow.lease_expires_at < now, JobRow.claim_token.is_(None)),
             ),
         )
-        # An update runs once every older update of its meeting has ended (see _turn_of).
-        claimable = and_(claimable, or_(JobRow.seq.is_(None), ~_older_update_unfinished()))
+        # An update runs once every older update of its meeting has ended (worker.updates).
+        claimable = and_(claimable, or_(JobRow.seq.is_(None), ~recording.older_update_unfinished()))
         token = secrets.token_hex(16)
         statement = (
             update(JobRow)
@@ -394,20 +395,10 @@ def wake_next_update(sessions: sessionmaker[Session], meeting_id: int, send: Sen
         dispatch(following, UPDATE, user_id=None, topic=None, meeting_id=meeting_id, send=send)
 
 
-def _older_update_unfinished() -> ColumnElement[bool]:
-    """An update of the same meeting with a lower seq that has not ended yet: the ordering
-    promise of update jobs. Checked inside the claim's compare-and-swap, so with any number
-    of workers and redeliveries an update runs only after every older one ended."""
-    older = aliased(JobRow)
-    return (
-        select(older.id)
-        .where(
-            older.meeting_id == JobRow.meeting_id,
-            older.seq.is_not(None),
-            older.seq < JobRow.seq,
-            older.status.not_in(models.FINAL_STATUSES),
-        )
-        .exists()
+def dispatch_row(row: JobRow, send: Send) -> None:
+    """:func:`dispatch` for a job row just recorded (or put back to queued)."""
+    dispatch(
+        row.id, row.kind, user_id=row.user_id, topic=row.topic, meeting_id=row.meeting_id, send=send
     )
 
 

@@ -344,22 +344,16 @@ def _text(exc: Exception) -> str:
     return exc.describe() if isinstance(exc, errors.ZoomError) else str(exc)
 
 
-def _meeting_cap(case: _Case) -> Outcome:
+def _capped(case: _Case) -> Outcome:
+    """A daily cap: the host's creates/updates, or one meeting's updates in 24 hours."""
     until = case.exc.retry_at or zoom.next_utc_midnight()
-    reason = (
-        f"waiting: meeting {case.job.meeting_id} reached Zoom's limit of updates in 24 hours; "
-        f"resumes at {until:%Y-%m-%d %H:%M} UTC"
-    )
-    return case.hold(until, HoldReason.MEETING_UPDATES, reason)
-
-
-def _daily(case: _Case) -> Outcome:
-    until = case.exc.retry_at or zoom.next_utc_midnight()
-    reason = (
-        f"waiting: host {case.job.user_id} reached Zoom's daily limit of meeting "
-        f"creates/updates; resumes at {until:%Y-%m-%d %H:%M} UTC"
-    )
-    return case.hold(until, HoldReason.HOST_DAILY, reason)
+    if isinstance(case.exc, errors.MeetingUpdateLimitReached):
+        why = HoldReason.MEETING_UPDATES
+        what = f"meeting {case.job.meeting_id} reached Zoom's limit of updates in 24 hours"
+    else:
+        why = HoldReason.HOST_DAILY
+        what = f"host {case.job.user_id} reached Zoom's daily limit of meeting creates/updates"
+    return case.hold(until, why, f"waiting: {what}; resumes at {until:%Y-%m-%d %H:%M} UTC")
 
 
 def _rate_limited(case: _Case) -> Outcome:
@@ -393,8 +387,7 @@ _RULES: list[tuple[type[Exception] | tuple[type[Exception], ...], _Rule]] = [
         errors.Deferred,
         lambda c: c.hold(c.exc.retry_at, HoldReason.RATE_LIMIT, f"waiting: {c.exc}", c.exc.slot_at),
     ),
-    (errors.MeetingUpdateLimitReached, _meeting_cap),
-    (errors.DailyLimitReached, _daily),
+    ((errors.MeetingUpdateLimitReached, errors.DailyLimitReached), _capped),
     (errors.RateLimited, _rate_limited),
     (
         errors.CircuitOpen,

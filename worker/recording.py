@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
-from sqlalchemy import func, select, update
+from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from worker import meeting_body, models, schedule, webhook_events
 from worker.models import Job as JobRow
@@ -293,3 +293,20 @@ def claimed(result: Any, job: Claim, what: str) -> bool:
     if not result.rowcount:
         log.warning("job.claim_lost job_id=%s outcome %s not recorded", job.job_id, what)
     return bool(result.rowcount)
+
+
+def older_update_unfinished() -> ColumnElement[bool]:
+    """An update of the same meeting with a lower seq that has not ended yet: the ordering
+    promise of update jobs. Checked inside the claim's compare-and-swap, so with any number
+    of workers and redeliveries an update runs only after every older one ended."""
+    older = aliased(JobRow)
+    return (
+        select(older.id)
+        .where(
+            older.meeting_id == JobRow.meeting_id,
+            older.seq.is_not(None),
+            older.seq < JobRow.seq,
+            older.status.not_in(models.FINAL_STATUSES),
+        )
+        .exists()
+    )
