@@ -96,7 +96,7 @@ def _start_endpoint(broker_url: str, port: int, workers: int) -> subprocess.Pope
     process = subprocess.Popen(
         command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 120  # several uvicorn processes start slowly under load
     while time.monotonic() < deadline:
         try:
             httpx.post(f"http://127.0.0.1:{port}{PATH}", content=b"{}", timeout=1)
@@ -104,7 +104,7 @@ def _start_endpoint(broker_url: str, port: int, workers: int) -> subprocess.Pope
         except httpx.TransportError:
             time.sleep(0.1)
     process.kill()
-    raise RuntimeError("zoom-worker webhooks did not start within 30 s")
+    raise RuntimeError("zoom-worker webhooks did not start within 120 s")
 
 
 def _signed(n: int, first_ts: int) -> list[tuple[bytes, dict[str, str]]]:
