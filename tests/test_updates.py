@@ -363,3 +363,32 @@ def test_update_sent_by_name__recorded_in_turn_or_failed_naming_the_field(
     assert (
         rejected is not None and rejected.status == "failed" and "topik" in (rejected.error or "")
     )
+
+
+def test_update_retried__goes_after_the_updates_enqueued_since(
+    runtime: meetings.Runtime, sim_client: SimulatorClient
+) -> None:
+    meeting_id = _created(runtime)
+    first = jobs.update_meeting(meeting_id, {"topic": "First"})
+    second = jobs.update_meeting(meeting_id, {"topic": "Second"})
+    sim_client.configure(missing_scopes=True)
+    assert _run(runtime, first).status == "failed"
+    sim_client.configure(missing_scopes=False)
+
+    assert jobs.retry_job(first).status == "queued"
+
+    assert runtime.ledger.claim(first) is None, "the second update was enqueued before the retry"
+    assert _run(runtime, second).status == "succeeded"
+    assert _run(runtime, first).status == "succeeded"
+    assert _meeting_row(meeting_id).topic == "First"
+
+
+def test_update_cancelled__the_next_one_goes(runtime: meetings.Runtime) -> None:
+    meeting_id = _created(runtime)
+    first = jobs.update_meeting(meeting_id, {"topic": "First"})
+    second = jobs.update_meeting(meeting_id, {"topic": "Second"})
+    assert runtime.ledger.claim(second) is None
+
+    assert jobs.cancel_job(first).status == "cancelled"
+
+    assert _run(runtime, second).status == "succeeded"
