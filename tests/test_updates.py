@@ -150,15 +150,23 @@ def test_update__newer_update_waits_for_older__claims_nothing_spends_no_attempt(
     assert _meeting_row(meeting_id).topic == "Second"
 
 
-def test_update__older_update_failed__next_one_goes(
+def _two_updates_first_failed(
     runtime: meetings.Runtime, sim_client: SimulatorClient
-) -> None:
+) -> tuple[int, uuid.UUID, uuid.UUID]:
+    """A meeting with two updates enqueued, the first failed for good (Zoom refused it)."""
     meeting_id = _created(runtime)
     first = jobs.update_meeting(meeting_id, {"topic": "First"})
     second = jobs.update_meeting(meeting_id, {"topic": "Second"})
-    sim_client.configure(missing_scopes=True)  # Zoom refuses the first for good
+    sim_client.configure(missing_scopes=True)
     assert _run(runtime, first).status == "failed"
     sim_client.configure(missing_scopes=False)
+    return meeting_id, first, second
+
+
+def test_update__older_update_failed__next_one_goes(
+    runtime: meetings.Runtime, sim_client: SimulatorClient
+) -> None:
+    _, _, second = _two_updates_first_failed(runtime, sim_client)
 
     assert _run(runtime, second).status == "succeeded"
 
@@ -368,12 +376,7 @@ def test_update_sent_by_name__recorded_in_turn_or_failed_naming_the_field(
 def test_update_retried__goes_after_the_updates_enqueued_since(
     runtime: meetings.Runtime, sim_client: SimulatorClient
 ) -> None:
-    meeting_id = _created(runtime)
-    first = jobs.update_meeting(meeting_id, {"topic": "First"})
-    second = jobs.update_meeting(meeting_id, {"topic": "Second"})
-    sim_client.configure(missing_scopes=True)
-    assert _run(runtime, first).status == "failed"
-    sim_client.configure(missing_scopes=False)
+    meeting_id, first, second = _two_updates_first_failed(runtime, sim_client)
 
     assert jobs.retry_job(first).status == "queued"
 
