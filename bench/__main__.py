@@ -27,12 +27,13 @@ from bench import (
     report,
     scrape,
     tokens,
+    updates,
     webhooks,
 )
 
 BENCHMARKS: dict[str, ModuleType] = {
     module.NAME: module
-    for module in (tokens, rate, overhead, latency, cleanup, scrape, enqueue, webhooks)
+    for module in (tokens, rate, overhead, latency, cleanup, scrape, enqueue, webhooks, updates)
 }
 
 

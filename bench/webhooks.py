@@ -55,14 +55,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rate", type=float, default=200.0, help="requests/s of the latency run")
     parser.add_argument("--seconds", type=float, default=15.0, help="length of the latency run")
     parser.add_argument("--broker-url", default=harness.BROKER_URL, help="flushed before and after")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="uvicorn processes (WEBHOOK_WORKERS)"
+    )
+    parser.add_argument("--port", type=int, default=PORT, help="the endpoint's port")
 
 
 def run(args: argparse.Namespace, out: Console) -> dict[str, Any]:
     _reset_database()
     redis.Redis.from_url(args.broker_url).flushdb()
-    server = _start_endpoint(args.broker_url)
+    server = _start_endpoint(args.broker_url, args.port, args.workers)
     try:
-        url = f"http://127.0.0.1:{PORT}{PATH}"
+        url = f"http://127.0.0.1:{args.port}{PATH}"
         events = _signed(args.jobs, first_ts=1)
         out.print(f"[bold]webhooks[/]: {len(events)} events as fast as {args.clients} clients go")
         throughput = _flood(url, events, args.clients)
@@ -79,27 +83,28 @@ def run(args: argparse.Namespace, out: Console) -> dict[str, Any]:
     return _result(args, throughput, paced, stored)
 
 
-def _start_endpoint(broker_url: str) -> subprocess.Popen[bytes]:
+def _start_endpoint(broker_url: str, port: int, workers: int) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "DATABASE_URL": DATABASE_URL,
         "CELERY_BROKER_URL": broker_url,
         "ZOOM_WEBHOOK_SECRET_TOKEN": SECRET,
+        "WEBHOOK_WORKERS": str(workers),
     }
     serve = "from worker.cli import main; main()"
-    command = [sys.executable, "-c", serve, "webhooks", "--port", str(PORT)]
+    command = [sys.executable, "-c", serve, "webhooks", "--port", str(port)]
     process = subprocess.Popen(
         command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 120  # several uvicorn processes start slowly under load
     while time.monotonic() < deadline:
         try:
-            httpx.post(f"http://127.0.0.1:{PORT}{PATH}", content=b"{}", timeout=1)
+            httpx.post(f"http://127.0.0.1:{port}{PATH}", content=b"{}", timeout=1)
             return process
         except httpx.TransportError:
             time.sleep(0.1)
     process.kill()
-    raise RuntimeError("zoom-worker webhooks did not start within 30 s")
+    raise RuntimeError("zoom-worker webhooks did not start within 120 s")
 
 
 def _signed(n: int, first_ts: int) -> list[tuple[bytes, dict[str, str]]]:

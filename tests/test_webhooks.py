@@ -444,3 +444,18 @@ def test_config__invalid_webhook_setting__stops_naming_the_variable(
         load_settings()
     assert caught.value.setting == name
     assert value not in str(caught.value) and "not-to-be-echoed" not in str(caught.value)
+
+
+def test_webhooks__app_of_each_uvicorn_worker__built_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # With WEBHOOK_WORKERS > 1 each uvicorn process builds its app with this factory.
+    monkeypatch.setenv("ZOOM_WEBHOOK_SECRET_TOKEN", SECRET)
+    get_settings.cache_clear()
+    app = AppClient(webhooks.app_from_environment())
+    body = _body("meeting.started", 1234)
+
+    answers = [_post(app, body).status_code, _post(app, body, secret="wrong").status_code]
+
+    assert answers == [200, 401]
+    assert [e.event_ts for e in _events()] == [1234]

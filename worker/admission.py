@@ -8,7 +8,9 @@ another request under the same key is an :class:`~worker.errors.IdempotencyConfl
 written to their own table (``idempotency_keys``) with the job, and read there first, so a key
 still names its job after :mod:`worker.retention` pruned the job's row.
 Leases are set on the database's clock, like every other lease (see :mod:`worker.ledger`).
-Apart from these, :mod:`worker.ledger` writes every row of ``jobs``.
+Apart from these, :mod:`worker.ledger` writes every row of ``jobs``. The one column of
+``meetings`` written here is ``update_seq``, the order of a meeting's update jobs
+(:func:`_take_update_turns`).
 """
 
 from __future__ import annotations
@@ -19,15 +21,16 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
 from worker import db, errors, models, outbox
 from worker.config import Settings
-from worker.ledger import CREATE, DELETE
+from worker.ledger import CREATE, DELETE, UPDATE
 from worker.models import IdempotencyKey
 from worker.models import Job as JobRow
+from worker.models import Meeting as MeetingRow
 
 log = logging.getLogger("worker.ledger")
 
@@ -67,6 +70,7 @@ def insert_rows(
     now = session.scalar(select(func.now()))
     assert now is not None
     lease = timedelta(seconds=settings.JOB_LEASE_SECONDS)
+    _take_update_turns(session, [row for row in rows if row.kind == UPDATE])
     first: dict[str, JobRow] = {}
     for row in rows:
         if row.idempotency_key is not None:
@@ -112,6 +116,43 @@ def insert_rows(
     if new:
         session.execute(pg_insert(JobRow), new)
     return admitted
+
+
+def _take_update_turns(session: Session | Connection, rows: Sequence[JobRow]) -> None:
+    """Give each update job its host and its place among its meeting's updates (see
+    :mod:`worker.updates`): the meetings' rows are locked, so ``seq`` follows the order the
+    producers' transactions commit in. A meeting this service did not create, or that is
+    gone, is refused (InvalidMeeting, field ``meeting_id``). A row that turns out to reuse an
+    idempotency key leaves a gap in the sequence, which orders nothing differently."""
+    if not rows:
+        return
+    found = session.execute(
+        select(MeetingRow.meeting_id, MeetingRow.user_id, MeetingRow.state, MeetingRow.update_seq)
+        .where(MeetingRow.meeting_id.in_({row.meeting_id for row in rows}))
+        .order_by(MeetingRow.meeting_id)
+        .with_for_update()
+    ).all()
+    meetings = {meeting.meeting_id: meeting for meeting in found}
+    last_seq: dict[int, int] = {}
+    for row in rows:
+        assert row.meeting_id is not None
+        meeting = meetings.get(row.meeting_id)
+        if meeting is None:
+            raise errors.InvalidMeeting(
+                "meeting_id",
+                f"meeting {row.meeting_id} was not created by zoom-worker, which only updates "
+                "meetings it created",
+            )
+        if meeting.state == models.DELETED:
+            raise errors.InvalidMeeting(
+                "meeting_id", f"meeting {row.meeting_id} is gone from Zoom (deleted)"
+            )
+        row.user_id = meeting.user_id
+        row.seq = last_seq[row.meeting_id] = last_seq.get(row.meeting_id, meeting.update_seq) + 1
+    for meeting_id, seq in last_seq.items():
+        session.execute(
+            update(MeetingRow).where(MeetingRow.meeting_id == meeting_id).values(update_seq=seq)
+        )
 
 
 def _values(row: JobRow, lease_expires_at: datetime) -> dict[str, Any]:
@@ -168,6 +209,12 @@ def requeue_failed_in(
     )
     check(row, named_by)
     assert row is not None
+    if row.kind == UPDATE:
+        # Retried now, it goes after every update of its meeting enqueued so far.
+        meeting = session.get(MeetingRow, row.meeting_id, with_for_update=True)
+        if meeting is None or meeting.state == models.DELETED:
+            raise errors.InvalidMeeting("job_id", f"meeting {row.meeting_id} is gone")
+        meeting.update_seq = row.seq = meeting.update_seq + 1
     row.status = models.QUEUED
     row.attempts = row.deferrals = row.deliveries = 0
     row.claim_token = row.held_for = row.next_attempt_at = row.finished_at = None

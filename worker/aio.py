@@ -23,6 +23,7 @@ import time
 import uuid
 import weakref
 from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import psycopg
@@ -94,6 +95,23 @@ async def delete_meeting(
         return enqueue.record_in(transaction, [job_requests.delete_row(transaction, request, opts)])
 
     return (await _write(session, write))[0]
+
+
+async def update_meeting(
+    meeting_id: int,
+    changes: Mapping[str, Any],
+    occurrence_id: str | None = None,
+    idempotency_key: str | None = None,
+    *,
+    on_done: str | None = None,
+    session: AsyncTransaction | None = None,
+) -> uuid.UUID:
+    """:func:`worker.jobs.update_meeting`: the job is recorded, and the relay queues it."""
+    opts = job_requests.options(on_done=on_done)
+    row = job_requests.new_update(
+        meeting_id, changes, occurrence_id, idempotency_key, opts, now=datetime.now(UTC)
+    )
+    return (await _write(session, lambda transaction: enqueue.record_in(transaction, [row])))[0]
 
 
 async def create_meetings(

@@ -57,7 +57,7 @@ class _Group(click.Group):
 
 @click.group(cls=_Group)
 def cli() -> None:
-    """Create and delete Zoom meetings through Celery workers, and look after them."""
+    """Create, update and delete Zoom meetings through Celery workers, and look after them."""
 
 
 def main() -> None:
@@ -131,6 +131,54 @@ def delete(
         meeting_id, occurrence_id, idempotency_key, create_job_id=create_job
     )
     click.echo(str(job_id))
+
+
+@cli.command(name="update")
+@click.argument("meeting_id", type=int)
+@click.option(
+    "--set",
+    "assignments",
+    multiple=True,
+    required=True,
+    metavar="FIELD=VALUE",
+    help="A field to change, as Zoom names it; VALUE is read as JSON when it parses "
+    "(30, true, {...}), else as a string. settings.KEY=VALUE changes one setting.",
+)
+@click.option("--occurrence", "occurrence_id", help="Update one occurrence of a series.")
+@click.option("--idempotency-key", help="The same key always returns the same job.")
+def update_command(
+    meeting_id: int,
+    assignments: tuple[str, ...],
+    occurrence_id: str | None,
+    idempotency_key: str | None,
+) -> None:
+    """Queue a job that updates MEETING_ID (only meetings this service created); prints its id.
+
+    Updates of one meeting are applied in the order they were queued."""
+    changes = parse_assignments(assignments)
+    click.echo(str(jobs.update_meeting(meeting_id, changes, occurrence_id, idempotency_key)))
+
+
+def parse_assignments(assignments: tuple[str, ...]) -> dict[str, Any]:
+    """``FIELD=VALUE`` pairs as an update's changes; ``a.b=v`` sets key ``b`` of object ``a``."""
+    changes: dict[str, Any] = {}
+    for assignment in assignments:
+        name, sep, text = assignment.partition("=")
+        if not sep or not name:
+            raise errors.InvalidMeeting("--set", f"expected FIELD=VALUE, got {assignment!r}")
+        try:
+            value: Any = json.loads(text)
+        except ValueError:
+            value = text
+        *parents, leaf = name.split(".")
+        target = changes
+        for parent in parents:
+            nested = target.setdefault(parent, {})
+            if not isinstance(nested, dict):
+                raise errors.InvalidMeeting("--set", f"{parent} is set to a value and a field")
+            target = nested
+        target[leaf] = value
+    return changes
 
 
 @cli.command()
@@ -260,7 +308,10 @@ def doctor() -> None:
 @cli.command("webhooks")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(0, 65535), default=9810, show_default=True)
-def run_webhooks(host: str, port: int) -> None:
+@click.option(
+    "--workers", type=click.IntRange(1, 64), help="uvicorn processes (default WEBHOOK_WORKERS)"
+)
+def run_webhooks(host: str, port: int, workers: int | None) -> None:
     """Serve Zoom's event notifications on ZOOM_WEBHOOK_PATH until interrupted."""
     from worker import celery_app, webhooks  # noqa: PLC0415 - only this command serves
 
@@ -268,7 +319,8 @@ def run_webhooks(host: str, port: int) -> None:
     if settings.ZOOM_WEBHOOK_SECRET_TOKEN is None:
         raise errors.ConfigurationError("ZOOM_WEBHOOK_SECRET_TOKEN", "is not set")
     click.echo(f"Zoom webhooks: http://{host}:{port}{settings.ZOOM_WEBHOOK_PATH}")
-    webhooks.serve(settings, host, port, send=celery_app.send)
+    processes = workers or settings.WEBHOOK_WORKERS
+    webhooks.serve(settings, host, port, send=celery_app.send, workers=processes)
 
 
 @cli.command("events")

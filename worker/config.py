@@ -75,6 +75,8 @@ class Settings(BaseSettings):
     # the stricter one is the default.
     ZOOM_CREATE_CATEGORY: Literal["light", "medium", "heavy"] = "medium"
     ZOOM_DAILY_CREATE_LIMIT: int = Field(100, ge=1)
+    # Zoom: "You can update a meeting for a maximum of 100 times within a 24-hour period."
+    ZOOM_MEETING_UPDATE_LIMIT: int = Field(100, ge=1)
     RATE_GOVERNOR: bool = True
     # The governor spaces calls for this share of each per-second limit: Zoom counts calls in
     # a sliding second, and a call that runs a little late would otherwise share its second.
@@ -199,6 +201,8 @@ class Settings(BaseSettings):
     # Requests signed longer ago than this are refused (401): a replay window, not a clock skew.
     ZOOM_WEBHOOK_MAX_AGE: float = Field(300.0, gt=0, le=3600)
     ZOOM_WEBHOOK_PATH: str = Field("/zoom/webhooks", pattern=r"^/[A-Za-z0-9._~/-]*$")
+    # uvicorn processes serving the endpoint (each verifies, stores and queues on its own).
+    WEBHOOK_WORKERS: int = Field(1, ge=1, le=64)
     # -- retention (issue 15): finished jobs and token requests pruned after this many days;
     # an idempotency key keeps naming its job (never a second meeting) for IDEMPOTENCY_KEY_DAYS.
     JOB_RETENTION_DAYS: float = Field(30.0, gt=0)

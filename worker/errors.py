@@ -19,7 +19,8 @@
         │                         whether the request may have reached Zoom)
         ├── ZoomServerError       5xx
         ├── RateLimited           429 per-second or concurrency limit (``retry_at``)
-        │   └── DailyLimitReached the per-host daily create/update cap (``retry_at`` = 00:00 UTC)
+        │   ├── DailyLimitReached the per-host daily create/update cap (``retry_at`` = 00:00 UTC)
+        │   └── MeetingUpdateLimitReached  the meeting's 100 updates per 24 hours (``retry_at``)
         ├── Unauthorized          401 code 124: the access token was refused
         ├── MissingScopes         401/400 codes 4700, 4711, 104: the app lacks scopes
         ├── CredentialsRejected   the credential itself is refused: token endpoint 4702/4704/4717,
@@ -218,6 +219,11 @@ class RateLimited(ZoomError):
 
 class DailyLimitReached(RateLimited):
     """Raised when the host's daily meeting create/update cap is reached (until 00:00 UTC)."""
+
+
+class MeetingUpdateLimitReached(RateLimited):
+    """Raised when a meeting's updates are capped (Zoom: 100 per meeting in 24 hours) until
+    ``retry_at``; the meeting's other updates wait, the host's other calls do not."""
 
 
 class Unauthorized(ZoomError):

@@ -40,9 +40,14 @@ class Gate(Protocol):
     """Asked before every Zoom call: the fleet's rate governor, or an open gate."""
 
     def before_call(
-        self, operation: str, user_id: str | None = None, slot_at: float | None = None
+        self,
+        operation: str,
+        user_id: str | None = None,
+        slot_at: float | None = None,
+        meeting_id: int | None = None,
     ) -> None:
-        """Return when the call may go now; raise Deferred or DailyLimitReached otherwise.
+        """Return when the call may go now; raise Deferred, DailyLimitReached or (an update
+        of ``meeting_id``) MeetingUpdateLimitReached otherwise.
 
         ``slot_at`` is a slot reserved by an earlier run of the same task."""
         ...
@@ -56,7 +61,11 @@ class OpenGate:
     """No governor: every call may go (``RATE_GOVERNOR=false``)."""
 
     def before_call(
-        self, operation: str, user_id: str | None = None, slot_at: float | None = None
+        self,
+        operation: str,
+        user_id: str | None = None,
+        slot_at: float | None = None,
+        meeting_id: int | None = None,
     ) -> None:
         """Always let the call go."""
 
@@ -96,9 +105,18 @@ class FleetGate:
         return cls(RateGovernor.from_url(settings.redis_url, limits), settings)
 
     def before_call(
-        self, operation: str, user_id: str | None = None, slot_at: float | None = None
+        self,
+        operation: str,
+        user_id: str | None = None,
+        slot_at: float | None = None,
+        meeting_id: int | None = None,
     ) -> None:
-        """Return when the call may go now; raise Deferred or DailyLimitReached otherwise."""
+        """Return when the call may go now; raise Deferred, DailyLimitReached or
+        MeetingUpdateLimitReached otherwise.
+
+        The caps are counted once the per-second permit is granted: the meeting's updates in
+        24 hours (``ZOOM_MEETING_UPDATE_LIMIT``) first, then the host's creates and updates
+        today (``ZOOM_DAILY_CREATE_LIMIT``), so a call refused by one cap spends no other."""
         host = user_id if operation in HOST_CAPPED else None
         if host is not None:
             until = self._governor.host_blocked_until(host)
@@ -118,6 +136,15 @@ class FleetGate:
             )
         if permit.delay_s > 0:
             time.sleep(permit.delay_s)
+        if operation == "update" and meeting_id is not None:
+            limit = self._settings.ZOOM_MEETING_UPDATE_LIMIT
+            until = self._governor.count_meeting_update(meeting_id, limit)
+            if until is not None:
+                raise errors.MeetingUpdateLimitReached(
+                    f"meeting {meeting_id} was updated {limit} times in 24 hours "
+                    f"(ZOOM_MEETING_UPDATE_LIMIT={limit})",
+                    retry_at=until,
+                )
         if host is not None:
             calls = self._governor.count_host_call(host)
             if calls > self._settings.ZOOM_DAILY_CREATE_LIMIT:
@@ -130,7 +157,10 @@ class FleetGate:
                 )
 
     def rate_limited(self, operation: str, exc: errors.RateLimited, user_id: str | None) -> None:
-        """Zoom answered 429 anyway: block the host for the day, or pause the category."""
+        """Zoom answered 429 anyway: block the host for the day, or pause the category (a
+        meeting's update cap holds only that meeting's job: nothing to tell the fleet)."""
+        if isinstance(exc, errors.MeetingUpdateLimitReached):
+            return
         if isinstance(exc, errors.DailyLimitReached):
             if user_id is not None:
                 self._governor.block_host(user_id, exc.retry_at or zoom.next_utc_midnight())

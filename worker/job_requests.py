@@ -11,13 +11,14 @@ import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, select
 from sqlalchemy.orm import Session
 
 from worker import errors, ledger, marker, meeting_body
-from worker.ledger import CREATE, DELETE
+from worker.ledger import CREATE, DELETE, UPDATE
 from worker.marker import RESERVED_AGENDA_CHARS
 from worker.models import Job as JobRow
 from worker.models import Meeting as MeetingRow
@@ -98,12 +99,7 @@ def new_delete(
 ) -> JobRow:
     """A delete job for this meeting (or, with ``after_job_id``, its create job's), validated."""
     number = None if after_job_id else meeting_body.validate_meeting_id(meeting_id)
-    if occurrence_id is not None and (
-        not isinstance(occurrence_id, str) or not 1 <= len(occurrence_id) <= OCCURRENCE_ID_MAX
-    ):
-        raise errors.InvalidMeeting(
-            "occurrence_id", f"must be a string of 1 to {OCCURRENCE_ID_MAX} characters, or None"
-        )
+    occurrence_id = _occurrence(occurrence_id)
     request = {"meeting_id": number, "occurrence_id": occurrence_id}
     row = JobRow(
         id=uuid.uuid4(),
@@ -147,6 +143,46 @@ def delete_row(reader: Reader, request: Mapping[str, Any], opts: Options = Optio
     named = {"create_job_id": str(create.id), "occurrence_id": occurrence_id}
     row.request_digest = request_digest(DELETE, named)
     return row
+
+
+def new_update(
+    meeting_id: object,
+    changes: object,
+    occurrence_id: object,
+    idempotency_key: object,
+    opts: Options = Options(),
+    *,
+    now: datetime,
+) -> JobRow:
+    """An update job for this meeting and these changes, validated (InvalidMeeting names the
+    field); its host and ``seq`` are set when it is admitted (:func:`admission.insert_rows`)."""
+    number = meeting_body.validate_meeting_id(meeting_id)
+    if not isinstance(changes, Mapping):
+        raise errors.InvalidMeeting("changes", "must be a mapping of the fields to change")
+    body = meeting_body.validate_update_body(changes, now=now)
+    occurrence = _occurrence(occurrence_id)
+    request = {"meeting_id": number, "occurrence_id": occurrence, "changes": body}
+    row = JobRow(
+        id=uuid.uuid4(),
+        kind=UPDATE,
+        idempotency_key=checked_key(idempotency_key),
+        request_digest=request_digest(UPDATE, request),
+        topic=ledger.topic_of(body),
+        body=body,
+        meeting_id=number,
+        occurrence_id=occurrence,
+    )
+    return opts.apply(row)
+
+
+def _occurrence(occurrence_id: object) -> str | None:
+    if occurrence_id is not None and (
+        not isinstance(occurrence_id, str) or not 1 <= len(occurrence_id) <= OCCURRENCE_ID_MAX
+    ):
+        raise errors.InvalidMeeting(
+            "occurrence_id", f"must be a string of 1 to {OCCURRENCE_ID_MAX} characters, or None"
+        )
+    return occurrence_id
 
 
 def create_job(reader: Reader, job_id: uuid.UUID | str) -> CreateJob:

@@ -1,5 +1,5 @@
 """The producers' API: create and delete meetings (one or many at a time, :mod:`worker.bulk`),
-read jobs, wait for one to finish, cancel or retry one.
+update them (:mod:`worker.updates`), read jobs, wait for one to finish, cancel or retry one.
 
 A job is written to PostgreSQL (:mod:`worker.ledger`) before it is put on the broker, so it is
 durable once :func:`create_meeting` or :func:`delete_meeting` returns. Bodies are validated
@@ -36,7 +36,7 @@ from worker.config import get_settings
 from worker.enqueue import Transaction
 from worker.job_requests import OCCURRENCE_ID_MAX, request_digest
 from worker.job_view import Job
-from worker.ledger import CREATE, DELETE
+from worker.ledger import CREATE, DELETE, UPDATE
 from worker.marker import RESERVED_AGENDA_CHARS
 from worker.models import Job as JobRow
 
@@ -45,6 +45,7 @@ __all__ = [
     "DELETE",
     "OCCURRENCE_ID_MAX",
     "RESERVED_AGENDA_CHARS",
+    "UPDATE",
     "Job",
     "cancel_job",
     "create_meeting",
@@ -55,6 +56,7 @@ __all__ = [
     "list_jobs",
     "request_digest",
     "retry_job",
+    "update_meeting",
     "wait_for_job",
 ]
 
@@ -114,6 +116,32 @@ def delete_meeting(
     return enqueue.enqueue([row], None)[0]
 
 
+def update_meeting(
+    meeting_id: int,
+    changes: Mapping[str, Any],
+    occurrence_id: str | None = None,
+    idempotency_key: str | None = None,
+    *,
+    on_done: str | None = None,
+    session: Transaction | None = None,
+) -> uuid.UUID:
+    """Record an update job (``PATCH /meetings/{meetingId}``), then queue it; returns its id.
+
+    ``changes`` is any part of Zoom's create-meeting body, checked by the same rules:
+    unknown fields and a past ``start_time`` (Zoom would silently ignore it) raise
+    InvalidMeeting naming the field, and so does a meeting this service did not create, or
+    one that is gone; then nothing is stored or queued. Updates of one meeting are applied
+    one at a time, in the order they were enqueued (:mod:`worker.updates`); with
+    ``occurrence_id`` the update changes one occurrence of a series. ``on_done`` and
+    ``session`` work as for :func:`create_meeting`.
+    """
+    opts = job_requests.options(on_done=on_done)
+    row = job_requests.new_update(
+        meeting_id, changes, occurrence_id, idempotency_key, opts, now=datetime.now(UTC)
+    )
+    return enqueue.enqueue([row], session)[0]
+
+
 def get_job(job_id: uuid.UUID | str) -> Job | None:
     """The job's current state, or None when there is no such job."""
     try:
@@ -154,14 +182,7 @@ def retry_job(job_id: uuid.UUID | str) -> Job:
     key = job_key(job_id)
     with db.unavailable_as_infrastructure():
         row = admission.requeue_failed(key, check_retryable, get_settings())
-        ledger.dispatch(
-            row.id,
-            row.kind,
-            user_id=row.user_id,
-            topic=row.topic,
-            meeting_id=row.meeting_id,
-            send=celery_app.send,
-        )
+        ledger.dispatch_row(row, celery_app.send)
     log.info("job.retried job_id=%s kind=%s maybe_sent=%s", row.id, row.kind, row.maybe_sent)
     return Job.from_row(row)
 
@@ -177,6 +198,9 @@ def cancel_job(job_id: uuid.UUID | str) -> Job:
     """
     with db.unavailable_as_infrastructure():
         row = admission.cancel(job_key(job_id), get_settings())
+        if row.kind == UPDATE and row.meeting_id is not None:
+            # The next update of the meeting may have been waiting for this one.
+            ledger.wake_next_update(db.sessions(get_settings()), row.meeting_id, celery_app.send)
     return Job.from_row(row)
 
 
@@ -212,7 +236,7 @@ def check_retryable(row: JobRow | None, named_by_delete: uuid.UUID | None) -> No
         raise errors.InvalidMeeting(
             "job_id", f"job {row.id} is {row.status}; only a failed job can be retried"
         )
-    if (row.kind == CREATE and row.body is None) or (
+    if (row.kind in (CREATE, UPDATE) and row.body is None) or (
         row.kind == DELETE and row.meeting_id is None and row.after_job_id is None
     ):
         raise errors.InvalidMeeting(
@@ -251,6 +275,18 @@ def record_received(
                 )
             if kind == CREATE:
                 row = job_requests.new_create(kwargs.get("user_id"), kwargs.get("meeting"), key)
+            elif kind == UPDATE:
+                row = job_requests.new_update(
+                    kwargs.get("meeting_id"),
+                    kwargs.get("changes"),
+                    kwargs.get("occurrence_id"),
+                    key,
+                    now=datetime.now(UTC),
+                )
+                [(job_id, created)] = admission.insert_many([row], get_settings())
+                if created:
+                    enqueue.publish([row])  # its turn may wait: its first message was this one
+                return job_id
             else:
                 row = job_requests.new_delete(
                     kwargs.get("meeting_id"), kwargs.get("occurrence_id"), key

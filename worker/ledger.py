@@ -8,7 +8,8 @@ A job is written to PostgreSQL before it is put on the broker. The broker messag
 1. **Claim.** A worker claims the job: one compare-and-swap on status, due time and lease that
    sets a fresh ``claim_token`` and ``lease_expires_at = now() + JOB_LEASE_SECONDS``. A
    retrying or waiting job is not claimable before its ``next_attempt_at`` (a stray message
-   finds nothing to do).
+   finds nothing to do), nor an update job while an older update of its meeting is
+   unfinished; when an update ends the next one is dispatched (see :mod:`worker.updates`).
 2. **Fence.** Right before every call that changes Zoom (create, delete) the holder proves it
    still holds the claim in one statement that also extends the lease (:meth:`Ledger.fence`);
    a holder that lost it gets :class:`~worker.errors.ClaimLost` and stops without calling.
@@ -56,6 +57,7 @@ from worker.recording import Claim, CreateResult, CreateState
 __all__ = [
     "CREATE",
     "DELETE",
+    "UPDATE",
     "Claim",
     "CreateResult",
     "CreateState",
@@ -69,8 +71,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-CREATE, DELETE = "create", "delete"
-TASK_NAMES = {CREATE: "meetings.create", DELETE: "meetings.delete"}
+CREATE, DELETE, UPDATE = "create", "delete", "update"
+TASK_NAMES = {CREATE: "meetings.create", DELETE: "meetings.delete", UPDATE: "meetings.update"}
 # A message may arrive this much before next_attempt_at (hosts' clocks differ from the
 # database's by a little); earlier than that it is a stray and claims nothing.
 CLAIM_EARLY = timedelta(seconds=1)
@@ -142,6 +144,8 @@ class Ledger:
                 or_(JobRow.lease_expires_at < now, JobRow.claim_token.is_(None)),
             ),
         )
+        # An update runs once every older update of its meeting has ended (worker.updates).
+        claimable = and_(claimable, or_(JobRow.seq.is_(None), ~recording.older_update_unfinished()))
         token = secrets.token_hex(16)
         statement = (
             update(JobRow)
@@ -168,7 +172,8 @@ class Ledger:
                 return None
             row, was_maybe_sent, failing_for, age = result
             job = recording.claim_of(row, token, bool(was_maybe_sent), failing_for, age)
-            if job.deliveries > self.max_deliveries:
+            poisoned = job.deliveries > self.max_deliveries
+            if poisoned:
                 reason = (
                     f"gave up: delivered {job.deliveries} times in a row without finishing "
                     "(the worker died each time)"
@@ -179,7 +184,9 @@ class Ledger:
                     session, job, status=models.FAILED, **recording.failed_values(failed)
                 )
                 log.error("job.poison job_id=%s %s", job.job_id, reason)
-                return None
+        if poisoned:
+            self._wake_next_update(job)
+            return None
         if job.deliveries > 1:
             log.warning("job.redelivered job_id=%s deliveries=%d", job.job_id, job.deliveries)
         return job
@@ -208,10 +215,18 @@ class Ledger:
     def record(self, job: Claim, outcome: Outcome) -> bool:
         """Record what the attempt came to; False when this worker no longer holds the claim
         (then nothing is recorded, except a meeting it made: see the module's protocol)."""
+        recorded = self._record(job, outcome)
+        if recorded and isinstance(outcome, Succeeded | Failed):
+            self._wake_next_update(job)
+        return recorded
+
+    def _record(self, job: Claim, outcome: Outcome) -> bool:
         with self._sessions() as session, session.begin():
             match outcome:
                 case Succeeded() if job.kind == CREATE:
                     return recording.record_created(session, job, outcome)
+                case Succeeded() if job.kind == UPDATE:
+                    return recording.record_updated(session, job, outcome)
                 case Succeeded():
                     return recording.record_deleted(session, job, outcome)
                 case Failed():
@@ -241,6 +256,12 @@ class Ledger:
             return None
         countdown = self.countdown(outcome)
         return None if countdown is None else Reschedule(countdown, outcome.slot_at)
+
+    def _wake_next_update(self, job: Claim) -> None:
+        """An update of a meeting ended: dispatch the next one now, rather than leave it to
+        the sweeper (its own message may have come, and found this one unfinished)."""
+        if job.kind == UPDATE and job.meeting_id is not None:
+            wake_next_update(self._sessions, job.meeting_id, self._send)
 
     # -- a delete that names its create job ------------------------------------------------
 
@@ -378,6 +399,31 @@ def message_of(row: JobRow) -> tuple[str, dict[str, Any]]:
     """:func:`message` for a job row."""
     return message(
         row.id, row.kind, user_id=row.user_id, topic=row.topic, meeting_id=row.meeting_id
+    )
+
+
+def wake_next_update(sessions: sessionmaker[Session], meeting_id: int, send: Send) -> None:
+    """Dispatch the meeting's oldest unfinished update job, if any: its turn may have come."""
+    with sessions() as session:
+        following = session.execute(
+            select(JobRow.id)
+            .where(
+                JobRow.meeting_id == meeting_id,
+                JobRow.seq.is_not(None),
+                JobRow.status.not_in(models.FINAL_STATUSES),
+            )
+            .order_by(JobRow.seq)
+            .limit(1)
+        ).scalar_one_or_none()
+    if following is not None:
+        log.info("job.update_turn job_id=%s meeting_id=%s", following, meeting_id)
+        dispatch(following, UPDATE, user_id=None, topic=None, meeting_id=meeting_id, send=send)
+
+
+def dispatch_row(row: JobRow, send: Send) -> None:
+    """:func:`dispatch` for a job row just recorded (or put back to queued)."""
+    dispatch(
+        row.id, row.kind, user_id=row.user_id, topic=row.topic, meeting_id=row.meeting_id, send=send
     )
 
 

@@ -291,6 +291,48 @@ def validate_create_body(
     return copy
 
 
+def validate_update_body(changes: Mapping[str, Any], *, now: datetime) -> dict[str, Any]:
+    """Return a normalised copy of an update's ``changes`` (``PATCH /meetings/{id}``), or raise
+    InvalidMeeting naming the first bad field.
+
+    The create body's rules, every field optional, unknown fields refused; and a
+    ``start_time`` before ``now`` is refused, because Zoom silently ignores a past start time
+    on update (the spec: "If the value is omitted or a date is in the past, the API ignores
+    this value"). The agenda may use all of Zoom's 2000 characters: the create's marker has
+    done its work once the meeting exists. Nothing is checked against the meeting's type,
+    which only Zoom knows for sure once hosts can change meetings.
+    """
+    if not isinstance(changes, Mapping) or not changes:
+        checks.fail("changes", "must be a non-empty mapping of the fields to change")
+    copy: dict[str, Any] = checks.json_copy("", changes)
+    _BODY("", copy)
+    if len(copy.get("agenda", "")) > AGENDA_MAX:
+        checks.fail("agenda", f"must be at most {AGENDA_MAX} characters; got {len(copy['agenda'])}")
+    kind = copy.get("type")
+    if "start_time" in copy:
+        if kind in (1, 3):
+            checks.fail("start_time", f"is ignored by Zoom for type {kind} meetings")
+        start = _parse_time("start_time", copy["start_time"], copy.get("timezone"))
+        if start <= now:
+            checks.fail(
+                "start_time",
+                f"is in the past ({copy['start_time']}): Zoom silently ignores a past start "
+                "time on update; give a future time",
+            )
+    if "recurrence" in copy:
+        if kind not in (None, 8):
+            checks.fail("recurrence", f"is only used for type 8 meetings, not type {kind}")
+        _check_recurrence(copy["recurrence"])
+    return copy
+
+
+def start_of(body: Mapping[str, Any]) -> datetime | None:
+    """A validated body's ``start_time`` as an aware datetime, or None when it has none."""
+    if not isinstance(body.get("start_time"), str):
+        return None
+    return _parse_time("start_time", body["start_time"], body.get("timezone"))
+
+
 def validate_user_id(user_id: object) -> str:
     """Return ``user_id`` if it can name a meeting host in a Zoom URL path, or raise InvalidMeeting.
 

@@ -1,4 +1,5 @@
-"""The work for one claimed job: create or delete a meeting, and decide what a failure means.
+"""The work for one claimed job: create, update (:mod:`worker.updates`) or delete a meeting,
+and decide what a failure means.
 
 Finding a meeting whose create reply was lost
 ---------------------------------------------
@@ -36,7 +37,7 @@ from typing import Any
 
 import sqlalchemy.exc
 
-from worker import db, errors, fleet_counters, gate, ledger, marker, outage, zoom
+from worker import db, errors, fleet_counters, gate, ledger, marker, outage, updates, zoom
 from worker.config import Settings
 from worker.outcomes import Failed, Hold, HoldReason, Outcome, Reschedule, Retry, Succeeded
 from worker.token_store import TokenStore
@@ -97,7 +98,8 @@ def run(job: ledger.Claim, runtime: Runtime, *, slot_at: float | None = None) ->
     ticket = outage.Ticket("")
     try:
         ticket = runtime.outage.check()  # while Zoom fails for the fleet, wait together
-        outcome = attempt.create() if job.kind == ledger.CREATE else attempt.delete()
+        work = {ledger.CREATE: attempt.create, ledger.UPDATE: attempt.update}
+        outcome = work.get(job.kind, attempt.delete)()
         # Zoom answered well, unless the attempt had nothing to ask it (a delete waiting).
         runtime.outage.report(ticket, healthy=True if attempt.called else None)
     except errors.ClaimLost:
@@ -179,9 +181,17 @@ class _Attempt:
         log.info("meeting.deleted job_id=%s meeting_id=%s", job.job_id, meeting_id)
         return Succeeded(meeting_id)
 
-    def _permit(self, operation: str, user_id: str | None = None) -> None:
+    def update(self) -> Outcome:
+        return updates.patch(self.job, self.client, self.ledger, self._permit)
+
+    def _permit(
+        self, operation: str, user_id: str | None = None, meeting_id: int | None = None
+    ) -> None:
         slot_at, self.slot_at = self.slot_at, None  # a reserved slot serves one call
-        self.gate.before_call(operation, user_id, slot_at)
+        if meeting_id is None:
+            self.gate.before_call(operation, user_id, slot_at)
+        else:
+            self.gate.before_call(operation, user_id, slot_at, meeting_id=meeting_id)
         self.called = True
 
     def _find_lost_meeting(self) -> zoom.Meeting | None:
@@ -222,7 +232,7 @@ def zoom_unwell(exc: Exception) -> bool:
 def _tell_gate(gate: Gate, job: ledger.Claim, exc: errors.RateLimited) -> None:
     """Zoom answered 429 anyway: the whole fleet slows down (a governor outage is only logged:
     the job's own outcome is already decided)."""
-    operation = "create" if job.kind == ledger.CREATE else "delete"
+    operation = job.kind  # "create", "update" or "delete": the gate's operation names
     try:
         gate.rate_limited(operation, exc, job.user_id)
     except errors.InfrastructureError as failure:
@@ -338,13 +348,16 @@ def _text(exc: Exception) -> str:
     return exc.describe() if isinstance(exc, errors.ZoomError) else str(exc)
 
 
-def _daily(case: _Case) -> Outcome:
+def _capped(case: _Case) -> Outcome:
+    """A daily cap: the host's creates/updates, or one meeting's updates in 24 hours."""
     until = case.exc.retry_at or zoom.next_utc_midnight()
-    reason = (
-        f"waiting: host {case.job.user_id} reached Zoom's daily limit of meeting "
-        f"creates/updates; resumes at {until:%Y-%m-%d %H:%M} UTC"
-    )
-    return case.hold(until, HoldReason.HOST_DAILY, reason)
+    if isinstance(case.exc, errors.MeetingUpdateLimitReached):
+        why = HoldReason.MEETING_UPDATES
+        what = f"meeting {case.job.meeting_id} reached Zoom's limit of updates in 24 hours"
+    else:
+        why = HoldReason.HOST_DAILY
+        what = f"host {case.job.user_id} reached Zoom's daily limit of meeting creates/updates"
+    return case.hold(until, why, f"waiting: {what}; resumes at {until:%Y-%m-%d %H:%M} UTC")
 
 
 def _rate_limited(case: _Case) -> Outcome:
@@ -381,7 +394,7 @@ _RULES: list[tuple[type[Exception] | tuple[type[Exception], ...], _Rule]] = [
         errors.Deferred,
         lambda c: c.hold(c.exc.retry_at, HoldReason.RATE_LIMIT, f"waiting: {c.exc}", c.exc.slot_at),
     ),
-    (errors.DailyLimitReached, _daily),
+    ((errors.MeetingUpdateLimitReached, errors.DailyLimitReached), _capped),
     (errors.RateLimited, _rate_limited),
     (
         errors.CircuitOpen,

@@ -117,7 +117,7 @@ class TokenRequest(Base):
 
 
 class Job(Base):
-    """One create or delete job: the ledger row that is the source of truth."""
+    """One create, delete or update job: the ledger row that is the source of truth."""
 
     __tablename__ = "jobs"
     __table_args__ = (
@@ -164,6 +164,9 @@ class Job(Base):
     first_failed_at: Mapped[datetime | None] = mapped_column(_tz())
     # Set at each claim; an outcome is recorded only by the holder of the current claim.
     claim_token: Mapped[str | None] = mapped_column(String(32))
+    # An update job's place among its meeting's updates (meetings.update_seq at enqueue):
+    # it runs only once every update of the meeting with a lower seq has ended (0008).
+    seq: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(_tz(), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(_tz(), server_default=func.now())
     started_at: Mapped[datetime | None] = mapped_column(_tz())
@@ -191,6 +194,11 @@ class Meeting(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(_tz(), server_default=func.now())
     deleted_at: Mapped[datetime | None] = mapped_column(_tz())
+    # The last seq handed to an update job of this meeting (worker.admission, 0008).
+    update_seq: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    # Field -> when our own update job last set it (ms since the epoch, comparable with a
+    # webhook's event_ts): a meeting.updated older than that leaves the field alone.
+    field_updated_ts: Mapped[dict[str, int] | None] = mapped_column(JSONB)
 
 
 # -- what the metrics read without scanning jobs (migration 0005) ------------------------------
@@ -311,4 +319,14 @@ Index(
     "ix_outbox_created_at_unsent",
     OutboxMessage.created_at,
     postgresql_where=text("sent_at IS NULL"),
+)
+
+# -- update jobs (migration 0008) --------------------------------------------------------------
+
+# An update's claim looks for an unfinished older update of its meeting in one index probe.
+Index(
+    "ix_jobs_meeting_id_seq",
+    Job.meeting_id,
+    Job.seq,
+    postgresql_where=text("seq IS NOT NULL AND status NOT IN ('succeeded', 'failed', 'cancelled')"),
 )

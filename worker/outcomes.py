@@ -11,9 +11,10 @@ the cleanup reads ``jobs.gave_up``, the sweeper reads ``jobs.held_for`` (a :clas
   from the first failed attempt; the others (an unexpected error: a bug or an unknown answer)
   by ``JOB_MAX_ATTEMPTS``.
 - :class:`Hold`: nothing failed, the job waits until ``at`` (rate limits, the credential
-  circuit, the host's daily cap, the token budget, a configuration error, a create a delete
-  depends on, a Zoom outage the whole fleet waits out, the rate governor's Redis out of
-  reach). Time held does not count against the give-up budget, except for a Zoom outage
+  circuit, the host's daily cap, a meeting's update cap, the token budget, a configuration
+  error, a create a delete depends on, a Zoom outage the whole fleet waits out, the rate
+  governor's Redis out of reach). Time held does not count against the give-up budget, except
+  for a Zoom outage
   (``HoldReason.counts_as_failing``).
 - :class:`Failed`: final. ``gave_up`` when a budget ran out rather than Zoom refusing the job.
 
@@ -41,6 +42,7 @@ class HoldReason(enum.StrEnum):
     CREATE_PENDING = "create_pending"  # a delete waits for the create job it names
     ZOOM_OUTAGE = "zoom_outage"  # the outage breaker is open: Zoom fails for the whole fleet
     GOVERNOR = "governor"  # the rate governor's Redis cannot be reached: no permit, no call
+    MEETING_UPDATES = "meeting_updates"  # the meeting's 100 updates in 24 hours are spent
 
     @property
     def counts_as_failing(self) -> bool:

@@ -15,6 +15,8 @@ Keys, under a namespace (default ``zw:rl``)::
                              the key expires at that time
     {ns}:host:count:{host}   hash {day, n}: calls counted for the host on ``day`` (days since
                              the epoch, UTC); expires a margin after that day's end
+    {ns}:meeting:{id}        sorted set of the meeting's updates in the last 24 hours
+                             (member and score: epoch us); expires 24 h after the newest
 
 ``{host}`` is a BLAKE2b digest of the user id (lower-cased when it is an email, as Zoom
 matches emails without case), so an email never appears in a key.
@@ -171,6 +173,30 @@ return n
 """
 
 
+# KEYS: the meeting's window. ARGV: limit, window_us. Counts one update and returns 0 when
+# the window has room; otherwise counts nothing and returns when the oldest update leaves it.
+_MEETING_UPDATE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local window = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%.0f', now - window))
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then
+  local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  return string.format('%.0f', tonumber(oldest[2]) + window)
+end
+local member = string.format('%.0f', now)
+while redis.call('ZSCORE', KEYS[1], member) do
+  now = now + 1
+  member = string.format('%.0f', now)
+end
+redis.call('ZADD', KEYS[1], member, member)
+redis.call('PEXPIRE', KEYS[1], math.ceil(window / 1000))
+return '0'
+"""
+# Zoom counts a meeting's updates "within a 24-hour period".
+MEETING_WINDOW = timedelta(hours=24)
+
+
 @dataclass(frozen=True)
 class Permit:
     """The governor's answer to one :meth:`RateGovernor.reserve`.
@@ -219,6 +245,7 @@ class RateGovernor:
         self._observe = client.register_script(_OBSERVE)
         self._block_host = client.register_script(_BLOCK_HOST)
         self._host_count = client.register_script(_HOST_COUNT)
+        self._meeting_update = client.register_script(_MEETING_UPDATE)
 
     @classmethod
     def from_url(
@@ -330,6 +357,13 @@ class RateGovernor:
             category: max(0, int(value or 0) - now) / _US
             for category, value in zip(self.limits, values, strict=True)
         }
+    def count_meeting_update(self, meeting_id: int, limit: int) -> datetime | None:
+        """Count one update of the meeting in its sliding 24 hours; or, when ``limit`` are
+        counted there already, count nothing and return when the oldest leaves the window."""
+        window_us = MEETING_WINDOW // timedelta(microseconds=1)
+        key = self._key("meeting", str(int(meeting_id)))
+        until_us = int(self._run(self._meeting_update, [key], [limit, window_us]))
+        return None if until_us == 0 else _EPOCH + timedelta(microseconds=until_us)
 
     def _run(self, script: Script, keys: Sequence[str], args: Sequence[str | int | float]) -> Any:
         with _translated():

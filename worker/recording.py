@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
-from sqlalchemy import func, select, update
+from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
-from worker import meeting_body, models, outbox
+from worker import meeting_body, models, outbox, schedule, webhook_events
 from worker.models import Job as JobRow
 from worker.models import Meeting as MeetingRow
 from worker.outcomes import Failed, Hold, Retry, Succeeded
@@ -223,6 +223,52 @@ def record_deleted(session: Session, job: Claim, outcome: Succeeded) -> bool:
     )
 
 
+def record_updated(session: Session, job: Claim, outcome: Succeeded) -> bool:
+    """Finish the update and carry its changes into the ledger's meeting row: the topic, the
+    schedule and ``scheduled_end`` (so the cleanup's date moves with a reschedule), and when
+    each field was set (``field_updated_ts``, so Zoom's notice of an older change never
+    undoes this one). An update of one occurrence leaves the row alone: the cleanup asks Zoom
+    for a series' real end before it deletes anything."""
+    finished = {"meeting_id": job.meeting_id, "error": outcome.note}
+    if not finish(session, job, status=models.SUCCEEDED, **finished):
+        return False
+    meeting = session.get(MeetingRow, job.meeting_id, with_for_update=True)
+    if meeting is not None and job.occurrence_id is None and job.body:
+        values = rescheduled(meeting, job.body, now=datetime.now(UTC))
+        session.execute(
+            update(MeetingRow).where(MeetingRow.meeting_id == job.meeting_id).values(values)
+        )
+    return True
+
+
+def rescheduled(meeting: MeetingRow, changes: dict[str, Any], *, now: datetime) -> dict[str, Any]:
+    """The meeting row's new values once ``changes`` (a validated update) reached Zoom."""
+    values: dict[str, Any] = {}
+    if isinstance(changes.get("topic"), str):
+        values["topic"] = changes["topic"]
+    minutes = meeting.duration_min or meeting_body.DEFAULT_DURATION
+    if isinstance(changes.get("duration"), int):
+        minutes = values["duration_min"] = changes["duration"]
+    start = meeting_body.start_of(changes) or meeting.start_time
+    if "start_time" in changes:
+        values["start_time"] = start
+    end = meeting.scheduled_end
+    if changes.get("type") == schedule.NO_FIXED_TIME:
+        end = None  # it never ends: the cleanup leaves it
+    elif isinstance(changes.get("recurrence"), dict) and start is not None:
+        end = schedule.series_end(start, timedelta(minutes=minutes), changes["recurrence"])
+    elif {"start_time", "duration"} & changes.keys():
+        was = meeting.duration_min or meeting_body.DEFAULT_DURATION
+        end = schedule.moved_end(meeting.start_time, was, meeting.scheduled_end, start, minutes)
+    if end != meeting.scheduled_end:
+        values["scheduled_end"] = end
+    stamp = int(now.timestamp() * 1000)
+    set_now = {name: stamp for name in webhook_events.SCHEDULE_FIELDS if name in changes}
+    if set_now:
+        values["field_updated_ts"] = {**(meeting.field_updated_ts or {}), **set_now}
+    return values
+
+
 def finish(session: Session, job: Claim, *, status: str, **values: Any) -> bool:
     values.setdefault("maybe_sent", False)
     result = session.execute(
@@ -251,3 +297,20 @@ def claimed(result: Any, job: Claim, what: str) -> bool:
     if not result.rowcount:
         log.warning("job.claim_lost job_id=%s outcome %s not recorded", job.job_id, what)
     return bool(result.rowcount)
+
+
+def older_update_unfinished() -> ColumnElement[bool]:
+    """An update of the same meeting with a lower seq that has not ended yet: the ordering
+    promise of update jobs. Checked inside the claim's compare-and-swap, so with any number
+    of workers and redeliveries an update runs only after every older one ended."""
+    older = aliased(JobRow)
+    return (
+        select(older.id)
+        .where(
+            older.meeting_id == JobRow.meeting_id,
+            older.seq.is_not(None),
+            older.seq < JobRow.seq,
+            older.status.not_in(models.FINAL_STATUSES),
+        )
+        .exists()
+    )

@@ -47,6 +47,27 @@ def series_end(
     return (start + span + duration).astimezone(UTC)
 
 
+def moved_end(
+    old_start: datetime | None,
+    old_minutes: int,
+    old_end: datetime | None,
+    new_start: datetime | None,
+    new_minutes: int,
+) -> datetime | None:
+    """The ledger's ``scheduled_end`` once a meeting moved to ``new_start`` for ``new_minutes``.
+
+    An endless meeting (``old_end`` None) stays endless. A series' end is a bound past its
+    last occurrence, so it moves by as much as the first occurrence's end moved; a meeting
+    whose start was "now" at its create gets ``new_start`` plus its duration.
+    """
+    if old_end is None or new_start is None:
+        return old_end
+    end = new_start + timedelta(minutes=new_minutes)
+    if old_start is not None:
+        end = old_end + (end - (old_start + timedelta(minutes=old_minutes)))
+    return end.astimezone(UTC)
+
+
 @dataclass(frozen=True)
 class ZoomEnd:
     """What Zoom's answer says about a meeting's end.

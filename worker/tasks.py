@@ -137,6 +137,34 @@ def delete_meeting(
     _run(self, job_id, {"job_id": job_id, "meeting_id": meeting_id}, slot_at)
 
 
+@app.task(name="meetings.update", bind=True, max_retries=None)
+def update_meeting(
+    self: Task[Any, Any],
+    /,
+    meeting_id: int | None = None,
+    changes: dict[str, Any] | None = None,
+    occurrence_id: str | None = None,
+    idempotency_key: str | None = None,
+    job_id: str | None = None,
+    slot_at: float | None = None,
+    **unknown: Any,
+) -> None:
+    """Update a Zoom meeting this service created (sent by ``worker.jobs`` or by name); a
+    meeting's updates run one at a time in the order they were recorded (worker.updates).
+
+    Unknown arguments make a failed job saying why (see ``meetings.create``)."""
+    if job_id is None:
+        kwargs = {
+            "meeting_id": meeting_id,
+            "changes": changes,
+            "occurrence_id": occurrence_id,
+            "idempotency_key": idempotency_key,
+        }
+        job_id = _recorded(self, jobs.UPDATE, kwargs, sorted(unknown))
+        return  # recording it dispatched it by id, to run in its turn
+    _run(self, job_id, {"job_id": job_id, "meeting_id": meeting_id}, slot_at)
+
+
 @app.task(name=SWEEP_TASK, ignore_result=True)
 def sweep() -> int:
     """Dispatch again every unfinished job whose lease ran out (lost messages, dead workers),

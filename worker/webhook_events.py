@@ -15,9 +15,10 @@ Protocol
 3. **Never backwards.** Zoom's events arrive out of order. A state event (deleted, started,
    ended) older (``event_ts``) than the newest state event applied to its meeting changes
    nothing (``stale``). ``meeting.updated`` carries only the fields that changed, so an older
-   one still sets the fields no newer applied update set, and only those. A meeting the
-   ledger has as deleted stays deleted. Occurrence deletions only ever add and are applied in
-   any order.
+   one still sets the fields no newer applied update (nor a newer update job of ours,
+   ``meetings.field_updated_ts``) set, and only those. A meeting the ledger has as deleted
+   stays deleted, unless a newer ``meeting.recovered`` says it was restored from the trash.
+   Occurrence deletions only ever add and are applied in any order.
 
 Events for meetings this service did not create are stored and ignored (``foreign``).
 Besides :mod:`worker.ledger`, :mod:`worker.recording` and :mod:`worker.cleanup`, this module
@@ -39,7 +40,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session, sessionmaker
 
-from worker import meeting_body, models
+from worker import meeting_body, models, schedule
 from worker.models import Meeting as MeetingRow
 from worker.models import WebhookEvent as EventRow
 
@@ -48,6 +49,8 @@ log = logging.getLogger(__name__)
 URL_VALIDATION = "endpoint.url_validation"
 DELETED, PERMANENTLY_DELETED = "meeting.deleted", "meeting.permanently_deleted"
 UPDATED, STARTED, ENDED = "meeting.updated", "meeting.started", "meeting.ended"
+# A deleted meeting restored from Zoom's trash (within 7 days): it exists again.
+RECOVERED = "meeting.recovered"
 # Types whose meeting.ended ends one instance, not the meeting: a recurring meeting with no
 # fixed time (3) and a series (8) are started again.
 RECURRING_TYPES = frozenset({3, 8})
@@ -61,6 +64,7 @@ class Effect(enum.StrEnum):
     UPDATED = "updated"
     STARTED = "started"
     ENDED = "ended"
+    RECOVERED = "recovered"
     UNCHANGED = "unchanged"  # applies, but the ledger already says so (or the meeting is gone)
     STALE = "stale"  # older than the newest event applied to its meeting
     FOREIGN = "foreign"  # a meeting this service did not create
@@ -68,7 +72,7 @@ class Effect(enum.StrEnum):
 
 
 # Effects that say where a meeting stands; a later state event older than these is stale.
-ORDERED = frozenset({Effect.DELETED, Effect.STARTED, Effect.ENDED})
+ORDERED = frozenset({Effect.DELETED, Effect.STARTED, Effect.ENDED, Effect.RECOVERED})
 # The fields of meeting.updated's object that the ledger keeps.
 SCHEDULE_FIELDS = ("topic", "start_time", "duration")
 
@@ -159,8 +163,14 @@ def decide(
         return Change(Effect.FOREIGN)
     if event.event in (DELETED, PERMANENTLY_DELETED) and event.occurrence_ids:
         return Change(Effect.OCCURRENCES_DELETED)  # the series stays
-    if event.event not in (DELETED, PERMANENTLY_DELETED, UPDATED, STARTED, ENDED):
+    if event.event not in (DELETED, PERMANENTLY_DELETED, UPDATED, STARTED, ENDED, RECOVERED):
         return Change(Effect.IGNORED)
+    if event.event == RECOVERED:
+        if newest_ts is not None and event.event_ts < newest_ts:
+            return Change(Effect.STALE)
+        if meeting.state != models.DELETED:
+            return Change(Effect.UNCHANGED)
+        return Change(Effect.RECOVERED, {"state": models.LIVE, "deleted_at": None})
     if meeting.state == models.DELETED:
         return Change(Effect.UNCHANGED)  # gone is final, whoever said so first
     if event.event == UPDATED:
@@ -197,18 +207,13 @@ def _rescheduled(
     if isinstance(obj.get("duration"), int) and not isinstance(obj["duration"], bool):
         duration = obj["duration"]
         values["duration_min"] = duration
-    old_end = meeting.scheduled_end
     # An endless meeting (no scheduled_end) stays endless.
     moved = {"start_time", "duration_min"} & values.keys()
-    if moved and old_end is not None and start is not None:
-        end = start + timedelta(minutes=duration)
-        if meeting.start_time is not None:
-            # A series' end is a bound past its last occurrence: move it by as much.
-            was = meeting.start_time + timedelta(
-                minutes=meeting.duration_min or meeting_body.DEFAULT_DURATION
-            )
-            end = old_end + (end - was)
-        values["scheduled_end"] = end
+    if moved and meeting.scheduled_end is not None and start is not None:
+        was_minutes = meeting.duration_min or meeting_body.DEFAULT_DURATION
+        values["scheduled_end"] = schedule.moved_end(
+            meeting.start_time, was_minutes, meeting.scheduled_end, start, duration
+        )
     return Change(Effect.UPDATED, values) if values else Change(Effect.UNCHANGED)
 
 
@@ -258,7 +263,9 @@ def apply(sessions: sessionmaker[Session], event_id: int) -> Effect | None:
             meeting = session.execute(
                 select(MeetingRow).where(MeetingRow.meeting_id == row.meeting_id).with_for_update()
             ).scalar_one_or_none()
-        newer = _newer_fields(session, row) if event.event == UPDATED else frozenset()
+        newer = frozenset[str]()
+        if event.event == UPDATED:
+            newer = _newer_fields(session, row) | _set_since(meeting, row.event_ts)
         change = decide(event, _state(meeting), _newest_ts(session, row.meeting_id), newer)
         if change.values and meeting is not None:
             values = dict(change.values)
@@ -295,6 +302,13 @@ def _newest_ts(session: Session, meeting_id: int | None) -> int | None:
             EventRow.effect.in_([effect.value for effect in ORDERED]),
         )
     ).scalar_one_or_none()
+
+
+def _set_since(meeting: MeetingRow | None, event_ts: int) -> frozenset[str]:
+    """The schedule fields our own update jobs set after ``event_ts``: Zoom's notice of an
+    older change (our own PATCH's included) never undoes a newer update."""
+    stamps = (meeting.field_updated_ts or {}) if meeting is not None else {}
+    return frozenset(name for name, ts in stamps.items() if ts > event_ts)
 
 
 def _newer_fields(session: Session, row: EventRow) -> frozenset[str]:

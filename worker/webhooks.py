@@ -231,11 +231,36 @@ def _error(status: int, message: str) -> Response:
 
 
 def serve(
-    settings: Settings, host: str, port: int, send: Callable[[str, dict[str, Any]], None]
+    settings: Settings,
+    host: str,
+    port: int,
+    send: Callable[[str, dict[str, Any]], None],
+    workers: int = 1,
 ) -> None:
-    """Serve the endpoint with uvicorn until interrupted (``zoom-worker webhooks``)."""
+    """Serve the endpoint with uvicorn until interrupted (``zoom-worker webhooks``); with
+    ``workers`` > 1, that many processes share the port, each building its own app from the
+    environment (:func:`app_from_environment`)."""
     import uvicorn  # noqa: PLC0415 - only the serving process needs it
 
+    # access_log off: a request line is noise here, and never carries more than the path.
+    options: dict[str, Any] = {"host": host, "port": port, "access_log": False}
+    if workers > 1:
+        target = f"{__name__}:app_from_environment"
+        uvicorn.run(target, factory=True, workers=workers, log_level="info", **options)
+        return
+    uvicorn.run(_app(settings, send), log_level="info", **options)
+
+
+def app_from_environment() -> Starlette:
+    """The app for one of several uvicorn worker processes: Settings from the environment,
+    tasks sent with the Celery app's producer pool (an edge, like the CLI)."""
+    from worker import celery_app  # noqa: PLC0415 - the serving process only
+    from worker.config import get_settings  # noqa: PLC0415
+
+    return _app(get_settings(), celery_app.send)
+
+
+def _app(settings: Settings, send: Callable[[str, dict[str, Any]], None]) -> Starlette:
     from worker import db  # noqa: PLC0415
 
     intake = Intake(
@@ -245,6 +270,4 @@ def serve(
         max_age_s=settings.ZOOM_WEBHOOK_MAX_AGE,
         sweep_interval_s=settings.SWEEP_INTERVAL_SECONDS,
     )
-    app = create_app(intake, settings.ZOOM_WEBHOOK_PATH)
-    # access_log off: a request line is noise here, and never carries more than the path.
-    uvicorn.run(app, host=host, port=port, access_log=False, log_level="info")
+    return create_app(intake, settings.ZOOM_WEBHOOK_PATH)

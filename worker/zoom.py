@@ -37,6 +37,9 @@ TOKEN_INVALID_CODES = frozenset({124})
 MISSING_SCOPE_CODES = frozenset({4700, 4711, 104})
 MEETING_NOT_FOUND_CODES = frozenset({3001, 300})
 DAILY_LIMIT_PATTERN = re.compile(r"daily rate limit", re.IGNORECASE)
+# The per-meeting cap on updates (100 in 24 hours) is answered as a daily limit too, but
+# names the meeting, not the user: it holds that meeting's updates only, never the host.
+MEETING_LIMIT_PATTERN = re.compile(r"for the meeting|particular meeting|update a meeting", re.I)
 # Zoom's longest wait is the daily limit's, until the next 00:00 UTC.
 RETRY_AFTER_MAX = timedelta(days=1)
 
@@ -213,6 +216,14 @@ class ZoomClient:
         params = {"occurrence_id": occurrence_id} if occurrence_id else None
         self._send("DELETE", f"meetings/{meeting_id}", params=params)
 
+    def update_meeting(
+        self, meeting_id: int, changes: dict[str, Any], *, occurrence_id: str | None = None
+    ) -> None:
+        """``PATCH /meetings/{meetingId}`` (one occurrence with ``occurrence_id``): 204;
+        MeetingNotFound when it is gone."""
+        params = {"occurrence_id": occurrence_id} if occurrence_id else None
+        self._send("PATCH", f"meetings/{meeting_id}", json=changes, params=params)
+
     def list_meetings(
         self, user_id: str, *, kind: str = "scheduled", page_size: int = 300
     ) -> Iterator[Meeting]:
@@ -289,6 +300,13 @@ def _rate_limited(
     limit_type = (headers.get("X-RateLimit-Type") or "").lower()
     daily = limit_type.startswith("daily") or bool(message and DAILY_LIMIT_PATTERN.search(message))
     category = headers.get("X-RateLimit-Category")
+    if daily and message and MEETING_LIMIT_PATTERN.search(message):
+        return errors.MeetingUpdateLimitReached(
+            "the meeting's limit of updates per day is reached",
+            retry_at=retry_at or next_utc_midnight(),
+            category=category,
+            **common,
+        )
     if daily:
         # Zoom resets the per-host daily cap at 00:00 UTC, whatever Retry-After says (or not).
         retry_at = retry_at or next_utc_midnight()

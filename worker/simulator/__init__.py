@@ -39,10 +39,13 @@ Credentials ``account_id``, ``client_id``, ``client_secret``. Tokens ``token_lif
 ``rate_limits`` (per category, calls accepted in any sliding 1 s window), ``rate_limit_headers``,
 ``categories`` and ``create_category`` (operation -> category; an explicit
 ``categories["create"]`` wins over ``create_category``), ``daily_create_limit`` and
-``daily_limit_style`` ("429", or "400" with code 300 as in an older spec). Faults, drawn from
-``random.Random(seed)``: ``error_rate`` (500/502/503 before doing anything), ``drop_rate``
-(connection closed without an answer before doing anything), ``reply_lost_rate`` (creates
-only: the meeting is made, then the connection is closed without an answer) and
+``daily_limit_style`` ("429", or "400" with code 300 as in an older spec),
+``meeting_update_limit`` (updates of one meeting in any 24 hours, 100 as Zoom documents;
+beyond, 429 naming the meeting). A PATCH ignores a past ``start_time``, as Zoom does.
+Faults, drawn from ``random.Random(seed)``: ``error_rate`` (500/502/503 before doing
+anything), ``drop_rate`` (connection closed without an answer before doing anything),
+``reply_lost_rate`` (creates only: the meeting is made, then the connection is closed
+without an answer) and
 ``latency_s`` (a sleep before every API answer). Event notifications ``webhook_url`` and
 ``webhook_secret_token``: when both are set, ``meeting.created``, ``.updated``, ``.deleted``,
 ``.started`` and ``.ended`` are POSTed there, signed as Zoom signs them, from a background
@@ -57,8 +60,10 @@ Started with a control token (``SIMULATOR_CONTROL_TOKEN``, or ``start_simulator`
 
 ``GET /_sim/stats``, ``GET /_sim/meetings`` (every meeting ever made, with ``deleted``, never
 ``start_url``), ``GET|POST /_sim/config``, ``POST /_sim/reset`` (everything but the config),
-``POST /_sim/invalidate-tokens``, ``POST /_sim/rotate-secret`` ``{"client_secret"}`` (also
-ends ``refuse_fresh_tokens`` and kills every token), ``POST /_sim/meetings``
+``POST /_sim/invalidate-tokens``, ``POST /_sim/faults`` ``{"operation", "count", "status"}``
+(the next ``count`` API calls of the operation answered 500, 502 or 503),
+``POST /_sim/rotate-secret`` ``{"client_secret"}`` (also ends ``refuse_fresh_tokens`` and
+kills every token), ``POST /_sim/meetings``
 ``{"user_id", "body"}`` (a meeting made by another app), ``POST /_sim/meetings/{id}/status``
 ``{"status": "waiting" | "started" | "ended"}``, ``PATCH /_sim/meetings/{id}`` (the host moves
 or changes it in Zoom's web page), ``DELETE /_sim/meetings/{id}`` ``{"occurrence_id"?}`` (the

@@ -19,6 +19,7 @@ from datetime import timedelta
 from typing import Any
 
 from worker.simulator.config import SWITCHES, SimulatorConfig
+from worker.simulator.faults import SERVER_ERRORS, ScriptedFaults
 from worker.simulator.limits import RateWindows
 from worker.simulator.meetings import (
     MEETING_STATUSES,
@@ -41,7 +42,6 @@ from worker.simulator.wire import (
     utc_stamp,
 )
 
-SERVER_ERRORS = {500: "Internal server error", 502: "Bad gateway", 503: "Service unavailable"}
 _MEETING_STATUS = re.compile(r"/_sim/meetings/(\d+)/status")
 _MEETING = re.compile(r"/_sim/meetings/(\d+)")
 _USER_SETTINGS = re.compile(r"/_sim/users/([^/]+)/settings")
@@ -66,6 +66,7 @@ class Simulator:
         self._counters = Counters()
         self._tokens = TokenIssuer()
         self._rates = RateWindows()
+        self._faults = ScriptedFaults()
         self._book = MeetingBook(self._rng, self._clock, self._counters)
 
     @property
@@ -241,6 +242,8 @@ class Simulator:
         if cfg.error_rate and self._rng.random() < cfg.error_rate:
             status = self._rng.choice(list(SERVER_ERRORS))
             return error_reply(status, status, SERVER_ERRORS[status])
+        if scripted := self._faults.take(operation):
+            return scripted
         refused = self._tokens.check(request.authorization, operation, cfg)
         if refused is not None:
             return refused
@@ -265,7 +268,8 @@ class Simulator:
             problems = validate(body)
             if problems:
                 return validation_failed(problems)
-            limited = self._daily(meeting.body["host_id"], cfg)
+            limited = self._rates.take_meeting_update(argument, cfg, self._clock.now())
+            limited = limited or self._daily(meeting.body["host_id"], cfg)
             return limited or self._updated(meeting, body, request.query)
         return self._deleted(meeting, request.query)
 
@@ -368,6 +372,11 @@ class Simulator:
             return json_reply(200, self.configure(**body).public_dict())
         if path == "/_sim/reset":
             self.reset()
+        elif path == "/_sim/faults":
+            with self._lock:
+                self._faults.add(
+                    str(body.get("operation")), body.get("count", 1), body.get("status", 503)
+                )
         elif path == "/_sim/invalidate-tokens":
             self.invalidate_tokens()
         elif path == "/_sim/rotate-secret":

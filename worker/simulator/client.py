@@ -77,6 +77,11 @@ class SimulatorClient:
         body = {"occurrence_id": occurrence_id} if occurrence_id else {}
         self._call("DELETE", f"/meetings/{meeting_id}", body)
 
+    def fail_next(self, operation: str, count: int = 1, status: int = 503) -> None:
+        """Answer the next ``count`` API calls of ``operation`` ("create", "update", ...)
+        with ``status`` (500, 502 or 503), before doing anything."""
+        self._call("POST", "/faults", {"operation": operation, "count": count, "status": status})
+
     def advance_clock(self, seconds: float) -> str:
         """Move the simulator's clock by ``seconds`` (negative: back); returns its new now."""
         return str(self._call("POST", "/clock", {"advance_s": seconds})["now"])

@@ -56,6 +56,8 @@ class SimulatorConfig:
     create_category: str = "light"
     categories: dict[str, str] = field(default_factory=_default_categories)
     daily_create_limit: int = 100
+    # Updates of one meeting in any 24 hours ("a maximum of 100 times within a 24-hour period").
+    meeting_update_limit: int = 100
     daily_limit_style: Literal["429", "400"] = "429"
     error_rate: float = 0.0
     reply_lost_rate: float = 0.0
@@ -74,7 +76,13 @@ class SimulatorConfig:
         for name in ("error_rate", "reply_lost_rate", "drop_rate"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name}: a probability in [0, 1]")
-        for name in ("token_lifetime_s", "token_latency_s", "daily_create_limit", "latency_s"):
+        for name in (
+            "token_lifetime_s",
+            "token_latency_s",
+            "daily_create_limit",
+            "meeting_update_limit",
+            "latency_s",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}: must not be negative")
         if self.token_tolerance is not None and self.token_tolerance < 1:

@@ -1,4 +1,5 @@
-"""Zoom's rate limits: per category in a sliding 1 s window, and creates per user per UTC day."""
+"""Zoom's rate limits: per category in a sliding 1 s window, creates and updates per user per
+UTC day, and updates per meeting in a sliding 24 hours."""
 
 from __future__ import annotations
 
@@ -11,6 +12,12 @@ from worker.simulator.wire import Reply, error_reply, utc_stamp
 
 PER_SECOND_MESSAGE = (
     "You have reached the maximum per-second rate limit for this API. Try again later."
+)
+# Zoom: "You can update a meeting for a maximum of 100 times within a 24-hour period"; the
+# answer is worded like Zoom's other per-resource daily limits.
+MEETING_UPDATES_MESSAGE = (
+    "You have exceeded the daily rate limit of ({limit}) for Update a meeting API requests "
+    "for the meeting ({meeting_id}). You can resume these API requests at GMT 00:00:00."
 )
 DAILY_MESSAGE = (
     "You have exceeded the daily rate limit ({limit}) of Meeting Create/Update API requests "
@@ -29,6 +36,7 @@ class RateWindows:
         self.max_qps: dict[str, int] = dict.fromkeys(RATE_CATEGORIES, 0)
         self._daily: dict[str, int] = {}
         self._daily_date: date | None = None
+        self._updates: dict[str, deque[datetime]] = {}
 
     def take_slot(self, category: str, cfg: SimulatorConfig) -> Reply | None:
         """Accept a call into the category's sliding 1 s window, or answer 429."""
@@ -50,6 +58,22 @@ class RateWindows:
         window.append(now)
         self.max_qps[category] = max(self.max_qps[category], len(window))
         return None
+
+    def take_meeting_update(
+        self, meeting_id: str, cfg: SimulatorConfig, now: datetime
+    ) -> Reply | None:
+        """Count one update of the meeting in its sliding 24 hours, or answer 429."""
+        window = self._updates.setdefault(meeting_id, deque())
+        while window and window[0] <= now - timedelta(hours=24):
+            window.popleft()
+        if len(window) < cfg.meeting_update_limit:
+            window.append(now)
+            return None
+        message = MEETING_UPDATES_MESSAGE.format(
+            limit=cfg.meeting_update_limit, meeting_id=meeting_id
+        )
+        headers = {"X-RateLimit-Type": "Daily-limit"} if cfg.rate_limit_headers else {}
+        return error_reply(429, 429, message, headers)
 
     def take_daily(self, host_id: str, cfg: SimulatorConfig, now: datetime) -> Reply | None:
         """Count one create or update against the host's cap for ``now``'s UTC day, or refuse."""

@@ -206,6 +206,12 @@ class MeetingBook:
         self._by_host.setdefault(host_id, []).append(meeting)
         return meeting
 
+    def _future_start(self, body: dict[str, Any]) -> str | None:
+        """An update's start_time as Zoom spells it, or None when it is past (ignored)."""
+        now = self._clock.now()
+        start = self._start(body, now)
+        return utc_stamp(start) if start > now else None
+
     def _start(self, body: dict[str, Any], now: datetime) -> datetime:
         """When the meeting starts: its start_time (read in its timezone), or now if past."""
         text = body.get("start_time")
@@ -246,15 +252,18 @@ class MeetingBook:
             occurrence = self._occurrence(meeting, occurrence_id)
             if occurrence is None:
                 return _no_occurrence(occurrence_id)
-            if "start_time" in body:
-                occurrence["start_time"] = utc_stamp(self._start(body, self._clock.now()))
+            if (start := self._future_start(body)) is not None:
+                occurrence["start_time"] = start
             occurrence["duration"] = body.get("duration", occurrence["duration"])
             return Reply(204)
         for key in UPDATABLE_FIELDS & body.keys():
             if key == "settings":
                 meeting.body["settings"] = meeting.body["settings"] | body["settings"]
             elif key == "start_time":
-                meeting.body["start_time"] = utc_stamp(self._start(body, self._clock.now()))
+                # Zoom: "If the value is omitted or a date is in the past, the API ignores
+                # this value": the meeting keeps its start, and the answer is still 204.
+                if (start := self._future_start(body)) is not None:
+                    meeting.body["start_time"] = start
             else:
                 meeting.body[key] = body[key]
         if _SCHEDULE & body.keys():
