@@ -70,7 +70,10 @@ def insert_rows(
     now = session.scalar(select(func.now()))
     assert now is not None
     lease = timedelta(seconds=settings.JOB_LEASE_SECONDS)
-    _take_update_turns(session, [row for row in rows if row.kind == UPDATE])
+    # A rejected message's failed row waits for nothing and holds up nothing.
+    _take_update_turns(
+        session, [row for row in rows if row.kind == UPDATE and row.status != models.FAILED]
+    )
     first: dict[str, JobRow] = {}
     for row in rows:
         if row.idempotency_key is not None:
