@@ -29,6 +29,7 @@ from worker.simulator.meetings import (
 )
 from worker.simulator.state import Clock, Counters, Meeting
 from worker.simulator.tokens import TokenIssuer
+from worker.simulator.user_oauth import Connection
 from worker.simulator.webhooks import SOMEONE_ELSE, WebhookSender
 from worker.simulator.wire import (
     DROPPED,
@@ -65,7 +66,7 @@ class Simulator:
     def _new_parts(self) -> None:
         self._counters = Counters()
         self._tokens = TokenIssuer()
-        self._rates = RateWindows()
+        self._rates: dict[str, RateWindows] = {}  # by account id
         self._book = MeetingBook(self._rng, self._clock, self._counters)
 
     @property
@@ -78,8 +79,9 @@ class Simulator:
         unknown = sorted(set(changes) - SWITCHES)
         if unknown:
             raise ValueError(f"unknown switch: {', '.join(unknown)}")
-        if isinstance(changes.get("missing_users"), list | tuple | frozenset):
-            changes["missing_users"] = set(changes["missing_users"])
+        for name in ("missing_users", "refused_accounts"):
+            if isinstance(changes.get(name), list | tuple | frozenset):
+                changes[name] = set(changes[name])
         with self._lock:
             self._config = dataclasses.replace(self._config, **changes)
             if "seed" in changes:
@@ -111,6 +113,24 @@ class Simulator:
             )
             self._tokens.invalidate()
 
+    def authorize_user(
+        self, client_id: str, user_id: str, redirect_uri: str, account_id: str | None = None
+    ) -> str:
+        """A user of ``account_id`` (the main account by default) consents to the OAuth app
+        ``client_id``: the authorization code Zoom's redirect would carry."""
+        with self._lock:
+            if client_id not in self._config.oauth_apps:
+                raise ValueError(f"client_id: no OAuth app {client_id!r} (oauth_apps)")
+            account = account_id or self._config.account_id
+            return self._tokens.users.authorize(
+                Connection(client_id, user_id, account), redirect_uri
+            )
+
+    def revoke_user(self, user_id: str) -> int:
+        """The user removes the app: their refresh tokens die; returns how many."""
+        with self._lock:
+            return self._tokens.users.revoke(user_id)
+
     def advance_clock(self, seconds: float) -> str:
         """Move the simulator's clock (negative: back); returns its new now as Zoom spells it."""
         with self._lock:
@@ -124,7 +144,13 @@ class Simulator:
                 **self._counters.values,
                 "live_meetings": sum(not m.deleted for m in self._book.meetings.values()),
                 "tokens_valid": self._tokens.valid(),
-                "max_calls_per_second": dict(self._rates.max_qps),
+                "max_calls_per_second": dict(self._rates_of(self._config.account_id).max_qps),
+                "accounts": {
+                    account: {"max_calls_per_second": dict(rates.max_qps)}
+                    for account, rates in self._rates.items()
+                },
+                "tokens_by_client": dict(self._tokens.issued_by_client),
+                "grants": dict(self._tokens.grants),
                 "calls_by_operation": dict(self._counters.by_operation),
                 **self.webhooks.counts(),
             }
@@ -241,10 +267,11 @@ class Simulator:
         if cfg.error_rate and self._rng.random() < cfg.error_rate:
             status = self._rng.choice(list(SERVER_ERRORS))
             return error_reply(status, status, SERVER_ERRORS[status])
-        refused = self._tokens.check(request.authorization, operation, cfg)
-        if refused is not None:
-            return refused
-        limited = self._rates.take_slot(cfg.category_for(operation), cfg)
+        account = self._tokens.check(request.authorization, operation, cfg)
+        if isinstance(account, Reply):
+            return account
+        rates = self._rates_of(account)
+        limited = rates.take_slot(cfg.category_for(operation), cfg, cfg.limits_for(account))
         if limited is not None:
             return limited
         if operation in ("create", "list") and argument in cfg.missing_users:
@@ -252,7 +279,7 @@ class Simulator:
         if body is None:
             return error_reply(400, 300, "Request Body should be a valid JSON object.")
         if operation == "create":
-            return self._create(argument, body, cfg)
+            return self._create(argument, body, cfg, rates)
         if operation == "list":
             return self._book.list(argument, request.query, cfg.list_agenda_cut)
         meeting = self._book.live(argument)
@@ -265,15 +292,17 @@ class Simulator:
             problems = validate(body)
             if problems:
                 return validation_failed(problems)
-            limited = self._daily(meeting.body["host_id"], cfg)
+            limited = self._daily(meeting.body["host_id"], cfg, rates)
             return limited or self._updated(meeting, body, request.query)
         return self._deleted(meeting, request.query)
 
-    def _create(self, user_id: str, body: dict[str, Any], cfg: SimulatorConfig) -> Reply:
+    def _create(
+        self, user_id: str, body: dict[str, Any], cfg: SimulatorConfig, rates: RateWindows
+    ) -> Reply:
         problems = validate(body)
         if problems:
             return validation_failed(problems)
-        limited = self._daily(self._book.host(user_id)[0], cfg)
+        limited = self._daily(self._book.host(user_id)[0], cfg, rates)
         if limited is not None:
             return limited
         meeting = self._book.create(user_id, body, foreign=False)
@@ -285,8 +314,12 @@ class Simulator:
             return DROPPED
         return json_reply(201, meeting.body)
 
-    def _daily(self, host_id: str, cfg: SimulatorConfig) -> Reply | None:
-        limited = self._rates.take_daily(host_id, cfg, self._clock.now())
+    def _rates_of(self, account_id: str) -> RateWindows:
+        # Zoom's limits and daily counts are the account's, shared by every app on it.
+        return self._rates.setdefault(account_id, RateWindows())
+
+    def _daily(self, host_id: str, cfg: SimulatorConfig, rates: RateWindows) -> Reply | None:
+        limited = rates.take_daily(host_id, cfg, self._clock.now())
         if limited is not None:
             self._counters.add("api_429_daily")
         return limited
@@ -375,6 +408,19 @@ class Simulator:
             if not isinstance(secret, str) or not secret:
                 return error_reply(400, 300, "client_secret: a non-empty string is required")
             self.rotate_secret(secret)
+        elif path == "/_sim/oauth/authorize":
+            client_id, user_id = body.get("client_id"), body.get("user_id")
+            redirect_uri, account_id = body.get("redirect_uri"), body.get("account_id")
+            if not all(isinstance(v, str) and v for v in (client_id, user_id, redirect_uri)):
+                return error_reply(400, 300, "client_id, user_id and redirect_uri are required")
+            code = self.authorize_user(
+                str(client_id), str(user_id), str(redirect_uri), str(account_id or "") or None
+            )
+            return json_reply(200, {"code": code})
+        elif path == "/_sim/oauth/revoke":
+            if not isinstance(user_id := body.get("user_id"), str) or not user_id:
+                return error_reply(400, 300, "user_id is required")
+            return json_reply(200, {"revoked": self.revoke_user(user_id)})
         elif path == "/_sim/clock":
             seconds = body.get("advance_s")
             if not isinstance(seconds, int | float) or isinstance(seconds, bool):

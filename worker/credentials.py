@@ -1,0 +1,528 @@
+"""The credential registry: named Zoom credentials and the OAuth apps users connect through.
+
+A credential has a stable name the application uses (``account="acme"``) and is one of:
+
+- ``s2s``: a Server-to-Server OAuth app (account id, client id, client secret);
+- ``user``: one Zoom user's connection to a registered OAuth ("General") app, whose client id,
+  client secret and webhook secret token are held once, in ``apps``. The user's tokens come
+  from the application's OAuth callback (:meth:`Registry.register_user_authorization`) or from
+  a refresh token it already has (:meth:`Registry.add_user`).
+
+The environment's credential (``ZOOM_ACCOUNT_ID``, ...) is the ``default`` one: its secret stays
+in the environment, never in the database, so today's configuration works unchanged.
+
+Every secret and token the registry keeps is encrypted with AES-GCM under
+``TOKEN_ENCRYPTION_KEY`` (or ``TOKEN_ENCRYPTION_KEY_FILE``), bound to its table, row and column
+(:mod:`worker.token_cipher`); storing one without the key is refused before anything is written.
+Bad input raises :class:`~worker.errors.InvalidCredential` naming the field, and nothing is
+stored. Nothing returned here carries a secret or a token. This module writes ``apps`` and the
+registry's columns of ``credentials``; the token store writes the token's.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import httpx
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from worker import db, errors, oauth, token_budget, token_cipher, token_grants, token_store, zoom
+from worker.config import Settings, get_settings
+from worker.models import (
+    ACTIVE,
+    DEFAULT_CREDENTIAL,
+    DISABLED,
+    S2S,
+    USER,
+    App,
+    Credential,
+)
+
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+ID = re.compile(r"[^\s]{1,200}")
+
+
+@dataclass(frozen=True)
+class CredentialInfo:
+    """A credential as the registry shows it: never its secret or its tokens."""
+
+    name: str
+    kind: str  # "s2s" | "user"
+    account_id: str  # "" for a user's connection until its account is learnt
+    client_id: str
+    app: str | None  # the app a user's connection authorized
+    status: str  # "active" | "disabled" | "needs_reauthorization"
+    status_reason: str | None
+    created_at: datetime | None
+
+
+@dataclass(frozen=True)
+class AppInfo:
+    """A registered OAuth app: its name and client id, never its secrets."""
+
+    name: str
+    client_id: str
+    has_webhook_secret_token: bool
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """What a probe of a credential found: ``ok`` when Zoom accepted a token's call."""
+
+    ok: bool
+    detail: str
+
+
+class Registry:
+    """The registry on one database; ``http`` reaches Zoom's token endpoint and API."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        sessions: sessionmaker[Session],
+        *,
+        http: httpx.Client | None = None,
+    ) -> None:
+        self._settings = settings
+        self._sessions = sessions
+        self._http = http or httpx.Client(headers={"User-Agent": "zoom-worker"})
+
+    def close(self) -> None:
+        """Close the HTTP connections."""
+        self._http.close()
+
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def list_credentials(self) -> list[CredentialInfo]:
+        """The environment's credential (when configured) then the registered ones, by name."""
+        found = [self._default()] if self._settings.has_credentials else []
+        with self._sessions() as session:
+            rows = session.execute(
+                select(Credential, App.name)
+                .outerjoin(App, App.id == Credential.app_id)
+                .where(Credential.name != DEFAULT_CREDENTIAL)
+                .order_by(Credential.name)
+            ).all()
+        return found + [_info(row, app) for row, app in rows]
+
+    def get(self, name: str) -> CredentialInfo | None:
+        """The credential named ``name``, or None."""
+        if name == DEFAULT_CREDENTIAL:
+            return self._default() if self._settings.has_credentials else None
+        with self._sessions() as session:
+            found = session.execute(
+                select(Credential, App.name)
+                .outerjoin(App, App.id == Credential.app_id)
+                .where(Credential.name == name)
+            ).one_or_none()
+        return None if found is None else _info(*found)
+
+    def list_apps(self) -> list[AppInfo]:
+        """The registered OAuth apps, by name."""
+        with self._sessions() as session:
+            return [_app_info(app) for app in session.scalars(select(App).order_by(App.name))]
+
+    # -- S2S credentials --------------------------------------------------------------------
+
+    def add_s2s(
+        self, name: str, *, account_id: str, client_id: str, client_secret: str
+    ) -> CredentialInfo:
+        """Register a Server-to-Server app under ``name``; its secret is stored encrypted."""
+        _check_name(name)
+        _check("account_id", account_id, ID)
+        _check("client_id", client_id, ID)
+        _check_secret("client_secret", client_secret)
+        with self._storing() as session:
+            row = Credential(name=name, kind=S2S, account_id=account_id, client_id=client_id)
+            self._insert(session, row)
+            row.secret_ciphertext = self._cipher("credentials", row.id, "secret").encrypt(
+                client_secret
+            )
+        return self._must_get(name)
+
+    def rotate(self, name: str, client_secret: str) -> ProbeResult:
+        """Replace a registered S2S app's secret, then probe it at once: the first call Zoom
+        accepts closes its circuit (the jobs it holds resume)."""
+        _check_secret("client_secret", client_secret)
+        with self._storing() as session:
+            row = self._locked(session, name)
+            if row.kind != S2S:
+                raise errors.InvalidCredential(
+                    "name", f"{name!r} is a user's connection: rotate its app (apps rotate)"
+                )
+            row.secret_ciphertext = self._cipher("credentials", row.id, "secret").encrypt(
+                client_secret
+            )
+            _new_secret_version(row)
+        return self.probe(name)
+
+    # -- users' connections -----------------------------------------------------------------
+
+    def add_user(self, name: str, *, app: str, refresh_token: str) -> CredentialInfo:
+        """Register a user's connection from a refresh token the application already has.
+
+        The token is spent at once (Zoom rotates it), so the application must stop using it:
+        from now on the registry holds the connection's only valid refresh token. Refused by
+        Zoom: InvalidCredential (field ``refresh_token``) and nothing is stored."""
+        _check_secret("refresh_token", refresh_token)
+        return self._add_user(
+            name,
+            app,
+            "refresh_token",
+            lambda a, secret: oauth.refresh_user_token(
+                self._http,
+                self._settings.ZOOM_OAUTH_URL,
+                client_id=a.client_id,
+                client_secret=secret,
+                refresh_token=refresh_token,
+                timeout_s=self._settings.ZOOM_TOKEN_REQUEST_TIMEOUT,
+            ),
+        )
+
+    def register_user_authorization(
+        self, *, account: str, code: str, redirect_uri: str, app: str | None = None
+    ) -> CredentialInfo:
+        """Register ``account`` from an OAuth callback: exchange its authorization ``code``
+        (with the ``redirect_uri`` the user was sent through) for the user's tokens. ``app``
+        may be left out when one app is registered. Nothing is stored if Zoom refuses."""
+        _check_secret("code", code)
+        parts = urllib.parse.urlsplit(redirect_uri)
+        if parts.scheme not in ("https", "http") or not parts.netloc:
+            raise errors.InvalidCredential("redirect_uri", "an absolute http(s) URL is required")
+        return self._add_user(
+            account,
+            app,
+            "code",
+            lambda a, secret: oauth.exchange_code(
+                self._http,
+                self._settings.ZOOM_OAUTH_URL,
+                client_id=a.client_id,
+                client_secret=secret,
+                code=code,
+                redirect_uri=redirect_uri,
+                timeout_s=self._settings.ZOOM_TOKEN_REQUEST_TIMEOUT,
+            ),
+        )
+
+    def _add_user(
+        self,
+        name: str,
+        app_name: str | None,
+        field: str,
+        grant: Callable[[App, str], oauth.TokenGrant],
+    ) -> CredentialInfo:
+        _check_name(name)
+        with self._storing() as session:
+            app = self._app_for(session, app_name)
+            row = Credential(
+                name=name, kind=USER, app_id=app.id, account_id="", client_id=app.client_id
+            )
+            # Inserted (and so locked) before Zoom is asked: a taken name never costs the code.
+            self._insert(session, row)
+            requested_at = session.scalars(select(func.clock_timestamp())).one()
+            started = time.monotonic()
+            try:
+                granted = grant(app, token_grants.app_secret(self._settings, app))
+            except errors.GrantRefused as exc:
+                raise errors.InvalidCredential(field, f"Zoom refused it: {exc.describe()}") from exc
+            budget = token_budget.TokenBudget(self._settings)
+            budget.record(
+                session, row.id, requested_at, "authorize", None, time.monotonic() - started
+            )
+            token = oauth.AccessToken(
+                value=granted.token.value,
+                fetched_at=requested_at,
+                expires_at=requested_at + timedelta(seconds=granted.expires_in_s),
+                expires_monotonic=granted.token.expires_monotonic,
+            )
+            grants = token_grants.Grants(name, USER, "", app.client_id, row.id, self._settings)
+            grants.cipher().write(row, token)
+            grants.keep(row, granted)
+            row.scope = granted.scope
+        return self._must_get(name)
+
+    # -- any registered credential ----------------------------------------------------------
+
+    def disable(self, name: str) -> CredentialInfo:
+        """Stop using a credential (no token is asked for it) until :meth:`enable`."""
+        self._set_status(name, DISABLED, "disabled by an operator (zoom-worker credentials)")
+        return self._must_get(name)
+
+    def enable(self, name: str) -> CredentialInfo:
+        """Use a disabled credential again."""
+        self._set_status(name, ACTIVE, None)
+        return self._must_get(name)
+
+    def remove(self, name: str) -> None:
+        """Forget a registered credential, its token and its token-request records."""
+        with self._writing() as session:
+            self._locked(session, name)
+            session.execute(delete(Credential).where(Credential.name == name))
+
+    def probe(self, name: str) -> ProbeResult:
+        """Fetch a token for ``name`` (a due probe if its circuit is open) and make one light
+        call with it; Zoom accepting it closes the circuit."""
+        store = token_store.TokenStore(
+            self._settings, self._sessions, http=self._http, credential=name
+        )
+        client = zoom.ZoomClient(self._settings.ZOOM_API_URL, zoom.ZoomAuth(store), timeout_s=15)
+        try:
+            # Meeting 0 never exists: "not found" proves the token is accepted.
+            client.get_meeting(0)
+        except (errors.RateLimited, errors.ZoomClientError):
+            return ProbeResult(True, "Zoom accepts the credential")
+        except errors.ZoomWorkerError as exc:
+            detail = exc.describe() if isinstance(exc, errors.ZoomError) else str(exc)
+            return ProbeResult(False, detail)
+        finally:
+            client.close()
+        return ProbeResult(True, "Zoom accepts the credential")
+
+    # -- apps -------------------------------------------------------------------------------
+
+    def add_app(
+        self,
+        name: str,
+        *,
+        client_id: str,
+        client_secret: str,
+        webhook_secret_token: str | None = None,
+    ) -> AppInfo:
+        """Register an OAuth app that users connect through; its secrets are held once."""
+        _check_name(name)
+        _check("client_id", client_id, ID)
+        _check_secret("client_secret", client_secret)
+        if webhook_secret_token is not None:
+            _check_secret("webhook_secret_token", webhook_secret_token)
+        with self._storing() as session:
+            app = App(name=name, client_id=client_id, client_secret_ciphertext=b"")
+            self._insert(session, app)
+            self._seal_app(app, client_secret, webhook_secret_token)
+            return _app_info(app)
+
+    def rotate_app(
+        self,
+        name: str,
+        *,
+        client_secret: str | None = None,
+        webhook_secret_token: str | None = None,
+    ) -> AppInfo:
+        """Replace an app's client secret and/or webhook secret token; its users' circuits
+        probe at once."""
+        for field, value in (
+            ("client_secret", client_secret),
+            ("webhook_secret_token", webhook_secret_token),
+        ):
+            if value is not None:
+                _check_secret(field, value)
+        if client_secret is None and webhook_secret_token is None:
+            raise errors.InvalidCredential("client_secret", "give a new secret to rotate")
+        with self._storing() as session:
+            app = session.scalars(select(App).where(App.name == name).with_for_update()).first()
+            if app is None:
+                raise errors.InvalidCredential("app", f"no app is named {name!r}")
+            self._seal_app(app, client_secret, webhook_secret_token)
+            app.updated_at = func.now()
+            if client_secret is not None:
+                session.execute(
+                    update(Credential)
+                    .where(Credential.app_id == app.id)
+                    .values(secret_version=Credential.secret_version + 1)
+                )
+            session.flush()
+            return _app_info(app)
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _seal_app(self, app: App, secret: str | None, webhook: str | None) -> None:
+        if secret is not None:
+            cipher = self._cipher("apps", app.id, "client_secret")
+            app.client_secret_ciphertext = cipher.encrypt(secret)
+        if webhook is not None:
+            cipher = self._cipher("apps", app.id, "webhook_secret_token")
+            app.webhook_secret_ciphertext = cipher.encrypt(webhook)
+
+    def _default(self) -> CredentialInfo:
+        account_id, client_id = self._settings.require_credentials()
+        return CredentialInfo(
+            DEFAULT_CREDENTIAL, S2S, account_id, client_id, None, ACTIVE, None, None
+        )
+
+    def _cipher(self, table: str, row_id: int, column: str) -> token_cipher.TokenCipher:
+        return token_cipher.TokenCipher.for_row(self._settings, table, row_id, column)
+
+    def _set_status(self, name: str, status: str, reason: str | None) -> None:
+        with self._writing() as session:
+            row = self._locked(session, name)
+            row.status, row.status_reason = status, reason
+            row.status_changed_at = func.now()
+
+    def _must_get(self, name: str) -> CredentialInfo:
+        found = self.get(name)
+        assert found is not None
+        return found
+
+    def _app_for(self, session: Session, name: str | None) -> App:
+        query = select(App).where(App.name == name) if name is not None else select(App).limit(2)
+        apps = list(session.scalars(query))
+        if name is None and len(apps) != 1:
+            raise errors.InvalidCredential("app", "name the app (more or fewer than one exist)")
+        if not apps:
+            raise errors.InvalidCredential("app", f"no app is named {name!r}")
+        return apps[0]
+
+    @staticmethod
+    def _locked(session: Session, name: str) -> Credential:
+        if name == DEFAULT_CREDENTIAL:
+            raise errors.InvalidCredential(
+                "name", "the default credential comes from the environment (ZOOM_CLIENT_SECRET)"
+            )
+        row = session.scalars(
+            select(Credential).where(Credential.name == name).with_for_update()
+        ).one_or_none()
+        if row is None:
+            raise errors.InvalidCredential("name", f"no credential is named {name!r}")
+        return row
+
+    @staticmethod
+    def _insert(session: Session, row: Credential | App) -> None:
+        what = "an app" if isinstance(row, App) else "a credential"
+        try:
+            with session.begin_nested():
+                session.add(row)
+                session.flush()
+        except IntegrityError:
+            raise errors.InvalidCredential("name", f"{what} named {row.name!r} exists") from None
+
+    @contextmanager
+    def _storing(self) -> Iterator[Session]:
+        """A transaction that will store a secret: the encryption key is checked first."""
+        token_cipher.require_key(self._settings)
+        with self._writing() as session:
+            yield session
+
+    @contextmanager
+    def _writing(self) -> Iterator[Session]:
+        with db.unavailable_as_infrastructure(), self._sessions() as session, session.begin():
+            yield session
+
+
+def _new_secret_version(row: Credential) -> None:
+    # A new secret: the circuit probes at once, and no token of the old one is kept.
+    row.secret_version += 1
+    row.token_ciphertext = row.token_sha256 = row.token_expires_at = None
+
+
+def _info(row: Credential, app: str | None) -> CredentialInfo:
+    return CredentialInfo(
+        name=row.name,
+        kind=row.kind,
+        account_id=row.account_id,
+        client_id=row.client_id,
+        app=app,
+        status=row.status,
+        status_reason=row.status_reason,
+        created_at=row.created_at,
+    )
+
+
+def _app_info(app: App) -> AppInfo:
+    return AppInfo(
+        app.name, app.client_id, app.webhook_secret_ciphertext is not None, app.created_at
+    )
+
+
+def _check_name(name: str) -> None:
+    _check("name", name, NAME)
+    if name == DEFAULT_CREDENTIAL:
+        raise errors.InvalidCredential("name", "'default' is the environment's credential")
+
+
+def _check(field: str, value: str, pattern: re.Pattern[str]) -> None:
+    if not isinstance(value, str) or not pattern.fullmatch(value):
+        raise errors.InvalidCredential(field, f"must match {pattern.pattern}")
+
+
+def _check_secret(field: str, value: str) -> None:
+    # The value is never echoed, only what is wrong with it.
+    if not isinstance(value, str) or not value.strip():
+        raise errors.InvalidCredential(field, "is empty")
+    if any(c.isspace() for c in value.strip()) or len(value) > 2000:
+        raise errors.InvalidCredential(field, "must be one line without spaces, at most 2000")
+
+
+# -- the application's API: one registry per call, built from this process's Settings ---------
+
+
+def _registry() -> Registry:
+    settings = get_settings()
+    return Registry(settings, db.sessions(settings))
+
+
+def add_s2s(name: str, *, account_id: str, client_id: str, client_secret: str) -> CredentialInfo:
+    """Register a Server-to-Server app under ``name`` (see :meth:`Registry.add_s2s`)."""
+    with _registry() as r:
+        return r.add_s2s(
+            name, account_id=account_id, client_id=client_id, client_secret=client_secret
+        )
+
+
+def add_user(name: str, *, app: str, refresh_token: str) -> CredentialInfo:
+    """Register a user's connection from a refresh token (see :meth:`Registry.add_user`)."""
+    with _registry() as r:
+        return r.add_user(name, app=app, refresh_token=refresh_token)
+
+
+def register_user_authorization(
+    *, account: str, code: str, redirect_uri: str, app: str | None = None
+) -> CredentialInfo:
+    """Register a user's connection from an OAuth callback's authorization code."""
+    with _registry() as r:
+        return r.register_user_authorization(
+            account=account, code=code, redirect_uri=redirect_uri, app=app
+        )
+
+
+def list_credentials() -> list[CredentialInfo]:
+    """Every credential: the environment's, then the registered ones by name."""
+    with _registry() as r:
+        return r.list_credentials()
+
+
+def get(name: str) -> CredentialInfo | None:
+    """The credential named ``name`` (its ``status`` says whether it can be used), or None."""
+    with _registry() as r:
+        return r.get(name)
+
+
+def rotate(name: str, client_secret: str) -> ProbeResult:
+    """Replace a registered S2S app's secret and probe it at once."""
+    with _registry() as r:
+        return r.rotate(name, client_secret)
+
+
+def disable(name: str) -> CredentialInfo:
+    """Stop using a registered credential until it is enabled again."""
+    with _registry() as r:
+        return r.disable(name)
+
+
+def remove(name: str) -> None:
+    """Forget a registered credential and its token."""
+    with _registry() as r:
+        r.remove(name)
