@@ -394,9 +394,7 @@ def test_prune__webhook_events__applied_old_ones_go_pending_ones_stay() -> None:
                 text(
                     "INSERT INTO webhook_events (digest, event, event_ts, payload, received_at, "
                     "applied_at) VALUES (:digest, 'meeting.ended', 1, '{}', "
-                    f"now() - interval '{days} days', "
-                    + ("now()" if applied else "NULL")
-                    + ")"
+                    f"now() - interval '{days} days', " + ("now()" if applied else "NULL") + ")"
                 ),
                 {"digest": f"{n:064d}"},
             )

@@ -469,14 +469,15 @@ def _check_secret(field: str, value: str) -> None:
 # -- the application's API: one registry per call, built from this process's Settings ---------
 
 
-def _registry() -> Registry:
+def from_settings() -> Registry:
+    """A registry built from this process's Settings (close it, or use it in ``with``)."""
     settings = get_settings()
     return Registry(settings, db.sessions(settings))
 
 
 def add_s2s(name: str, *, account_id: str, client_id: str, client_secret: str) -> CredentialInfo:
     """Register a Server-to-Server app under ``name`` (see :meth:`Registry.add_s2s`)."""
-    with _registry() as r:
+    with from_settings() as r:
         return r.add_s2s(
             name, account_id=account_id, client_id=client_id, client_secret=client_secret
         )
@@ -484,7 +485,7 @@ def add_s2s(name: str, *, account_id: str, client_id: str, client_secret: str) -
 
 def add_user(name: str, *, app: str, refresh_token: str) -> CredentialInfo:
     """Register a user's connection from a refresh token (see :meth:`Registry.add_user`)."""
-    with _registry() as r:
+    with from_settings() as r:
         return r.add_user(name, app=app, refresh_token=refresh_token)
 
 
@@ -492,7 +493,7 @@ def register_user_authorization(
     *, account: str, code: str, redirect_uri: str, app: str | None = None
 ) -> CredentialInfo:
     """Register a user's connection from an OAuth callback's authorization code."""
-    with _registry() as r:
+    with from_settings() as r:
         return r.register_user_authorization(
             account=account, code=code, redirect_uri=redirect_uri, app=app
         )
@@ -500,29 +501,29 @@ def register_user_authorization(
 
 def list_credentials() -> list[CredentialInfo]:
     """Every credential: the environment's, then the registered ones by name."""
-    with _registry() as r:
+    with from_settings() as r:
         return r.list_credentials()
 
 
 def get(name: str) -> CredentialInfo | None:
     """The credential named ``name`` (its ``status`` says whether it can be used), or None."""
-    with _registry() as r:
+    with from_settings() as r:
         return r.get(name)
 
 
 def rotate(name: str, client_secret: str) -> ProbeResult:
     """Replace a registered S2S app's secret and probe it at once."""
-    with _registry() as r:
+    with from_settings() as r:
         return r.rotate(name, client_secret)
 
 
 def disable(name: str) -> CredentialInfo:
     """Stop using a registered credential until it is enabled again."""
-    with _registry() as r:
+    with from_settings() as r:
         return r.disable(name)
 
 
 def remove(name: str) -> None:
     """Forget a registered credential and its token."""
-    with _registry() as r:
+    with from_settings() as r:
         r.remove(name)
