@@ -21,20 +21,28 @@ registry's columns of ``credentials``; the token store writes the token's.
 
 from __future__ import annotations
 
-import re
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import httpx
 from sqlalchemy import delete, func, select, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from worker import db, errors, oauth, token_budget, token_cipher, token_grants, token_store, zoom
+from worker import (
+    db,
+    errors,
+    oauth,
+    oauth_apps,
+    token_budget,
+    token_cipher,
+    token_grants,
+    token_store,
+    zoom,
+)
 from worker.config import Settings, get_settings
 from worker.models import (
     ACTIVE,
@@ -45,9 +53,6 @@ from worker.models import (
     App,
     Credential,
 )
-
-NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
-ID = re.compile(r"[^\s]{1,200}")
 
 
 @dataclass(frozen=True)
@@ -62,16 +67,6 @@ class CredentialInfo:
     status: str  # "active" | "disabled" | "needs_reauthorization"
     status_reason: str | None
     created_at: datetime | None
-
-
-@dataclass(frozen=True)
-class AppInfo:
-    """A registered OAuth app: its name and client id, never its secrets."""
-
-    name: str
-    client_id: str
-    has_webhook_secret_token: bool
-    created_at: datetime
 
 
 @dataclass(frozen=True)
@@ -132,24 +127,19 @@ class Registry:
             ).one_or_none()
         return None if found is None else _info(*found)
 
-    def list_apps(self) -> list[AppInfo]:
-        """The registered OAuth apps, by name."""
-        with self._sessions() as session:
-            return [_app_info(app) for app in session.scalars(select(App).order_by(App.name))]
-
     # -- S2S credentials --------------------------------------------------------------------
 
     def add_s2s(
         self, name: str, *, account_id: str, client_id: str, client_secret: str
     ) -> CredentialInfo:
         """Register a Server-to-Server app under ``name``; its secret is stored encrypted."""
-        _check_name(name)
-        _check("account_id", account_id, ID)
-        _check("client_id", client_id, ID)
-        _check_secret("client_secret", client_secret)
+        oauth_apps.check_name(name)
+        oauth_apps.check("account_id", account_id, oauth_apps.ID)
+        oauth_apps.check("client_id", client_id, oauth_apps.ID)
+        oauth_apps.check_secret("client_secret", client_secret)
         with self._storing() as session:
             row = Credential(name=name, kind=S2S, account_id=account_id, client_id=client_id)
-            self._insert(session, row)
+            oauth_apps.insert(session, row)
             row.secret_ciphertext = self._cipher("credentials", row.id, "secret").encrypt(
                 client_secret
             )
@@ -158,7 +148,7 @@ class Registry:
     def rotate(self, name: str, client_secret: str) -> ProbeResult:
         """Replace a registered S2S app's secret, then probe it at once: the first call Zoom
         accepts closes its circuit (the jobs it holds resume)."""
-        _check_secret("client_secret", client_secret)
+        oauth_apps.check_secret("client_secret", client_secret)
         with self._storing() as session:
             row = self._locked(session, name)
             if row.kind != S2S:
@@ -179,7 +169,7 @@ class Registry:
         The token is spent at once (Zoom rotates it), so the application must stop using it:
         from now on the registry holds the connection's only valid refresh token. Refused by
         Zoom: InvalidCredential (field ``refresh_token``) and nothing is stored."""
-        _check_secret("refresh_token", refresh_token)
+        oauth_apps.check_secret("refresh_token", refresh_token)
         return self._add_user(
             name,
             app,
@@ -200,7 +190,7 @@ class Registry:
         """Register ``account`` from an OAuth callback: exchange its authorization ``code``
         (with the ``redirect_uri`` the user was sent through) for the user's tokens. ``app``
         may be left out when one app is registered. Nothing is stored if Zoom refuses."""
-        _check_secret("code", code)
+        oauth_apps.check_secret("code", code)
         parts = urllib.parse.urlsplit(redirect_uri)
         if parts.scheme not in ("https", "http") or not parts.netloc:
             raise errors.InvalidCredential("redirect_uri", "an absolute http(s) URL is required")
@@ -226,34 +216,25 @@ class Registry:
         field: str,
         grant: Callable[[App, str], oauth.TokenGrant],
     ) -> CredentialInfo:
-        _check_name(name)
+        oauth_apps.check_name(name)
         with self._storing() as session:
-            app = self._app_for(session, app_name)
+            app = oauth_apps.find(session, app_name)
             row = Credential(
                 name=name, kind=USER, app_id=app.id, account_id="", client_id=app.client_id
             )
             # Inserted (and so locked) before Zoom is asked: a taken name never costs the code.
-            self._insert(session, row)
+            oauth_apps.insert(session, row)
             requested_at = session.scalars(select(func.clock_timestamp())).one()
             started = time.monotonic()
             try:
-                granted = grant(app, token_grants.app_secret(self._settings, app))
+                granted = grant(app, oauth_apps.secret(self._settings, app))
             except errors.GrantRefused as exc:
                 raise errors.InvalidCredential(field, f"Zoom refused it: {exc.describe()}") from exc
-            budget = token_budget.TokenBudget(self._settings)
-            budget.record(
+            token_budget.TokenBudget(self._settings).record(
                 session, row.id, requested_at, "authorize", None, time.monotonic() - started
             )
-            token = oauth.AccessToken(
-                value=granted.token.value,
-                fetched_at=requested_at,
-                expires_at=requested_at + timedelta(seconds=granted.expires_in_s),
-                expires_monotonic=granted.token.expires_monotonic,
-            )
             grants = token_grants.Grants(name, USER, "", app.client_id, row.id, self._settings)
-            grants.cipher().write(row, token)
-            grants.keep(row, granted)
-            row.scope = granted.scope
+            grants.store(row, granted, requested_at)
         return self._must_get(name)
 
     # -- any registered credential ----------------------------------------------------------
@@ -302,18 +283,17 @@ class Registry:
         client_id: str,
         client_secret: str,
         webhook_secret_token: str | None = None,
-    ) -> AppInfo:
+    ) -> oauth_apps.AppInfo:
         """Register an OAuth app that users connect through; its secrets are held once."""
-        _check_name(name)
-        _check("client_id", client_id, ID)
-        _check_secret("client_secret", client_secret)
-        if webhook_secret_token is not None:
-            _check_secret("webhook_secret_token", webhook_secret_token)
         with self._storing() as session:
-            app = App(name=name, client_id=client_id, client_secret_ciphertext=b"")
-            self._insert(session, app)
-            self._seal_app(app, client_secret, webhook_secret_token)
-            return _app_info(app)
+            return oauth_apps.add(
+                session, self._settings, name, client_id, client_secret, webhook_secret_token
+            )
+
+    def list_apps(self) -> list[oauth_apps.AppInfo]:
+        """The registered OAuth apps, by name."""
+        with self._sessions() as session:
+            return oauth_apps.list_all(session)
 
     def rotate_app(
         self,
@@ -321,22 +301,20 @@ class Registry:
         *,
         client_secret: str | None = None,
         webhook_secret_token: str | None = None,
-    ) -> AppInfo:
-        """Replace an app's client secret and/or webhook secret token; its users' circuits
-        probe at once."""
+    ) -> oauth_apps.AppInfo:
+        """Replace an app's client secret and/or webhook secret token; a new client secret
+        makes its users' circuits probe at once."""
+        if client_secret is None and webhook_secret_token is None:
+            raise errors.InvalidCredential("client_secret", "give a new secret to rotate")
         for field, value in (
             ("client_secret", client_secret),
             ("webhook_secret_token", webhook_secret_token),
         ):
             if value is not None:
-                _check_secret(field, value)
-        if client_secret is None and webhook_secret_token is None:
-            raise errors.InvalidCredential("client_secret", "give a new secret to rotate")
+                oauth_apps.check_secret(field, value)
         with self._storing() as session:
-            app = session.scalars(select(App).where(App.name == name).with_for_update()).first()
-            if app is None:
-                raise errors.InvalidCredential("app", f"no app is named {name!r}")
-            self._seal_app(app, client_secret, webhook_secret_token)
+            app = oauth_apps.find(session, name, lock=True)
+            oauth_apps.seal(self._settings, app, client_secret, webhook_secret_token)
             app.updated_at = func.now()
             if client_secret is not None:
                 session.execute(
@@ -345,17 +323,9 @@ class Registry:
                     .values(secret_version=Credential.secret_version + 1)
                 )
             session.flush()
-            return _app_info(app)
+            return oauth_apps.info(app)
 
     # -- internals --------------------------------------------------------------------------
-
-    def _seal_app(self, app: App, secret: str | None, webhook: str | None) -> None:
-        if secret is not None:
-            cipher = self._cipher("apps", app.id, "client_secret")
-            app.client_secret_ciphertext = cipher.encrypt(secret)
-        if webhook is not None:
-            cipher = self._cipher("apps", app.id, "webhook_secret_token")
-            app.webhook_secret_ciphertext = cipher.encrypt(webhook)
 
     def _default(self) -> CredentialInfo:
         account_id, client_id = self._settings.require_credentials()
@@ -377,15 +347,6 @@ class Registry:
         assert found is not None
         return found
 
-    def _app_for(self, session: Session, name: str | None) -> App:
-        query = select(App).where(App.name == name) if name is not None else select(App).limit(2)
-        apps = list(session.scalars(query))
-        if name is None and len(apps) != 1:
-            raise errors.InvalidCredential("app", "name the app (more or fewer than one exist)")
-        if not apps:
-            raise errors.InvalidCredential("app", f"no app is named {name!r}")
-        return apps[0]
-
     @staticmethod
     def _locked(session: Session, name: str) -> Credential:
         if name == DEFAULT_CREDENTIAL:
@@ -398,16 +359,6 @@ class Registry:
         if row is None:
             raise errors.InvalidCredential("name", f"no credential is named {name!r}")
         return row
-
-    @staticmethod
-    def _insert(session: Session, row: Credential | App) -> None:
-        what = "an app" if isinstance(row, App) else "a credential"
-        try:
-            with session.begin_nested():
-                session.add(row)
-                session.flush()
-        except IntegrityError:
-            raise errors.InvalidCredential("name", f"{what} named {row.name!r} exists") from None
 
     @contextmanager
     def _storing(self) -> Iterator[Session]:
@@ -439,31 +390,6 @@ def _info(row: Credential, app: str | None) -> CredentialInfo:
         status_reason=row.status_reason,
         created_at=row.created_at,
     )
-
-
-def _app_info(app: App) -> AppInfo:
-    return AppInfo(
-        app.name, app.client_id, app.webhook_secret_ciphertext is not None, app.created_at
-    )
-
-
-def _check_name(name: str) -> None:
-    _check("name", name, NAME)
-    if name == DEFAULT_CREDENTIAL:
-        raise errors.InvalidCredential("name", "'default' is the environment's credential")
-
-
-def _check(field: str, value: str, pattern: re.Pattern[str]) -> None:
-    if not isinstance(value, str) or not pattern.fullmatch(value):
-        raise errors.InvalidCredential(field, f"must match {pattern.pattern}")
-
-
-def _check_secret(field: str, value: str) -> None:
-    # The value is never echoed, only what is wrong with it.
-    if not isinstance(value, str) or not value.strip():
-        raise errors.InvalidCredential(field, "is empty")
-    if any(c.isspace() for c in value.strip()) or len(value) > 2000:
-        raise errors.InvalidCredential(field, "must be one line without spaces, at most 2000")
 
 
 # -- the application's API: one registry per call, built from this process's Settings ---------

@@ -17,14 +17,15 @@ use, as before the registry existed. Every other name is a registered credential
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import httpx
 from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from worker import circuit, errors, oauth, token_cipher
+from worker import circuit, errors, oauth, oauth_apps, token_cipher
 from worker.config import Settings
 from worker.models import (
     ACTIVE,
@@ -126,10 +127,22 @@ class Grants:
             http,
             settings.ZOOM_OAUTH_URL,
             client_id=app.client_id,
-            client_secret=app_secret(settings, app),
+            client_secret=oauth_apps.secret(settings, app),
             refresh_token=self._row_cipher("refresh_token").open(row.refresh_token_ciphertext),
             timeout_s=timeout_s,
         )
+
+    def store(self, row: Credential, grant: oauth.TokenGrant, requested_at: datetime) -> None:
+        """Put a first grant on a new row: its access token, its life counted on the
+        database's clock from ``requested_at`` (never longer), and its refresh token."""
+        token = dataclasses.replace(
+            grant.token,
+            fetched_at=requested_at,
+            expires_at=requested_at + timedelta(seconds=grant.expires_in_s),
+        )
+        self.cipher().write(row, token)
+        self.keep(row, grant)
+        row.scope = grant.scope
 
     def keep(self, row: Credential, grant: oauth.TokenGrant) -> None:
         """Put a user's new refresh token on the row (committed with the access token)."""
@@ -151,9 +164,3 @@ class Grants:
     def _row_cipher(self, column: str) -> token_cipher.TokenCipher:
         assert self.row_id is not None
         return token_cipher.TokenCipher.for_row(self.settings, "credentials", self.row_id, column)
-
-
-def app_secret(settings: Settings, app: App) -> str:
-    """A registered app's client secret, decrypted."""
-    cipher = token_cipher.TokenCipher.for_row(settings, "apps", app.id, "client_secret")
-    return cipher.open(app.client_secret_ciphertext)
