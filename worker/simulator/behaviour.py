@@ -3,7 +3,7 @@
 The parts are plain objects, each owning its own state, and only the Simulator calls them,
 always while holding its lock: the token issuer (:class:`TokenIssuer`), the meeting book
 (:class:`MeetingBook`), the rate windows (:class:`RateWindows`), the counters and the clock.
-Every control request (``/_sim/...``) goes through :meth:`Simulator._control`.
+Every control request (``/_sim/...``) goes through :func:`.control.dispatch`.
 """
 
 from __future__ import annotations
@@ -11,13 +11,12 @@ from __future__ import annotations
 import copy
 import dataclasses
 import random
-import re
 import threading
 import time
-import urllib.parse
 from datetime import timedelta
 from typing import Any
 
+from worker.simulator import control
 from worker.simulator.config import SWITCHES, SimulatorConfig
 from worker.simulator.limits import RateWindows
 from worker.simulator.meetings import (
@@ -43,9 +42,6 @@ from worker.simulator.wire import (
 )
 
 SERVER_ERRORS = {500: "Internal server error", 502: "Bad gateway", 503: "Service unavailable"}
-_MEETING_STATUS = re.compile(r"/_sim/meetings/(\d+)/status")
-_MEETING = re.compile(r"/_sim/meetings/(\d+)")
-_USER_SETTINGS = re.compile(r"/_sim/users/([^/]+)/settings")
 
 
 class Simulator:
@@ -223,7 +219,7 @@ class Simulator:
         if request.path == "/oauth/token" and request.method == "POST":
             return self._token_endpoint(request)
         if request.path.startswith("/_sim/"):
-            return self._control(request)
+            return control.dispatch(self, request)
         route = api_route(request.method, request.path)
         if route is None:
             return error_reply(404, 404, "Not Found")
@@ -365,79 +361,3 @@ class Simulator:
         self.webhooks.emit(
             self._config, event, meeting.body, changed, old, operator, self._clock.offset
         )
-
-    # -- control API: every /_sim/ request is dispatched here -------------------------------
-
-    def _control(self, request: Request) -> Reply:
-        method, path = request.method, request.path.rstrip("/")
-        body = parse_object(request.body)
-        if body is None:
-            return error_reply(400, 300, "Request Body should be a valid JSON object.")
-        try:
-            return self._control_action(method, path, body) or json_reply(200, {"ok": True})
-        except ValueError as exc:
-            return error_reply(400, 300, str(exc))
-        except KeyError as exc:
-            return error_reply(404, 3001, f"Meeting does not exist: {exc.args[0]}.")
-
-    def _control_action(self, method: str, path: str, body: dict[str, Any]) -> Reply | None:
-        """The answer to one control request; None for a plain ``{"ok": true}``."""
-        if method == "GET" and path == "/_sim/stats":
-            return json_reply(200, self.stats())
-        if method == "GET" and path == "/_sim/meetings":
-            return json_reply(200, self.meetings())
-        if method == "GET" and path == "/_sim/config":
-            return json_reply(200, self._config.public_dict())
-        if method == "PATCH" and (match := _MEETING.fullmatch(path)):
-            self.update_meeting(int(match.group(1)), body)
-            return None
-        if method == "DELETE" and (match := _MEETING.fullmatch(path)):
-            occurrence_id = body.get("occurrence_id")
-            self.delete_meeting(int(match.group(1)), str(occurrence_id) if occurrence_id else None)
-            return None
-        if method != "POST":
-            return error_reply(404, 404, "Not Found")
-        if path == "/_sim/config":
-            return json_reply(200, self.configure(**body).public_dict())
-        if path == "/_sim/reset":
-            self.reset()
-        elif path == "/_sim/invalidate-tokens":
-            self.invalidate_tokens()
-        elif path == "/_sim/rotate-secret":
-            secret = body.get("client_secret")
-            if not isinstance(secret, str) or not secret:
-                return error_reply(400, 300, "client_secret: a non-empty string is required")
-            self.rotate_secret(secret)
-        elif path == "/_sim/oauth/authorize":
-            client_id, user_id = body.get("client_id"), body.get("user_id")
-            redirect_uri, account_id = body.get("redirect_uri"), body.get("account_id")
-            if not all(isinstance(v, str) and v for v in (client_id, user_id, redirect_uri)):
-                return error_reply(400, 300, "client_id, user_id and redirect_uri are required")
-            code = self.authorize_user(
-                str(client_id), str(user_id), str(redirect_uri), str(account_id or "") or None
-            )
-            return json_reply(200, {"code": code})
-        elif path == "/_sim/oauth/revoke":
-            if not isinstance(user_id := body.get("user_id"), str) or not user_id:
-                return error_reply(400, 300, "user_id is required")
-            return json_reply(200, {"revoked": self.revoke_user(user_id)})
-        elif path == "/_sim/clock":
-            seconds = body.get("advance_s")
-            if not isinstance(seconds, int | float) or isinstance(seconds, bool):
-                return error_reply(400, 300, "advance_s: a number of seconds is required")
-            return json_reply(200, {"now": self.advance_clock(seconds)})
-        elif path == "/_sim/meetings":
-            user_id, meeting = body.get("user_id"), body.get("body") or {}
-            if not isinstance(user_id, str) or not user_id or not isinstance(meeting, dict):
-                return error_reply(400, 300, "user_id (a string) and body (an object) required")
-            return json_reply(201, self.seed_meeting(user_id, meeting))
-        elif match := _MEETING_STATUS.fullmatch(path):
-            self.set_meeting_status(int(match.group(1)), str(body.get("status")))
-        elif match := _USER_SETTINGS.fullmatch(path):
-            if not isinstance(enabled := body.get("use_pmi"), bool):
-                return error_reply(400, 300, "use_pmi: true or false is required")
-            user_id = urllib.parse.unquote(match.group(1))
-            return json_reply(200, {"pmi": self.set_use_pmi(user_id, enabled)})
-        else:
-            return error_reply(404, 404, "Not Found")
-        return None
