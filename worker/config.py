@@ -262,31 +262,26 @@ class Settings(BaseSettings):
             return self.TOKEN_ENCRYPTION_KEY.get_secret_value()
         if self.TOKEN_ENCRYPTION_KEY_FILE is None:
             return None
-        try:
-            key = self.TOKEN_ENCRYPTION_KEY_FILE.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise errors.ConfigurationError(
-                "TOKEN_ENCRYPTION_KEY_FILE", f"cannot be read ({exc.strerror})"
-            ) from exc
-        if not key:
-            raise errors.ConfigurationError("TOKEN_ENCRYPTION_KEY_FILE", "is empty")
-        return key
+        return _read_secret_file(self.TOKEN_ENCRYPTION_KEY_FILE, "TOKEN_ENCRYPTION_KEY_FILE")
 
     def read_client_secret(self) -> str:
         """The client secret, re-read from ``ZOOM_CLIENT_SECRET_FILE`` on every call."""
         if self.ZOOM_CLIENT_SECRET_FILE is not None:
-            try:
-                secret = self.ZOOM_CLIENT_SECRET_FILE.read_text(encoding="utf-8").strip()
-            except OSError as exc:
-                raise errors.ConfigurationError(
-                    "ZOOM_CLIENT_SECRET_FILE", f"cannot be read ({exc.strerror})"
-                ) from exc
-            if not secret:
-                raise errors.ConfigurationError("ZOOM_CLIENT_SECRET_FILE", "is empty")
-            return secret
+            return _read_secret_file(self.ZOOM_CLIENT_SECRET_FILE, "ZOOM_CLIENT_SECRET_FILE")
         if self.ZOOM_CLIENT_SECRET is None:
             raise errors.ConfigurationError("ZOOM_CLIENT_SECRET", "is not set")
         return self.ZOOM_CLIENT_SECRET.get_secret_value()
+
+
+def _read_secret_file(path: Path, setting: str) -> str:
+    """A secret kept in a file, stripped; ConfigurationError naming ``setting`` otherwise."""
+    try:
+        secret = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise errors.ConfigurationError(setting, f"cannot be read ({exc.strerror})") from exc
+    if not secret:
+        raise errors.ConfigurationError(setting, "is empty")
+    return secret
 
 
 BrokerKind = Literal["redis", "rabbitmq"]
