@@ -68,9 +68,12 @@ def _row(name: str) -> Credential:
 # -- users' connections: one refresh for many processes ----------------------------------------
 
 
-def _child_user_token(env: dict[str, str], name: str, rounds: list[Any], out: Any) -> None:
+def _child_user_token(
+    env: dict[str, str], name: str, ready: Any, rounds: list[Any], out: Any
+) -> None:
     os.environ.update(env)
     store = token_store.TokenStore(get_settings(), db.sessions(get_settings()), credential=name)
+    ready.put(os.getpid())
     try:
         for start in rounds:
             start.wait(90)
@@ -89,18 +92,21 @@ def mp() -> Iterator[Any]:
         yield manager
 
 
+@pytest.mark.timeout(300)  # twelve spawned interpreters: slow on a loaded machine
 def test_user_token__twelve_processes__one_refresh_and_still_valid(
     keyed: dict[str, str], general_app: str, sim_client: SimulatorClient, mp: Any
 ) -> None:
     _connect(sim_client, "alice", "alice@example.com")
-    rounds, out = [mp.Event(), mp.Event()], mp.Queue()
+    ready, rounds, out = mp.Queue(), [mp.Event(), mp.Event()], mp.Queue()
     context = multiprocessing.get_context("spawn")
     procs = [
-        context.Process(target=_child_user_token, args=(keyed, "alice", rounds, out))
+        context.Process(target=_child_user_token, args=(keyed, "alice", ready, rounds, out))
         for _ in range(12)
     ]
     for proc in procs:
         proc.start()
+    for _ in procs:  # every process has started and built its store: then all at once
+        ready.get(timeout=240)
     tails = []
     for start in rounds:  # twice: the refresh token kept by the first round must work
         _forget_access_token("alice")
@@ -267,15 +273,19 @@ def test_add_s2s__name_taken__refused(keyed: dict[str, str]) -> None:
     assert caught.value.field == "name"
 
 
+def _acme(sim_client: SimulatorClient, secret: str, zoom_secret: str | None = None) -> None:
+    """Register "acme" with ``secret``; the simulator's account knows ``zoom_secret``."""
+    client = {"account_id": "acme-acc", "client_secret": zoom_secret or secret}
+    sim_client.configure(s2s_clients={"acme-client": client})
+    credentials.add_s2s(
+        "acme", account_id="acme-acc", client_id="acme-client", client_secret=secret
+    )
+
+
 def test_s2s_credential__own_account__own_token_and_budget(
     keyed: dict[str, str], sim_client: SimulatorClient
 ) -> None:
-    sim_client.configure(
-        s2s_clients={"acme-client": {"account_id": "acme-acc", "client_secret": "acme-secret"}}
-    )
-    credentials.add_s2s(
-        "acme", account_id="acme-acc", client_id="acme-client", client_secret="acme-secret"
-    )
+    _acme(sim_client, "acme-secret")
     settings = get_settings()
     acme = token_store.TokenStore(settings, db.sessions(settings), credential="acme")
     default = token_store.TokenStore(settings, db.sessions(settings))
@@ -290,15 +300,7 @@ def test_s2s_credential__own_account__own_token_and_budget(
 def test_rotate__refused_credential__probes_at_once_and_closes_circuit(
     keyed: dict[str, str], sim_client: SimulatorClient
 ) -> None:
-    sim_client.configure(
-        s2s_clients={"acme-client": {"account_id": "acme-acc", "client_secret": "old-secret"}}
-    )
-    credentials.add_s2s(
-        "acme", account_id="acme-acc", client_id="acme-client", client_secret="old-secret"
-    )
-    sim_client.configure(
-        s2s_clients={"acme-client": {"account_id": "acme-acc", "client_secret": "new-secret"}}
-    )
+    _acme(sim_client, "old-secret", zoom_secret="new-secret")  # rotated in Zoom meanwhile
     settings = get_settings()
     store = token_store.TokenStore(settings, db.sessions(settings), credential="acme")
     with pytest.raises(errors.CircuitOpen) as opened:

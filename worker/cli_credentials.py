@@ -8,6 +8,7 @@ in ``ps`` and shell history), and nothing printed here ever holds a secret or a 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -16,6 +17,12 @@ import click
 from worker import credentials, errors
 
 _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
+
+
+def _client_secret_options(command: Callable[..., None]) -> Callable[..., None]:
+    """``--client-secret-file PATH`` and ``--client-secret-stdin``."""
+    command = click.option("--client-secret-stdin", is_flag=True)(command)
+    return click.option("--client-secret-file", type=_FILE)(command)
 
 
 def show_text(value: object) -> str:
@@ -77,8 +84,7 @@ def credentials_group() -> None:
 @click.argument("name")
 @click.option("--account-id", required=True)
 @click.option("--client-id", required=True)
-@click.option("--client-secret-file", type=_FILE)
-@click.option("--client-secret-stdin", is_flag=True)
+@_client_secret_options
 def add(
     name: str,
     account_id: str,
@@ -143,8 +149,7 @@ def show(name: str) -> None:
 
 @credentials_group.command("rotate")
 @click.argument("name")
-@click.option("--client-secret-file", type=_FILE)
-@click.option("--client-secret-stdin", is_flag=True)
+@_client_secret_options
 def rotate(name: str, client_secret_file: Path | None, client_secret_stdin: bool) -> None:
     """Replace NAME's client secret and probe it at once; exits 1 if Zoom still refuses it."""
     secret = _secret("client_secret", client_secret_file, client_secret_stdin)
@@ -189,8 +194,7 @@ def apps_group() -> None:
 @apps_group.command("add")
 @click.argument("app")
 @click.option("--client-id", required=True)
-@click.option("--client-secret-file", type=_FILE)
-@click.option("--client-secret-stdin", is_flag=True)
+@_client_secret_options
 @click.option("--webhook-secret-token-file", type=_FILE, help="The app's event Secret Token.")
 def add_app(
     app: str,
@@ -221,8 +225,7 @@ def list_apps() -> None:
 
 @apps_group.command("rotate")
 @click.argument("app")
-@click.option("--client-secret-file", type=_FILE)
-@click.option("--client-secret-stdin", is_flag=True)
+@_client_secret_options
 @click.option("--webhook-secret-token-file", type=_FILE)
 def rotate_app(
     app: str,

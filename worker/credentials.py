@@ -21,6 +21,7 @@ registry's columns of ``credentials``; the token store writes the token's.
 
 from __future__ import annotations
 
+import functools
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
@@ -170,19 +171,8 @@ class Registry:
         from now on the registry holds the connection's only valid refresh token. Refused by
         Zoom: InvalidCredential (field ``refresh_token``) and nothing is stored."""
         oauth_apps.check_secret("refresh_token", refresh_token)
-        return self._add_user(
-            name,
-            app,
-            "refresh_token",
-            lambda a, secret: oauth.refresh_user_token(
-                self._http,
-                self._settings.ZOOM_OAUTH_URL,
-                client_id=a.client_id,
-                client_secret=secret,
-                refresh_token=refresh_token,
-                timeout_s=self._settings.ZOOM_TOKEN_REQUEST_TIMEOUT,
-            ),
-        )
+        grant = functools.partial(oauth.refresh_user_token, refresh_token=refresh_token)
+        return self._add_user(name, app, "refresh_token", grant)
 
     def register_user_authorization(
         self, *, account: str, code: str, redirect_uri: str, app: str | None = None
@@ -194,27 +184,15 @@ class Registry:
         parts = urllib.parse.urlsplit(redirect_uri)
         if parts.scheme not in ("https", "http") or not parts.netloc:
             raise errors.InvalidCredential("redirect_uri", "an absolute http(s) URL is required")
-        return self._add_user(
-            account,
-            app,
-            "code",
-            lambda a, secret: oauth.exchange_code(
-                self._http,
-                self._settings.ZOOM_OAUTH_URL,
-                client_id=a.client_id,
-                client_secret=secret,
-                code=code,
-                redirect_uri=redirect_uri,
-                timeout_s=self._settings.ZOOM_TOKEN_REQUEST_TIMEOUT,
-            ),
-        )
+        grant = functools.partial(oauth.exchange_code, code=code, redirect_uri=redirect_uri)
+        return self._add_user(account, app, "code", grant)
 
     def _add_user(
         self,
         name: str,
         app_name: str | None,
         field: str,
-        grant: Callable[[App, str], oauth.TokenGrant],
+        grant: Callable[..., oauth.TokenGrant],
     ) -> CredentialInfo:
         oauth_apps.check_name(name)
         with self._storing() as session:
@@ -227,7 +205,13 @@ class Registry:
             requested_at = session.scalars(select(func.clock_timestamp())).one()
             started = time.monotonic()
             try:
-                granted = grant(app, oauth_apps.secret(self._settings, app))
+                granted = grant(
+                    self._http,
+                    self._settings.ZOOM_OAUTH_URL,
+                    client_id=app.client_id,
+                    client_secret=oauth_apps.secret(self._settings, app),
+                    timeout_s=self._settings.ZOOM_TOKEN_REQUEST_TIMEOUT,
+                )
             except errors.GrantRefused as exc:
                 raise errors.InvalidCredential(field, f"Zoom refused it: {exc.describe()}") from exc
             token_budget.TokenBudget(self._settings).record(
