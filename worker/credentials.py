@@ -15,8 +15,9 @@ Every secret and token the registry keeps is encrypted with AES-GCM under
 ``TOKEN_ENCRYPTION_KEY`` (or ``TOKEN_ENCRYPTION_KEY_FILE``), bound to its table, row and column
 (:mod:`worker.token_cipher`); storing one without the key is refused before anything is written.
 Bad input raises :class:`~worker.errors.InvalidCredential` naming the field, and nothing is
-stored. Nothing returned here carries a secret or a token. This module writes ``apps`` and the
-registry's columns of ``credentials``; the token store writes the token's.
+stored. Nothing returned here carries a secret or a token. This module writes the registry's
+rows of ``credentials`` (a user's first grant through :mod:`worker.token_grants`) and, through
+:mod:`worker.oauth_apps`, ``apps``; the token store writes the token's columns after that.
 """
 
 from __future__ import annotations

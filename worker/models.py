@@ -3,7 +3,7 @@
 - ``credentials``: :mod:`worker.token_store` (the circuit's columns through :mod:`worker.circuit`);
   a registered credential's rows, secret and status: :mod:`worker.credentials` (the token store
   writes ``status`` only to mark a user's connection "needs re-authorization", under its lock)
-- ``apps``: :mod:`worker.credentials`
+- ``apps``: :mod:`worker.oauth_apps` (in the transactions of :mod:`worker.credentials`)
 - ``token_requests``: :mod:`worker.token_budget`
 - ``jobs`` and ``meetings``: :mod:`worker.ledger` (with :mod:`worker.recording`); the state
   of stale meetings and the rows of orphans found in Zoom: :mod:`worker.cleanup`
