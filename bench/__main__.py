@@ -18,6 +18,7 @@ from typing import Any
 from rich.console import Console
 
 from bench import (
+    accounts,
     cleanup,
     enqueue,
     harness,
@@ -33,7 +34,9 @@ from bench import (
 
 BENCHMARKS: dict[str, ModuleType] = {
     module.NAME: module
-    for module in (tokens, rate, overhead, latency, cleanup, scrape, enqueue, webhooks, updates)
+    for module in (
+        tokens, accounts, rate, overhead, latency, cleanup, scrape, enqueue, webhooks, updates
+    )
 }
 
 

@@ -36,7 +36,7 @@ def _row(state: str, *, next_probe_in: timedelta | None = None, probes: int = 0)
 
 
 def _circuit(digest: str = "digest") -> circuit.Circuit:
-    return circuit.Circuit(lambda: digest)
+    return circuit.Circuit(lambda _row: digest)
 
 
 @pytest.mark.parametrize(

@@ -44,6 +44,14 @@ OPERATOR_ADVICE = (
     "rotate its client secret and put the new one in ZOOM_CLIENT_SECRET_FILE (or "
     "ZOOM_CLIENT_SECRET, then restart). Waiting jobs resume by themselves once Zoom accepts it."
 )
+REGISTERED_ADVICE = (
+    "Zoom refuses this app's credentials even with a fresh token, so fetching more tokens "
+    "cannot help. Likely causes: the app was deactivated or disabled, its owner's role was "
+    "lowered (admin scopes removed), or the app's ownership was transferred (completed by "
+    "rotating the client secret). What to do: check the app in the Zoom App Marketplace, "
+    "rotate its client secret and run `zoom-worker credentials rotate {name}` (or `apps "
+    "rotate` for a user's app); that probes at once, and waiting jobs resume once Zoom accepts it."
+)
 
 
 def probe_backoff(probes: int) -> timedelta:
@@ -53,10 +61,14 @@ def probe_backoff(probes: int) -> timedelta:
 
 
 class Circuit:
-    """The circuit of one credential; ``secret_digest`` names the client secret in force."""
+    """The circuit of one credential; ``secret_digest`` names the secret in force for a row
+    (a change makes a probe due at once), ``advice`` is what the operator is told."""
 
-    def __init__(self, secret_digest: Callable[[], str]) -> None:
+    def __init__(
+        self, secret_digest: Callable[[Credential], str], advice: str = OPERATOR_ADVICE
+    ) -> None:
         self._secret_digest = secret_digest
+        self._advice = advice
 
     def check(self, row: Credential, now: datetime, *, locked: bool) -> None:
         """Return when a token may be fetched; raise CircuitOpen while the circuit is open.
@@ -71,24 +83,24 @@ class Circuit:
             row.circuit_state = HALF_OPEN
             row.circuit_probes += 1
             row.circuit_next_probe_at = now + probe_backoff(row.circuit_probes)
-            row.circuit_secret_digest = self._secret_digest()
+            row.circuit_secret_digest = self._secret_digest(row)
 
     def probe_due(self, row: Credential, now: datetime) -> bool:
         """True when an open circuit may be probed now: its time came, or the secret changed."""
-        if row.circuit_state != HALF_OPEN and row.circuit_secret_digest != self._secret_digest():
+        if row.circuit_state != HALF_OPEN and row.circuit_secret_digest != self._secret_digest(row):
             return True
         return row.circuit_next_probe_at is None or row.circuit_next_probe_at <= now
 
     def open(self, row: Credential, error: errors.ZoomError, now: datetime) -> errors.CircuitOpen:
         """Open the circuit on the (locked) row; returns the CircuitOpen for the caller to raise."""
         probes = row.circuit_probes if row.circuit_state == HALF_OPEN else 0
-        row.circuit_reason = f"Zoom refused the credential: {error.describe()}. {OPERATOR_ADVICE}"
+        row.circuit_reason = f"Zoom refused the credential: {error.describe()}. {self._advice}"
         if row.circuit_state == CLOSED:
             row.circuit_opened_at = now
         row.circuit_state = OPEN
         row.circuit_probes = probes
         row.circuit_next_probe_at = now + probe_backoff(probes)
-        row.circuit_secret_digest = self._secret_digest()
+        row.circuit_secret_digest = self._secret_digest(row)
         row.last_error, row.last_error_at = error.describe(), now
         row.updated_at = now
         log.error(
@@ -112,9 +124,8 @@ class Circuit:
         if result.rowcount:  # type: ignore[attr-defined]
             log.warning("token.circuit_closed Zoom accepts the credential again")
 
-    @staticmethod
-    def error(row: Credential) -> errors.CircuitOpen:
+    def error(self, row: Credential) -> errors.CircuitOpen:
         """What a caller raises while the circuit is open: the reason, advice and next probe."""
         return errors.CircuitOpen(
-            row.circuit_reason or OPERATOR_ADVICE, retry_at=row.circuit_next_probe_at
+            row.circuit_reason or self._advice, retry_at=row.circuit_next_probe_at
         )

@@ -23,10 +23,23 @@ from rich.table import Table
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
-from worker import db, errors, jobs, models, outage, retention, schema, simulator
+from worker import (
+    cli_credentials,
+    credentials,
+    db,
+    errors,
+    jobs,
+    models,
+    outage,
+    retention,
+    schema,
+    simulator,
+)
 from worker import doctor as checks
-from worker.config import get_settings, parse_rate_limits
-from worker.token_store import TokenStore
+from worker.cli_credentials import print_fields as _print_fields
+from worker.cli_credentials import show_text as _text
+from worker.config import Settings, get_settings, parse_rate_limits
+from worker.token_store import TokenStatus, TokenStore
 
 STATUSES = (models.QUEUED, models.RUNNING, models.RETRYING, models.WAITING, *models.FINAL_STATUSES)
 # The demo's own database and Redis database, so it never touches a real deployment.
@@ -42,6 +55,9 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except errors.InvalidMeeting as exc:
             click.echo(f"invalid meeting: {exc.field}: {exc.message}", err=True)
+            ctx.exit(2)
+        except errors.InvalidCredential as exc:
+            click.echo(f"invalid credential: {exc.field}: {exc.message}", err=True)
             ctx.exit(2)
         except errors.ConfigurationError as exc:
             raise click.ClickException(f"invalid configuration: {exc}") from None
@@ -216,12 +232,6 @@ def prune(dry_run: bool) -> None:
     )
 
 
-def _text(value: object) -> str:
-    if isinstance(value, datetime):
-        return value.astimezone(UTC).isoformat(timespec="seconds")
-    return "-" if value is None else str(value)
-
-
 def _json_value(value: object) -> str:
     return value.isoformat() if isinstance(value, datetime) else str(value)
 
@@ -263,19 +273,38 @@ def list_jobs(status: str | None, limit: int) -> None:
 
 @cli.command()
 def token() -> None:
-    """The shared token's status: never the token or the secret."""
+    """Each credential's shared token: never the token or the secret."""
     settings = get_settings()
+    with credentials.from_settings() as registry:
+        names = [info.name for info in registry.list_credentials()]
+    if not names:
+        settings.require_credentials()  # names the missing setting
     with httpx.Client() as http:
-        status = TokenStore(settings, db.sessions(get_settings()), http=http).status()
+        for index, name in enumerate(names):
+            store = TokenStore(settings, db.sessions(settings), http=http, credential=name)
+            if index:
+                click.echo("")
+            _print_token(store.status(), settings)
+
+
+def _print_token(status: TokenStatus, settings: Settings) -> None:
     expires = "no token stored"
     if status.expires_at is not None:
         left_s = int((status.expires_at - datetime.now(UTC)).total_seconds())
         expires = f"{_text(status.expires_at)} ({'in' if left_s > 0 else 'expired'} {abs(left_s)}s)"
     error = f"{status.last_error} ({_text(status.last_error_at)})" if status.last_error else "-"
     hour, day = status.requests_last_hour, status.requests_last_day
+    state = (
+        status.status if not status.status_reason else f"{status.status}: {status.status_reason}"
+    )
     _print_fields(
         [
-            ("credential", f"account {status.account_id}, client {status.client_id}"),
+            (
+                "credential",
+                f"{status.name} ({status.kind}): account {status.account_id or '-'}, "
+                f"client {status.client_id}",
+            ),
+            ("status", state),
             ("expires at", expires),
             ("fetched at", _text(status.fetched_at)),
             ("tokens fetched", f"{hour} last hour, {day} last day"),
@@ -288,18 +317,16 @@ def token() -> None:
     )
 
 
-def _print_fields(rows: list[tuple[str, str]]) -> None:
-    width = max(len(name) for name, _value in rows)
-    for name, value in rows:
-        click.echo(f"{name:<{width}}  {value}")
-
-
 @cli.command()
 def doctor() -> None:
     """Check settings, database, schema, broker, credentials, token and API, in that order."""
     failed, total = checks.run_checks(console())
     if failed:
         raise click.ClickException(f"{failed} of {total} checks failed")
+
+
+cli.add_command(cli_credentials.credentials_group)
+cli.add_command(cli_credentials.apps_group)
 
 
 # -- Zoom's event notifications (issue 14) -----------------------------------------------------

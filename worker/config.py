@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     ZOOM_API_URL: str = "https://api.zoom.us/v2"
     ZOOM_OAUTH_URL: str = "https://zoom.us/oauth/token"
     TOKEN_ENCRYPTION_KEY: SecretStr | None = None
+    # The same key in a file (re-read at each use); required, like the key, once a secret is
+    # kept in the database (the credential registry: worker.credentials).
+    TOKEN_ENCRYPTION_KEY_FILE: Path | None = None
 
     ZOOM_TOKEN_REFRESH_MARGIN: int = Field(60, ge=0, le=3000)
     ZOOM_TOKEN_LOCK_TIMEOUT: float = Field(15.0, gt=0, le=300)
@@ -297,21 +300,32 @@ class Settings(BaseSettings):
         assert self.ZOOM_ACCOUNT_ID and self.ZOOM_CLIENT_ID
         return self.ZOOM_ACCOUNT_ID, self.ZOOM_CLIENT_ID
 
+    def read_encryption_key(self) -> str | None:
+        """``TOKEN_ENCRYPTION_KEY``, or the content of ``TOKEN_ENCRYPTION_KEY_FILE``, or None."""
+        if self.TOKEN_ENCRYPTION_KEY is not None:
+            return self.TOKEN_ENCRYPTION_KEY.get_secret_value()
+        if self.TOKEN_ENCRYPTION_KEY_FILE is None:
+            return None
+        return _read_secret_file(self.TOKEN_ENCRYPTION_KEY_FILE, "TOKEN_ENCRYPTION_KEY_FILE")
+
     def read_client_secret(self) -> str:
         """The client secret, re-read from ``ZOOM_CLIENT_SECRET_FILE`` on every call."""
         if self.ZOOM_CLIENT_SECRET_FILE is not None:
-            try:
-                secret = self.ZOOM_CLIENT_SECRET_FILE.read_text(encoding="utf-8").strip()
-            except OSError as exc:
-                raise errors.ConfigurationError(
-                    "ZOOM_CLIENT_SECRET_FILE", f"cannot be read ({exc.strerror})"
-                ) from exc
-            if not secret:
-                raise errors.ConfigurationError("ZOOM_CLIENT_SECRET_FILE", "is empty")
-            return secret
+            return _read_secret_file(self.ZOOM_CLIENT_SECRET_FILE, "ZOOM_CLIENT_SECRET_FILE")
         if self.ZOOM_CLIENT_SECRET is None:
             raise errors.ConfigurationError("ZOOM_CLIENT_SECRET", "is not set")
         return self.ZOOM_CLIENT_SECRET.get_secret_value()
+
+
+def _read_secret_file(path: Path, setting: str) -> str:
+    """A secret kept in a file, stripped; ConfigurationError naming ``setting`` otherwise."""
+    try:
+        secret = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise errors.ConfigurationError(setting, f"cannot be read ({exc.strerror})") from exc
+    if not secret:
+        raise errors.ConfigurationError(setting, "is empty")
+    return secret
 
 
 BrokerKind = Literal["redis", "rabbitmq"]

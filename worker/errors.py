@@ -4,6 +4,10 @@
     ├── ConfigurationError        a setting is missing or invalid (names the variable)
     ├── InvalidMeeting            a body Zoom would reject (names the field); a ValueError
     ├── IdempotencyConflict       a key reused with another body or host; a ValueError
+    ├── InvalidCredential         bad input to the credential registry (names the field);
+    │                             a ValueError
+    ├── CredentialUnavailable     the named credential is disabled or needs the user to
+    │                             authorize again (``status``, ``reason``)
     ├── InfrastructureError       our own infrastructure failed, never "bad credentials"
     │   ├── TokenStoreBusy        the token row lock was not granted in time
     │   └── GovernorUnavailable   the rate governor's Redis cannot be reached; calls wait
@@ -25,6 +29,8 @@
         ├── MissingScopes         401/400 codes 4700, 4711, 104: the app lacks scopes
         ├── CredentialsRejected   the credential itself is refused: token endpoint 4702/4704/4717,
         │                         or a fresh token answered 401
+        ├── GrantRefused          a user's refresh token or authorization code is refused
+        │                         (invalid_grant): only the user authorizing again helps
         ├── TokenRequestFailed    the token endpoint failed for another reason, or the fleet
         │                         waits after such failures (``retry_at``)
         └── ZoomClientError       any other 4xx, with Zoom's code and message
@@ -70,6 +76,28 @@ class IdempotencyConflict(ZoomWorkerError, ValueError):
         self.key = key
         self.job_id = job_id
         super().__init__(f"idempotency_key {key!r}: {message} (job {job_id})")
+
+
+class InvalidCredential(ZoomWorkerError, ValueError):
+    """Raised when a credential or app given to the registry is invalid or unknown; ``field``
+    names the argument (``name``, ``client_secret``, ``app``, ...). Never carries a secret."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        self.message = message
+        super().__init__(f"{field}: {message}")
+
+
+class CredentialUnavailable(ZoomWorkerError):
+    """Raised instead of a token request for a credential that cannot be used: ``status`` is
+    ``disabled`` (by an operator) or ``needs_reauthorization`` (Zoom refused the user's refresh
+    token); ``reason`` says why and what to do; ``name`` is the credential's name."""
+
+    def __init__(self, name: str, status: str, reason: str) -> None:
+        self.name = name
+        self.status = status
+        self.reason = reason
+        super().__init__(f"credential {name!r} is {status.replace('_', ' ')}: {reason}")
 
 
 class InfrastructureError(ZoomWorkerError):
@@ -240,6 +268,12 @@ class CredentialsRejected(ZoomError):
     Either the token endpoint refused the client (4702, 4704: bad client id or secret; 4717:
     app disabled), or a token fetched moments ago was answered 401.
     """
+
+
+class GrantRefused(ZoomError):
+    """Raised when the token endpoint refuses a user's refresh token or authorization code
+    (``invalid_grant``, or Zoom's "Invalid Token!"): it was spent, revoked or has expired, and
+    no retry can help; the user must authorize the app again."""
 
 
 class TokenRequestFailed(ZoomError):

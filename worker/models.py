@@ -1,6 +1,9 @@
 """The tables, typed with SQLAlchemy 2.0. Each table is written by one module:
 
-- ``credentials``: :mod:`worker.token_store` (the circuit's columns through :mod:`worker.circuit`)
+- ``credentials``: :mod:`worker.token_store` (the circuit's columns through :mod:`worker.circuit`);
+  a registered credential's rows, secret and status: :mod:`worker.credentials` (the token store
+  writes ``status`` only to mark a user's connection "needs re-authorization", under its lock)
+- ``apps``: :mod:`worker.oauth_apps` (in the transactions of :mod:`worker.credentials`)
 - ``token_requests``: :mod:`worker.token_budget`
 - ``jobs`` and ``meetings``: :mod:`worker.ledger` (with :mod:`worker.recording`); the state
   of stale meetings and the rows of orphans found in Zoom: :mod:`worker.cleanup`
@@ -68,15 +71,61 @@ def _tz() -> DateTime:
     return DateTime(timezone=True)
 
 
-class Credential(Base):
-    """One S2S OAuth credential (account + client id) and the one access token it shares."""
+# The environment's credential (ZOOM_ACCOUNT_ID, ...): its rows are named so, one per account
+# and client id; every other name is a registered credential, unique (migration 0012).
+DEFAULT_CREDENTIAL = "default"
+# Kinds of credential and their statuses (worker.credentials).
+S2S, USER = "s2s", "user"
+ACTIVE, DISABLED, NEEDS_REAUTHORIZATION = "active", "disabled", "needs_reauthorization"
 
-    __tablename__ = "credentials"
-    __table_args__ = (UniqueConstraint("account_id", "client_id"),)
+
+class App(Base):
+    """A registered Zoom OAuth ("General") app: its client id, and its client secret and
+    webhook secret token held once, encrypted (AES-GCM, bound to the row)."""
+
+    __tablename__ = "apps"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    client_id: Mapped[str] = mapped_column(String(200))
+    client_secret_ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
+    webhook_secret_ciphertext: Mapped[bytes | None] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(_tz(), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(_tz(), server_default=func.now())
+
+
+class Credential(Base):
+    """One credential and the one access token it shares: the environment's S2S app (name
+    ``default``), a registered S2S app, or a user's connection to a registered app."""
+
+    __tablename__ = "credentials"
+    __table_args__ = (
+        UniqueConstraint("name", "account_id", "client_id"),
+        # One row per registered name; the default name has one row per account and client.
+        Index(
+            "ix_credentials_name_registered",
+            "name",
+            unique=True,
+            postgresql_where=text("name <> 'default'"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), server_default=DEFAULT_CREDENTIAL)
+    kind: Mapped[str] = mapped_column(String(8), server_default=S2S)
+    # A user's connection: the app it authorized. Its account id is "" until learnt.
+    app_id: Mapped[int | None] = mapped_column(ForeignKey("apps.id", ondelete="RESTRICT"))
     account_id: Mapped[str] = mapped_column(String(200))
     client_id: Mapped[str] = mapped_column(String(200))
+    # A registered S2S app's client secret, and a user's current refresh token: AES-GCM.
+    secret_ciphertext: Mapped[bytes | None] = mapped_column(LargeBinary)
+    refresh_token_ciphertext: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # Raised by every rotation or re-authorization: the circuit probes at once on a change.
+    secret_version: Mapped[int] = mapped_column(Integer, server_default="1")
+    status: Mapped[str] = mapped_column(String(24), server_default=ACTIVE)
+    status_reason: Mapped[str | None] = mapped_column(Text)
+    status_changed_at: Mapped[datetime | None] = mapped_column(_tz())
+    created_at: Mapped[datetime] = mapped_column(_tz(), server_default=func.now())
     # AES-GCM(nonce || ciphertext) of the access token; never stored in clear.
     token_ciphertext: Mapped[bytes | None] = mapped_column(LargeBinary)
     # SHA-256 of the token, so a 401 can invalidate compare-and-swap style.

@@ -1,4 +1,10 @@
-"""Zoom's Server-to-Server OAuth token endpoint: one request, answered as a typed token.
+"""Zoom's OAuth token endpoint: one request, answered as a typed token.
+
+Three grants: ``account_credentials`` (Server-to-Server apps), and for a user's connection to a
+"General" app ``authorization_code`` (once, after the user's consent) and ``refresh_token``.
+Zoom rotates refresh tokens: every refresh answers a new one and the one spent stops working,
+so a refused refresh token (``invalid_grant``, or Zoom's ``invalid_request`` "Invalid Token!")
+is :class:`~worker.errors.GrantRefused`, never something to retry.
 
 HTTP only, like :mod:`worker.zoom`: the shared store (:mod:`worker.token_store`) decides when
 to ask. A request is bounded in total, not per phase, so an endpoint that trickles its answer
@@ -18,6 +24,9 @@ from worker import errors, zoom
 
 # Token endpoint: invalid client or secret (4702, 4704) and app disabled (4717).
 CREDENTIAL_REFUSED_CODES = frozenset({4702, 4704, 4717})
+# How Zoom says a refresh token or an authorization code is spent, revoked or expired: the
+# OAuth standard's ``invalid_grant``, or ``invalid_request`` with one of these reasons.
+GRANT_REFUSED_REASONS = ("invalid token", "invalid authorization code", "refresh token")
 
 
 @dataclass(frozen=True)
@@ -53,6 +62,38 @@ class TokenGrant:
     token: AccessToken
     expires_in_s: int
     scope: str
+    # A user's grant: the new refresh token (the one spent is dead from now on).
+    refresh_token: str | None = field(default=None, repr=False)
+
+
+def refresh_user_token(
+    http: httpx.Client,
+    oauth_url: str,
+    *,
+    client_id: str,
+    client_secret: str,
+    refresh_token: str,
+    timeout_s: float,
+) -> TokenGrant:
+    """Spend ``refresh_token`` for a new access token and a new refresh token (both required
+    in the answer). Raises GrantRefused when Zoom refuses the refresh token."""
+    form = {"grant_type": "refresh_token", "refresh_token": refresh_token}
+    return _grant(http, oauth_url, (client_id, client_secret), form, timeout_s, user=True)
+
+
+def exchange_code(
+    http: httpx.Client,
+    oauth_url: str,
+    *,
+    client_id: str,
+    client_secret: str,
+    code: str,
+    redirect_uri: str,
+    timeout_s: float,
+) -> TokenGrant:
+    """Exchange an authorization code (single use, about 5 minutes) for a user's tokens."""
+    form = {"grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri}
+    return _grant(http, oauth_url, (client_id, client_secret), form, timeout_s, user=True)
 
 
 def request_token(
@@ -71,14 +112,23 @@ def request_token(
     silent wait is cut by the same per-phase timeout). Raises CredentialsRejected for an
     invalid client, secret or disabled app, and TokenRequestFailed or ZoomUnreachable otherwise.
     """
+    form = {"grant_type": "account_credentials", "account_id": account_id}
+    return _grant(http, oauth_url, (client_id, client_secret), form, timeout_s, user=False)
+
+
+def _grant(
+    http: httpx.Client,
+    oauth_url: str,
+    client: tuple[str, str],
+    form: dict[str, str],
+    timeout_s: float,
+    *,
+    user: bool,
+) -> TokenGrant:
     started = time.monotonic()
     try:
         with http.stream(
-            "POST",
-            oauth_url,
-            auth=httpx.BasicAuth(client_id, client_secret),
-            data={"grant_type": "account_credentials", "account_id": account_id},
-            timeout=timeout_s,
+            "POST", oauth_url, auth=httpx.BasicAuth(*client), data=form, timeout=timeout_s
         ) as response:
             content = _read_within(response, started + timeout_s)
     except httpx.TransportError as exc:
@@ -92,12 +142,19 @@ def request_token(
             raise errors.CredentialsRejected(
                 message, status=response.status_code, code=code, zoom_message=reason or None
             )
+        if user and _grant_refused(str(body.get("error") or ""), reason):
+            raise errors.GrantRefused(
+                message, status=response.status_code, code=code, zoom_message=reason or None
+            )
         raise errors.TokenRequestFailed(
             message, status=response.status_code, code=code, zoom_message=reason or None
         )
     value = body.get("access_token")
     if not isinstance(value, str) or not value:
         raise errors.TokenRequestFailed("the token endpoint answered 200 without an access_token")
+    refresh = body.get("refresh_token")
+    if user and (not isinstance(refresh, str) or not refresh):
+        raise errors.TokenRequestFailed("the token endpoint answered 200 without a refresh_token")
     now = datetime.now(UTC)
     expires_in = zoom.int_or_none(body.get("expires_in")) or 3600
     token = AccessToken(
@@ -106,7 +163,20 @@ def request_token(
         fetched_at=now,
         expires_monotonic=started + expires_in,
     )
-    return TokenGrant(token=token, expires_in_s=expires_in, scope=str(body.get("scope") or ""))
+    return TokenGrant(
+        token=token,
+        expires_in_s=expires_in,
+        scope=str(body.get("scope") or ""),
+        refresh_token=refresh if user and isinstance(refresh, str) else None,
+    )
+
+
+def _grant_refused(error: str, reason: str) -> bool:
+    if error == "invalid_grant":
+        return True
+    return error == "invalid_request" and any(
+        words in reason.lower() for words in GRANT_REFUSED_REASONS
+    )
 
 
 def _read_within(response: httpx.Response, deadline: float) -> bytes:

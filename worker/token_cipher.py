@@ -1,15 +1,21 @@
-"""The access token at rest, on the ``credentials`` row: AES-GCM under ``TOKEN_ENCRYPTION_KEY``
-or, when none is set, a key derived (HKDF) from the client secret, so a rotated secret simply
-forces a new token.
+"""Secrets at rest: AES-GCM, one key derived (HKDF) per use from the key material.
 
-The account and client ids are bound in as associated data, so a row copied to another
-credential does not decrypt. A token encrypted under another key reads as no token.
+- The environment's credential keeps its token under ``TOKEN_ENCRYPTION_KEY`` (or
+  ``TOKEN_ENCRYPTION_KEY_FILE``) or, when none is set, under a key derived from its client
+  secret, so a rotated secret simply forces a new token. Its account and client ids are the
+  associated data, so a row copied to another credential does not decrypt.
+- Whatever the registry keeps (:mod:`worker.credentials`: secrets, refresh tokens, and the
+  access tokens of registered credentials) needs the encryption key: a key derived from a
+  stored secret would be circular. Each ciphertext is bound to its table, row id and column.
+
+A token encrypted under another key reads as no token.
 """
 
 from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Callable
 from datetime import datetime
 
 from cryptography.exceptions import InvalidTag
@@ -25,12 +31,27 @@ NONCE_BYTES = 12
 
 
 class TokenCipher:
-    """Encrypts and decrypts one credential's token; the key is derived at each use, so a
-    secret file rewritten at run time takes effect at once."""
+    """Encrypts and decrypts one secret's value; the key is derived at each use, so a secret
+    or key file rewritten at run time takes effect at once."""
 
-    def __init__(self, settings: Settings, account_id: str, client_id: str) -> None:
-        self._settings = settings
-        self._aad = f"{account_id}:{client_id}".encode()
+    def __init__(self, material: Callable[[], str], aad: bytes) -> None:
+        self._material = material
+        self._aad = aad
+
+    @classmethod
+    def for_environment(cls, settings: Settings, account_id: str, client_id: str) -> TokenCipher:
+        """The environment credential's token: under the encryption key, else its secret."""
+
+        def material() -> str:
+            return settings.read_encryption_key() or settings.read_client_secret()
+
+        return cls(material, f"{account_id}:{client_id}".encode())
+
+    @classmethod
+    def for_row(cls, settings: Settings, table: str, row_id: int, column: str) -> TokenCipher:
+        """A value the registry keeps in ``table``.``column`` of row ``row_id``: under the
+        encryption key only (ConfigurationError naming it when unset)."""
+        return cls(lambda: require_key(settings), f"{table}:{row_id}:{column}".encode())
 
     def write(self, row: Credential, token: oauth.AccessToken) -> None:
         """Put ``token`` on the row: encrypted, with its digest (for compare-and-swap)."""
@@ -67,21 +88,19 @@ class TokenCipher:
             return None
         return plain.decode()
 
-    def secret_digest(self) -> str:
-        """A salted digest of the client secret in force ("" when it cannot be read)."""
-        try:
-            secret = self._settings.read_client_secret()
-        except errors.ConfigurationError:
-            return ""
-        return hashlib.sha256(b"zoom-worker secret digest:" + secret.encode()).hexdigest()[:32]
+    def open(self, blob: bytes | None) -> str:
+        """A stored secret, decrypted; ConfigurationError when it does not decrypt (the
+        encryption key changed since it was stored)."""
+        value = self.decrypt(blob) if blob else None
+        if value is None:
+            raise errors.ConfigurationError(
+                "TOKEN_ENCRYPTION_KEY",
+                "does not decrypt a stored secret: was it changed since the secret was stored?",
+            )
+        return value
 
     def _aead(self) -> AESGCM:
-        settings = self._settings
-        material = (
-            settings.TOKEN_ENCRYPTION_KEY.get_secret_value()
-            if settings.TOKEN_ENCRYPTION_KEY is not None
-            else settings.read_client_secret()
-        )
+        material = self._material()
         key = HKDF(
             algorithm=hashes.SHA256(),
             length=32,
@@ -89,6 +108,27 @@ class TokenCipher:
             info=self._aad,
         ).derive(material.encode())
         return AESGCM(key)
+
+
+def require_key(settings: Settings) -> str:
+    """The encryption key, required once a secret is kept in the database."""
+    key = settings.read_encryption_key()
+    if key is None:
+        raise errors.ConfigurationError(
+            "TOKEN_ENCRYPTION_KEY",
+            "is required once a secret is stored in the database (credentials, apps): "
+            "set it (or TOKEN_ENCRYPTION_KEY_FILE) to a long random value, the same on every host",
+        )
+    return key
+
+
+def secret_digest(settings: Settings) -> str:
+    """A salted digest of the environment's client secret ("" when it cannot be read)."""
+    try:
+        secret = settings.read_client_secret()
+    except errors.ConfigurationError:
+        return ""
+    return hashlib.sha256(b"zoom-worker secret digest:" + secret.encode()).hexdigest()[:32]
 
 
 def sha256(value: str) -> str:

@@ -22,6 +22,9 @@ Protocol
 6. Expiry is judged on the database's clock when the row is read, carried on as a monotonic
    deadline in memory: a host whose wall clock lags never keeps an expired token.
 
+Every credential has its own row, memory slot, single flight, circuit and budget: the
+environment's (``default``) and each registered one (:mod:`worker.token_grants` says how each
+asks for a token; a user's refresh token is rotated under the same lock and single flight).
 Tokens are encrypted at rest (:mod:`worker.token_cipher`), so a rotated secret simply forces
 a new token.
 Every write to the row sets ``lock_timeout``: a frozen holder makes others wait, never hang.
@@ -46,14 +49,14 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from worker import circuit, errors, oauth, token_budget, token_cipher
+from worker import errors, oauth, token_budget, token_cipher, token_grants
 from worker.circuit import CLOSED as CLOSED  # noqa: PLC0414 - re-exported for metrics
 from worker.config import Settings
-from worker.models import Credential
+from worker.models import DEFAULT_CREDENTIAL, Credential
 
 log = logging.getLogger(__name__)
 
-_Key = tuple[str, str, str]
+_Key = tuple[str, str, str, str]
 # Failures of a renewal after which a token that has not expired yet is still served.
 _TRANSIENT = (
     errors.InfrastructureError,
@@ -62,17 +65,24 @@ _TRANSIENT = (
     errors.ZoomUnreachable,
 )
 # Per process: the token each credential last used; the digest of a token this process
-# fetched that Zoom has not judged yet; one single flight for renewals.
+# fetched that Zoom has not judged yet; one single flight per credential for renewals.
 _memory: dict[_Key, oauth.AccessToken] = {}
 _fresh: dict[_Key, str] = {}
-_flight = threading.Lock()
+_flights: dict[_Key, threading.Lock] = {}
+_flights_guard = threading.Lock()
+
+
+def _flight(key: _Key) -> threading.Lock:
+    with _flights_guard:
+        return _flights.setdefault(key, threading.Lock())
 
 
 def _after_fork() -> None:
-    global _flight  # noqa: PLW0603 - a lock held across fork would stay held in the child
+    global _flights_guard  # noqa: PLW0603 - a lock held across fork would stay held in the child
     _memory.clear()
     _fresh.clear()
-    _flight = threading.Lock()
+    _flights.clear()
+    _flights_guard = threading.Lock()
 
 
 os.register_at_fork(after_in_child=_after_fork)
@@ -82,6 +92,10 @@ os.register_at_fork(after_in_child=_after_fork)
 class TokenStatus:
     """What ``zoom-worker token`` shows: never the token or the secret."""
 
+    name: str
+    kind: str
+    status: str
+    status_reason: str | None
     account_id: str
     client_id: str
     expires_at: datetime | None
@@ -107,7 +121,8 @@ class _Read:
 
 
 class TokenStore:
-    """The shared token for the configured credential; implements ``zoom.TokenSource``."""
+    """The shared token of one credential (``credential``: a registered name, or ``default``
+    for the environment's); implements ``zoom.TokenSource``."""
 
     def __init__(
         self,
@@ -115,14 +130,16 @@ class TokenStore:
         session_factory: sessionmaker[Session],
         *,
         http: httpx.Client | None = None,
+        credential: str = DEFAULT_CREDENTIAL,
     ) -> None:
         self._settings = settings
-        self._account_id, self._client_id = settings.require_credentials()
+        self._grants = token_grants.Grants.load(settings, session_factory, credential)
+        self._account_id, self._client_id = self._grants.account_id, self._grants.client_id
         self._sessions = session_factory
         self._http = http or httpx.Client(headers={"User-Agent": "zoom-worker"})
-        self._key = (settings.DATABASE_URL, self._account_id, self._client_id)
-        self._cipher = token_cipher.TokenCipher(settings, self._account_id, self._client_id)
-        self._circuit = circuit.Circuit(self._cipher.secret_digest)
+        self._key = (settings.DATABASE_URL, credential, self._account_id, self._client_id)
+        self._cipher = self._grants.cipher()
+        self._circuit = self._grants.circuit()
         self._budget = token_budget.TokenBudget(settings)
 
     def close(self) -> None:
@@ -137,14 +154,15 @@ class TokenStore:
         token = _memory.get(self._key)
         if token is not None and token.seconds_left() > self._margin(token):
             return token
+        flight = _flight(self._key)
         if token is not None and token.seconds_left() > 0:
             # Only expiring soon: if another thread is renewing, keep using this one meanwhile.
-            if not _flight.acquire(blocking=False):
+            if not flight.acquire(blocking=False):
                 return token
         else:
             settings = self._settings
             wait_s = settings.ZOOM_TOKEN_LOCK_TIMEOUT * 2 + settings.ZOOM_TOKEN_REQUEST_TIMEOUT
-            if not _flight.acquire(timeout=wait_s):
+            if not flight.acquire(timeout=wait_s):
                 raise errors.TokenStoreBusy(f"no token after waiting {wait_s:.0f}s in this process")
         try:
             held = _memory.get(self._key)
@@ -159,7 +177,7 @@ class TokenStore:
             _memory[self._key] = token
             return token
         finally:
-            _flight.release()
+            flight.release()
 
     def report(self, token: oauth.AccessToken, accepted: bool) -> None:
         """Zoom accepted or refused ``token``; a refusal of a token fetched here moments ago
@@ -214,6 +232,10 @@ class TokenStore:
             row = self._read(session).row
             hour, day, failures = self._budget.counts(session, row.id)
             return TokenStatus(
+                name=self._grants.name,
+                kind=row.kind,
+                status=row.status,
+                status_reason=row.status_reason,
                 account_id=self._account_id,
                 client_id=self._client_id,
                 expires_at=row.token_expires_at,
@@ -241,6 +263,7 @@ class TokenStore:
         with self._sessions() as session:
             with session.begin():
                 read = self._read(session)
+                self._grants.check_usable(read.row)
                 self._circuit.check(read.row, read.now, locked=False)
                 stored = self._cipher.read(read.row, read.now, read.monotonic)
                 if stored is not None and stored.seconds_left() > self._margin(stored):
@@ -268,6 +291,7 @@ class TokenStore:
         self, session: Session, read: _Read, usable: oauth.AccessToken | None
     ) -> oauth.AccessToken | errors.ZoomWorkerError:
         row = read.row
+        self._grants.check_usable(row)
         self._circuit.check(row, read.now, locked=False)
         reason = "missing" if usable is None else "expiring"
         if row.circuit_state != CLOSED:
@@ -278,6 +302,9 @@ class TokenStore:
             return exc if usable is None else usable
         self._circuit.check(row, read.now, locked=True)  # a due probe is this process's
         outcome = self._fetch(session, row, reason)
+        if isinstance(outcome, errors.CredentialUnavailable):
+            _memory.pop(self._key, None)
+            return outcome
         if isinstance(outcome, errors.TokenRequestFailed | errors.ZoomUnreachable) and usable:
             log.warning("token.renewal_failed keeping the current token until it expires")
             return usable
@@ -291,18 +318,12 @@ class TokenStore:
     def _fetch(
         self, session: Session, row: Credential, reason: str
     ) -> oauth.AccessToken | errors.ZoomWorkerError:
-        """Request a token while holding the row lock; record the request either way."""
+        """Request a token while holding the row lock; record the request either way. A
+        user's new refresh token is put on the row here, committed with the access token."""
         requested_at = session.scalars(select(func.clock_timestamp())).one()
         started = time.monotonic()
         try:
-            grant = oauth.request_token(
-                self._http,
-                self._settings.ZOOM_OAUTH_URL,
-                account_id=self._account_id,
-                client_id=self._client_id,
-                client_secret=self._settings.read_client_secret(),
-                timeout_s=self._settings.ZOOM_TOKEN_REQUEST_TIMEOUT,
-            )
+            grant = self._grants.request(session, row, self._http)
         except errors.ZoomError as exc:
             failure: errors.ZoomError | None = exc
         else:
@@ -314,6 +335,7 @@ class TokenStore:
                 expires_at=requested_at + timedelta(seconds=grant.expires_in_s),
             )
             self._cipher.write(row, token)
+            self._grants.keep(row, grant)
             _fresh[self._key] = _sha256(token.value)
             row.scope = grant.scope
         self._budget.record(
@@ -322,13 +344,17 @@ class TokenStore:
         row.updated_at = requested_at
         if isinstance(failure, errors.CredentialsRejected):
             return self._circuit.open(row, failure, requested_at)
+        if isinstance(failure, errors.GrantRefused):
+            _clear_token(row)
+            row.last_error, row.last_error_at = failure.describe(), requested_at
+            return self._grants.refused(row, failure, requested_at)
         if failure is not None:
             row.last_error, row.last_error_at = failure.describe(), requested_at
             return failure
         return token
 
     def _where(self) -> tuple[ColumnElement[bool], ...]:
-        return (Credential.account_id == self._account_id, Credential.client_id == self._client_id)
+        return self._grants.where()
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[Session]:
@@ -354,6 +380,10 @@ class TokenStore:
         started = time.monotonic()
         try:
             found = session.execute(query).one_or_none()
+            if found is None and self._grants.registered:
+                raise errors.InvalidCredential(
+                    "account", f"the credential {self._grants.name!r} was removed"
+                )
             if found is None:
                 session.execute(
                     insert(Credential)

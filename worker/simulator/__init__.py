@@ -4,13 +4,18 @@ It serves tests, the demo and benchmarks, so it is standard library only
 (``http.server.ThreadingHTTPServer``, HTTP/1.1 keep-alive, one daemon thread per connection),
 never logs a request line, and is made of parts owned by one :class:`Simulator` under one
 ``threading.Lock``: the token issuer (``tokens``), the meeting book (``meetings``, with
-``recurrence``), the rate windows (``limits``), the counters and the clock (``state``).
+``recurrence``), the rate windows (``limits``, one set per account), users' grants
+(``user_oauth``), the counters and the clock (``state``).
 
 Zoom's side
 -----------
 ``POST /oauth/token``
     ``Authorization: Basic base64(client_id:client_secret)`` and the form body
-    ``grant_type=account_credentials&account_id=<id>``. Answers ``access_token``,
+    ``grant_type=account_credentials&account_id=<id>`` (an S2S client), or for a "General"
+    app (``oauth_apps``) ``grant_type=authorization_code&code=..&redirect_uri=..`` or
+    ``grant_type=refresh_token&refresh_token=..``: codes are single use, and every refresh
+    answers a new ``refresh_token`` and kills the one spent (spent twice: 400
+    ``invalid_grant``, see :mod:`.user_oauth`). Answers ``access_token``,
     ``token_type``, ``expires_in``, ``scope`` and ``api_url`` (this server's own root).
     Errors are ``{"reason", "error", "code"}``: parameters in the query string 400
     ``invalid_request``; no Basic auth or no grant type 4706; another grant type 4705; bad
@@ -28,7 +33,12 @@ Zoom's side
 
 Switches (:class:`SimulatorConfig`, also settable at run time with ``POST /_sim/config``)
 -----------------------------------------------------------------------------------------
-Credentials ``account_id``, ``client_id``, ``client_secret``. Tokens ``token_lifetime_s``,
+Credentials ``account_id``, ``client_id``, ``client_secret``; more accounts ``s2s_clients``
+(client id -> ``{"account_id", "client_secret"}``), each with its own per-second windows and
+daily counts (``account_rate_limits``: account id -> caps, else ``rate_limits``), and
+``refused_accounts`` (every token of those accounts answered 401 code 124); users' OAuth
+``oauth_apps`` (client id -> secret) and ``grant_error_style`` ("invalid_grant", or Zoom's
+``invalid_request`` "Invalid Token!"). Tokens ``token_lifetime_s``,
 ``scopes``, ``token_tolerance`` (N: a new token kills all but the newest N, as Zoom did before
 2023; None: tokens live until expiry, as today), ``token_error_codes``, ``token_latency_s``,
 ``token_endpoint_down`` (the token endpoint answers 503 to every request),
@@ -69,7 +79,12 @@ kills every token), ``POST /_sim/meetings``
 or changes it in Zoom's web page), ``DELETE /_sim/meetings/{id}`` ``{"occurrence_id"?}`` (the
 host deletes it, or one occurrence, there), ``POST /_sim/clock`` ``{"advance_s"}`` (move the clock;
 negative moves it back, so a create makes a meeting that already started or ended) and
-``POST /_sim/users/{user}/settings`` ``{"use_pmi"}`` (answers the host's ``pmi``).
+``POST /_sim/users/{user}/settings`` ``{"use_pmi"}`` (answers the host's ``pmi``),
+``POST /_sim/oauth/authorize`` ``{"client_id", "user_id", "redirect_uri", "account_id"?}``
+(the user consents: answers the ``code`` Zoom's redirect would carry) and
+``POST /_sim/oauth/revoke`` ``{"user_id"}`` (the user removes the app: their refresh tokens
+die). ``GET /_sim/stats`` also counts ``tokens_by_client``, ``grants`` by type and each
+account's peak rates (``accounts``).
 :class:`SimulatorClient` wraps them.
 """
 

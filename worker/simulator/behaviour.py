@@ -3,7 +3,7 @@
 The parts are plain objects, each owning its own state, and only the Simulator calls them,
 always while holding its lock: the token issuer (:class:`TokenIssuer`), the meeting book
 (:class:`MeetingBook`), the rate windows (:class:`RateWindows`), the counters and the clock.
-Every control request (``/_sim/...``) goes through :meth:`Simulator._control`.
+Every control request (``/_sim/...``) goes through :func:`.control.dispatch`.
 """
 
 from __future__ import annotations
@@ -11,13 +11,12 @@ from __future__ import annotations
 import copy
 import dataclasses
 import random
-import re
 import threading
 import time
-import urllib.parse
 from datetime import timedelta
 from typing import Any
 
+from worker.simulator import control
 from worker.simulator.config import SWITCHES, SimulatorConfig
 from worker.simulator.faults import SERVER_ERRORS, ScriptedFaults
 from worker.simulator.limits import RateWindows
@@ -30,6 +29,7 @@ from worker.simulator.meetings import (
 )
 from worker.simulator.state import Clock, Counters, Meeting
 from worker.simulator.tokens import TokenIssuer
+from worker.simulator.user_oauth import Connection
 from worker.simulator.webhooks import SOMEONE_ELSE, WebhookSender
 from worker.simulator.wire import (
     DROPPED,
@@ -41,10 +41,6 @@ from worker.simulator.wire import (
     parse_object,
     utc_stamp,
 )
-
-_MEETING_STATUS = re.compile(r"/_sim/meetings/(\d+)/status")
-_MEETING = re.compile(r"/_sim/meetings/(\d+)")
-_USER_SETTINGS = re.compile(r"/_sim/users/([^/]+)/settings")
 
 
 class Simulator:
@@ -65,7 +61,7 @@ class Simulator:
     def _new_parts(self) -> None:
         self._counters = Counters()
         self._tokens = TokenIssuer()
-        self._rates = RateWindows()
+        self._rates: dict[str, RateWindows] = {}  # by account id
         self._faults = ScriptedFaults()
         self._book = MeetingBook(self._rng, self._clock, self._counters)
 
@@ -79,8 +75,9 @@ class Simulator:
         unknown = sorted(set(changes) - SWITCHES)
         if unknown:
             raise ValueError(f"unknown switch: {', '.join(unknown)}")
-        if isinstance(changes.get("missing_users"), list | tuple | frozenset):
-            changes["missing_users"] = set(changes["missing_users"])
+        for name in ("missing_users", "refused_accounts"):
+            if isinstance(changes.get(name), list | tuple | frozenset):
+                changes[name] = set(changes[name])
         with self._lock:
             self._config = dataclasses.replace(self._config, **changes)
             if "seed" in changes:
@@ -94,6 +91,11 @@ class Simulator:
             self._clock.offset = timedelta()
             self._new_parts()
             self._rng.seed(self._config.seed)
+
+    def fail_next(self, operation: str, count: int = 1, status: int = 503) -> None:
+        """Answer the next ``count`` calls of ``operation`` with ``status`` (a 5xx)."""
+        with self._lock:
+            self._faults.add(operation, count, status)
 
     def invalidate_tokens(self) -> None:
         """Kill every access token issued so far."""
@@ -112,6 +114,24 @@ class Simulator:
             )
             self._tokens.invalidate()
 
+    def authorize_user(
+        self, client_id: str, user_id: str, redirect_uri: str, account_id: str | None = None
+    ) -> str:
+        """A user of ``account_id`` (the main account by default) consents to the OAuth app
+        ``client_id``: the authorization code Zoom's redirect would carry."""
+        with self._lock:
+            if client_id not in self._config.oauth_apps:
+                raise ValueError(f"client_id: no OAuth app {client_id!r} (oauth_apps)")
+            account = account_id or self._config.account_id
+            return self._tokens.users.authorize(
+                Connection(client_id, user_id, account), redirect_uri
+            )
+
+    def revoke_user(self, user_id: str) -> int:
+        """The user removes the app: their refresh tokens die; returns how many."""
+        with self._lock:
+            return self._tokens.users.revoke(user_id)
+
     def advance_clock(self, seconds: float) -> str:
         """Move the simulator's clock (negative: back); returns its new now as Zoom spells it."""
         with self._lock:
@@ -125,7 +145,13 @@ class Simulator:
                 **self._counters.values,
                 "live_meetings": sum(not m.deleted for m in self._book.meetings.values()),
                 "tokens_valid": self._tokens.valid(),
-                "max_calls_per_second": dict(self._rates.max_qps),
+                "max_calls_per_second": dict(self._rates_of(self._config.account_id).max_qps),
+                "accounts": {
+                    account: {"max_calls_per_second": dict(rates.max_qps)}
+                    for account, rates in self._rates.items()
+                },
+                "tokens_by_client": dict(self._tokens.issued_by_client),
+                "grants": dict(self._tokens.grants),
                 "calls_by_operation": dict(self._counters.by_operation),
                 **self.webhooks.counts(),
             }
@@ -198,7 +224,7 @@ class Simulator:
         if request.path == "/oauth/token" and request.method == "POST":
             return self._token_endpoint(request)
         if request.path.startswith("/_sim/"):
-            return self._control(request)
+            return control.dispatch(self, request)
         route = api_route(request.method, request.path)
         if route is None:
             return error_reply(404, 404, "Not Found")
@@ -244,10 +270,11 @@ class Simulator:
             return error_reply(status, status, SERVER_ERRORS[status])
         if scripted := self._faults.take(operation):
             return scripted
-        refused = self._tokens.check(request.authorization, operation, cfg)
-        if refused is not None:
-            return refused
-        limited = self._rates.take_slot(cfg.category_for(operation), cfg)
+        account = self._tokens.check(request.authorization, operation, cfg)
+        if isinstance(account, Reply):
+            return account
+        rates = self._rates_of(account)
+        limited = rates.take_slot(cfg.category_for(operation), cfg, cfg.limits_for(account))
         if limited is not None:
             return limited
         if operation in ("create", "list") and argument in cfg.missing_users:
@@ -255,7 +282,7 @@ class Simulator:
         if body is None:
             return error_reply(400, 300, "Request Body should be a valid JSON object.")
         if operation == "create":
-            return self._create(argument, body, cfg)
+            return self._create(argument, body, cfg, rates)
         if operation == "list":
             return self._book.list(argument, request.query, cfg.list_agenda_cut)
         meeting = self._book.live(argument)
@@ -268,16 +295,18 @@ class Simulator:
             problems = validate(body)
             if problems:
                 return validation_failed(problems)
-            limited = self._rates.take_meeting_update(argument, cfg, self._clock.now())
-            limited = limited or self._daily(meeting.body["host_id"], cfg)
+            limited = rates.take_meeting_update(argument, cfg, self._clock.now())
+            limited = limited or self._daily(meeting.body["host_id"], cfg, rates)
             return limited or self._updated(meeting, body, request.query)
         return self._deleted(meeting, request.query)
 
-    def _create(self, user_id: str, body: dict[str, Any], cfg: SimulatorConfig) -> Reply:
+    def _create(
+        self, user_id: str, body: dict[str, Any], cfg: SimulatorConfig, rates: RateWindows
+    ) -> Reply:
         problems = validate(body)
         if problems:
             return validation_failed(problems)
-        limited = self._daily(self._book.host(user_id)[0], cfg)
+        limited = self._daily(self._book.host(user_id)[0], cfg, rates)
         if limited is not None:
             return limited
         meeting = self._book.create(user_id, body, foreign=False)
@@ -289,8 +318,12 @@ class Simulator:
             return DROPPED
         return json_reply(201, meeting.body)
 
-    def _daily(self, host_id: str, cfg: SimulatorConfig) -> Reply | None:
-        limited = self._rates.take_daily(host_id, cfg, self._clock.now())
+    def _rates_of(self, account_id: str) -> RateWindows:
+        # Zoom's limits and daily counts are the account's, shared by every app on it.
+        return self._rates.setdefault(account_id, RateWindows())
+
+    def _daily(self, host_id: str, cfg: SimulatorConfig, rates: RateWindows) -> Reply | None:
+        limited = rates.take_daily(host_id, cfg, self._clock.now())
         if limited is not None:
             self._counters.add("api_429_daily")
         return limited
@@ -336,71 +369,3 @@ class Simulator:
         self.webhooks.emit(
             self._config, event, meeting.body, changed, old, operator, self._clock.offset
         )
-
-    # -- control API: every /_sim/ request is dispatched here -------------------------------
-
-    def _control(self, request: Request) -> Reply:
-        method, path = request.method, request.path.rstrip("/")
-        body = parse_object(request.body)
-        if body is None:
-            return error_reply(400, 300, "Request Body should be a valid JSON object.")
-        try:
-            return self._control_action(method, path, body) or json_reply(200, {"ok": True})
-        except ValueError as exc:
-            return error_reply(400, 300, str(exc))
-        except KeyError as exc:
-            return error_reply(404, 3001, f"Meeting does not exist: {exc.args[0]}.")
-
-    def _control_action(self, method: str, path: str, body: dict[str, Any]) -> Reply | None:
-        """The answer to one control request; None for a plain ``{"ok": true}``."""
-        if method == "GET" and path == "/_sim/stats":
-            return json_reply(200, self.stats())
-        if method == "GET" and path == "/_sim/meetings":
-            return json_reply(200, self.meetings())
-        if method == "GET" and path == "/_sim/config":
-            return json_reply(200, self._config.public_dict())
-        if method == "PATCH" and (match := _MEETING.fullmatch(path)):
-            self.update_meeting(int(match.group(1)), body)
-            return None
-        if method == "DELETE" and (match := _MEETING.fullmatch(path)):
-            occurrence_id = body.get("occurrence_id")
-            self.delete_meeting(int(match.group(1)), str(occurrence_id) if occurrence_id else None)
-            return None
-        if method != "POST":
-            return error_reply(404, 404, "Not Found")
-        if path == "/_sim/config":
-            return json_reply(200, self.configure(**body).public_dict())
-        if path == "/_sim/reset":
-            self.reset()
-        elif path == "/_sim/faults":
-            with self._lock:
-                self._faults.add(
-                    str(body.get("operation")), body.get("count", 1), body.get("status", 503)
-                )
-        elif path == "/_sim/invalidate-tokens":
-            self.invalidate_tokens()
-        elif path == "/_sim/rotate-secret":
-            secret = body.get("client_secret")
-            if not isinstance(secret, str) or not secret:
-                return error_reply(400, 300, "client_secret: a non-empty string is required")
-            self.rotate_secret(secret)
-        elif path == "/_sim/clock":
-            seconds = body.get("advance_s")
-            if not isinstance(seconds, int | float) or isinstance(seconds, bool):
-                return error_reply(400, 300, "advance_s: a number of seconds is required")
-            return json_reply(200, {"now": self.advance_clock(seconds)})
-        elif path == "/_sim/meetings":
-            user_id, meeting = body.get("user_id"), body.get("body") or {}
-            if not isinstance(user_id, str) or not user_id or not isinstance(meeting, dict):
-                return error_reply(400, 300, "user_id (a string) and body (an object) required")
-            return json_reply(201, self.seed_meeting(user_id, meeting))
-        elif match := _MEETING_STATUS.fullmatch(path):
-            self.set_meeting_status(int(match.group(1)), str(body.get("status")))
-        elif match := _USER_SETTINGS.fullmatch(path):
-            if not isinstance(enabled := body.get("use_pmi"), bool):
-                return error_reply(400, 300, "use_pmi: true or false is required")
-            user_id = urllib.parse.unquote(match.group(1))
-            return json_reply(200, {"pmi": self.set_use_pmi(user_id, enabled)})
-        else:
-            return error_reply(404, 404, "Not Found")
-        return None

@@ -91,6 +91,19 @@ class SimulatorClient:
         path = f"/users/{urllib.parse.quote(user_id, safe='')}/settings"
         return int(self._call("POST", path, {"use_pmi": enabled})["pmi"])
 
+    def authorize_user(
+        self, client_id: str, user_id: str, redirect_uri: str, account_id: str | None = None
+    ) -> str:
+        """A user consents to the OAuth app ``client_id``: returns the authorization code."""
+        body = {"client_id": client_id, "user_id": user_id, "redirect_uri": redirect_uri}
+        if account_id:
+            body["account_id"] = account_id
+        return str(self._call("POST", "/oauth/authorize", body)["code"])
+
+    def revoke_user(self, user_id: str) -> int:
+        """The user removes the app: their refresh tokens die; returns how many."""
+        return int(self._call("POST", "/oauth/revoke", {"user_id": user_id})["revoked"])
+
     def close(self) -> None:
         """Close the HTTP connection pool."""
         self._http.close()

@@ -38,6 +38,17 @@ class SimulatorConfig:
     client_id: str = "sim-client"
     # A well-known default of a local simulator, not a credential.
     client_secret: str = field(default="sim-secret", repr=False)
+    # More S2S apps, each of its own account: client id -> {"account_id", "client_secret"}.
+    s2s_clients: dict[str, dict[str, str]] = field(default_factory=dict, repr=False)
+    # "General" OAuth apps users connect through: client id -> client secret.
+    oauth_apps: dict[str, str] = field(default_factory=dict, repr=False)
+    # How a spent refresh token or code is refused: "invalid_grant" (OAuth's word) or
+    # "invalid_request" with "Invalid Token!" (what Zoom's forum shows).
+    grant_error_style: Literal["invalid_grant", "invalid_request"] = "invalid_grant"
+    # Per-second caps of one account (account id -> category -> calls), else ``rate_limits``.
+    account_rate_limits: dict[str, dict[str, int]] = field(default_factory=dict)
+    # Accounts whose tokens are all answered 401 code 124 (as refuse_fresh_tokens, one account).
+    refused_accounts: set[str] = field(default_factory=set)
     token_lifetime_s: int = 3600
     scopes: str = DEFAULT_SCOPES
     token_tolerance: int | None = None
@@ -87,8 +98,14 @@ class SimulatorConfig:
                 raise ValueError(f"{name}: must not be negative")
         if self.token_tolerance is not None and self.token_tolerance < 1:
             raise ValueError("token_tolerance: at least 1, or None")
-        if any(k not in RATE_CATEGORIES or v < 0 for k, v in (self.rate_limits or {}).items()):
-            raise ValueError(f"rate_limits: keys in {RATE_CATEGORIES}, values at least 0")
+        for name, limits in (
+            ("rate_limits", self.rate_limits or {}),
+            *(("account_rate_limits", v) for v in self.account_rate_limits.values()),
+        ):
+            if any(k not in RATE_CATEGORIES or v < 0 for k, v in limits.items()):
+                raise ValueError(f"{name}: keys in {RATE_CATEGORIES}, values at least 0")
+        if any(set(c) != {"account_id", "client_secret"} for c in self.s2s_clients.values()):
+            raise ValueError("s2s_clients: each maps to {account_id, client_secret}")
         if any(k not in OPERATIONS or v not in RATE_CATEGORIES for k, v in self.categories.items()):
             raise ValueError(f"categories: maps {OPERATIONS} to {RATE_CATEGORIES}")
         if self.create_category not in RATE_CATEGORIES:
@@ -101,12 +118,28 @@ class SimulatorConfig:
         return self.categories.get(operation, "light")
 
     def public_dict(self) -> dict[str, Any]:
-        """The switches as JSON-ready data, without the client secret."""
+        """The switches as JSON-ready data, without the client secrets."""
         data = dataclasses.asdict(self)
         del data["client_secret"]
         del data["webhook_secret_token"]
         data["missing_users"] = sorted(self.missing_users)
+        data["refused_accounts"] = sorted(self.refused_accounts)
+        data["s2s_clients"] = {
+            k: {"account_id": v["account_id"]} for k, v in self.s2s_clients.items()
+        }
+        data["oauth_apps"] = sorted(self.oauth_apps)
         return data
+
+    def s2s_account(self, client: tuple[str, str]) -> str | None:
+        """The account of an S2S client id and secret, or None when they are not one."""
+        if client == (self.client_id, self.client_secret):
+            return self.account_id
+        extra = self.s2s_clients.get(client[0])
+        return extra["account_id"] if extra and extra["client_secret"] == client[1] else None
+
+    def limits_for(self, account_id: str) -> dict[str, int] | None:
+        """The per-second caps of an account."""
+        return self.account_rate_limits.get(account_id, self.rate_limits)
 
 
 def control_token_from_env() -> str | None:

@@ -38,13 +38,16 @@ class RateWindows:
         self._daily_date: date | None = None
         self._updates: dict[str, deque[datetime]] = {}
 
-    def take_slot(self, category: str, cfg: SimulatorConfig) -> Reply | None:
-        """Accept a call into the category's sliding 1 s window, or answer 429."""
+    def take_slot(
+        self, category: str, cfg: SimulatorConfig, limits: dict[str, int] | None
+    ) -> Reply | None:
+        """Accept a call into the category's sliding 1 s window under the account's
+        ``limits``, or answer 429."""
         window = self._windows[category]
         now = time.monotonic()
         while window and window[0] <= now - 1.0:
             window.popleft()
-        limit = (cfg.rate_limits or {}).get(category)
+        limit = (limits or {}).get(category)
         if limit is not None and len(window) >= limit:
             headers = {}
             if cfg.rate_limit_headers:
