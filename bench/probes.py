@@ -1,4 +1,4 @@
-"""Measuring the fleet from outside: PostgreSQL's transaction counters and /proc.
+"""Measuring the fleet from outside: PostgreSQL's and Redis's counters, and /proc.
 
 ``pg_stat_database`` is read through the ``postgres`` database, so reading it adds nothing
 to the benchmark database's own counts. A backend reports its counters lazily (at most once
@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import psycopg
+import redis
 
 from bench.harness import BENCH_DB, PG_ADMIN
 
@@ -72,3 +73,11 @@ def cpu_seconds(pids: list[int]) -> float:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
             total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
     return total / ticks
+
+
+def redis_calls(url: str) -> int:
+    """Commands the Redis server of ``url`` has run so far (``INFO commandstats``, every
+    database), the ``INFO`` calls that read them excluded."""
+    with redis.Redis.from_url(url) as client:
+        stats = client.info("commandstats")
+    return sum(int(value["calls"]) for name, value in stats.items() if name != "cmdstat_info")
