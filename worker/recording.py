@@ -14,9 +14,9 @@ import logging
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Table, bindparam, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
@@ -30,6 +30,27 @@ log = logging.getLogger("worker.ledger")
 # The scheduled end given to an orphan (a meeting made by a holder that had lost its claim
 # while the job has another meeting): long past, so the next cleanup run deletes it.
 ORPHAN_END = datetime(2000, 1, 1, tzinfo=UTC)
+
+_JOBS = cast(Table, JobRow.__table__)
+_MEETINGS = cast(Table, MeetingRow.__table__)
+_MEETING_COLUMNS = (
+    "meeting_id",
+    "job_id",
+    "user_id",
+    "topic",
+    "start_time",
+    "duration_min",
+    "scheduled_end",
+)
+# The meeting a create made, written by the statement that finishes its job (one round trip).
+_NEW_MEETING = (
+    pg_insert(_MEETINGS)
+    .values({name: bindparam(f"m_{name}") for name in _MEETING_COLUMNS})
+    .on_conflict_do_nothing()
+    .cte("new_meeting")
+)
+# finish()'s statements, built once per set of columns it writes (SQLAlchemy Core).
+_FINISHES: dict[tuple[tuple[str, ...], bool], Any] = {}
 
 
 @dataclass(frozen=True)
@@ -73,9 +94,8 @@ class CreateResult(NamedTuple):
     meeting_id: int | None
 
 
-def claim_of(
-    row: JobRow, token: str, was_maybe_sent: bool, failing_for: timedelta | None, age: timedelta
-) -> Claim:
+def claim_of(row: Any, token: str) -> Claim:
+    """The Claim for a row the claim statement returned (see ``worker.ledger``)."""
     return Claim(
         job_id=row.id,
         kind=row.kind,
@@ -89,9 +109,9 @@ def claim_of(
         attempts=row.attempts,
         deferrals=row.deferrals,
         deliveries=row.deliveries,
-        maybe_sent=was_maybe_sent,
-        failing_for=failing_for,
-        age=age,
+        maybe_sent=bool(row.was_maybe_sent),
+        failing_for=row.failing_for,
+        age=row.age,
     )
 
 
@@ -162,9 +182,11 @@ def record_created(session: Session, job: Claim, outcome: Succeeded) -> bool:
         "duration_min": duration if isinstance(duration, int) else None,
         "scheduled_end": end,
     }
-    session.execute(pg_insert(MeetingRow).values(**meeting).on_conflict_do_nothing())
     finished = {"meeting_id": outcome.meeting_id, "join_url": outcome.join_url}
-    if finish(session, job, status=models.SUCCEEDED, error=outcome.note, **finished):
+    meeting_values = {f"m_{name}": value for name, value in meeting.items()}
+    if finish(
+        session, job, status=models.SUCCEEDED, error=outcome.note, **finished, **meeting_values
+    ):
         return True
     adopted = session.execute(
         update(JobRow)
@@ -223,24 +245,41 @@ def record_deleted(session: Session, job: Claim, outcome: Succeeded) -> bool:
 
 
 def finish(session: Session, job: Claim, *, status: str, **values: Any) -> bool:
+    """End the job with ``status`` and ``values`` if this worker holds its claim. Values
+    named ``m_<column>`` are a meeting row written by the same statement (record_created)."""
     values.setdefault("maybe_sent", False)
-    result = session.execute(
-        update(JobRow)
-        .where(JobRow.id == job.job_id, JobRow.claim_token == job.token)
-        .values(
-            status=status,
-            attempts=JobRow.attempts + 1,
-            claim_token=None,
-            deliveries=0,
-            lease_expires_at=None,
-            next_attempt_at=None,
-            held_for=None,
-            finished_at=func.now(),
-            updated_at=func.now(),
-            **values,
-        )
-    )
+    values["status"] = status
+    meeting = any(name.startswith("m_") for name in values)
+    names = tuple(sorted(name for name in values if not name.startswith("m_")))
+    parameters = {f"v_{name}": values[name] for name in names}
+    parameters.update((name, value) for name, value in values.items() if name.startswith("m_"))
+    parameters.update(b_job_id=job.job_id, b_token=job.token)
+    result = session.execute(_finish_statement(names, meeting), parameters)
     return claimed(result, job, status)
+
+
+def _finish_statement(names: tuple[str, ...], meeting: bool) -> Any:
+    statement = _FINISHES.get((names, meeting))
+    if statement is None:
+        statement = (
+            update(_JOBS)
+            .where(_JOBS.c.id == bindparam("b_job_id"), _JOBS.c.claim_token == bindparam("b_token"))
+            .values(
+                attempts=_JOBS.c.attempts + 1,
+                claim_token=None,
+                deliveries=0,
+                lease_expires_at=None,
+                next_attempt_at=None,
+                held_for=None,
+                finished_at=func.now(),
+                updated_at=func.now(),
+                **{name: bindparam(f"v_{name}") for name in names},
+            )
+        )
+        if meeting:
+            statement = statement.add_cte(_NEW_MEETING)
+        _FINISHES[(names, meeting)] = statement
+    return statement
 
 
 def claimed(result: Any, job: Claim, what: str) -> bool:
