@@ -3,7 +3,7 @@
 The same fleet shape as the pipeline (``celery worker`` processes, prefork), the same broker
 database, the same simulator config and the same producers' threads; the workers import
 only Celery and httpx. A create is done when the simulator has counted it, so the side's
-throughput is jobs / (the last create at the simulator - the first send).
+throughput is jobs / (the last create at the simulator - the moment the workers resumed).
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 from celery import Celery
 from rich.console import Console
@@ -98,24 +97,30 @@ class Producer:
     def send(self, number: int) -> None:
         self._app.send_task(bare_app.TASK, args=(workload.host(number), workload.new_body(number)))
 
-    def run(self, count: int, producers: int, timeout_s: float) -> dict[str, Any]:
-        """Send ``count`` creates from ``producers`` threads; wait until the simulator has
-        made them all. Returns the span (first send to last create) and the send time."""
-        target = self._created() + count
+    def enqueue(self, count: int, producers: int) -> float:
+        """Send ``count`` creates from ``producers`` threads; the seconds it took."""
         started = time.monotonic()
         with ThreadPoolExecutor(producers, thread_name_prefix="producer") as pool:
             list(pool.map(self.send, range(self._sent, self._sent + count)))
-        sent_s = time.monotonic() - started
         self._sent += count
-        deadline = started + timeout_s
-        while (created := self._created()) < target:
+        return time.monotonic() - started
+
+    def wait_created(self, total: int, timeout_s: float) -> float:
+        """Wait until the simulator has made ``total`` meetings; the monotonic time then."""
+        deadline = time.monotonic() + timeout_s
+        while (created := self.created()) < total:
             check_alive(self._processes)
             if time.monotonic() > deadline:
-                raise DemoFailed(f"bare side: {created} of {target} creates after {timeout_s}s")
+                raise DemoFailed(f"bare side: {created} of {total} creates after {timeout_s}s")
             time.sleep(POLL_S)
-        return {"span_s": time.monotonic() - started, "enqueue_s": sent_s}
+        return time.monotonic()
 
-    def _created(self) -> int:
+    @property
+    def app(self) -> Celery:
+        return self._app
+
+    def created(self) -> int:
+        """Meetings the simulator has made so far."""
         return int(self._sim.simulator.stats().get("meetings_created", 0))
 
     def close(self) -> None:

@@ -17,7 +17,9 @@ create, see below), PostgreSQL transactions per job (``xact_commit + xact_rollba
 benchmark's database, read before and after the workers stopped, minus this process's own
 ledger polls and the idle rate), Redis commands per job (``INFO commandstats`` of the
 broker's and governor's server, minus the idle rate), worker CPU per job (``/proc/<pid>/stat``
-of the main and pool processes), and each pool process's peak RSS (``VmHWM``).
+of the main and pool processes), and each pool process's peak RSS (``VmHWM``) and, at the
+end, its private memory (USS): RSS counts the shared libraries and the pages inherited from
+the worker's main process in every process; USS is what one more pool process costs.
 
 The pipeline's span is its ledger's (first ``created_at`` to last ``finished_at``); the bare
 side's is from its first send until the simulator has counted the last create. The producers'
@@ -74,9 +76,9 @@ def run(args: argparse.Namespace, out: Console) -> dict[str, Any]:
         else:
             sides[side] = _pipeline(args, fleet, warmup, out, events=side.endswith("on"))
     base = sides["bare Celery"]
-    for side in sides.values():
-        side["share_of_bare"] = _ratio(side["jobs_per_s"], base["jobs_per_s"])
-        side["rss_ratio"] = _ratio(max(side["pool_peak_rss_mb"]), max(base["pool_peak_rss_mb"]))
+    for measured in sides.values():
+        measured["share_of_bare"] = _ratio(measured["jobs_per_s"], base["jobs_per_s"])
+        measured["rss_ratio"] = _ratio(measured["pool_rss_max_mb"], base["pool_rss_max_mb"])
     costs = enqueue.producer_costs(args.enqueue_jobs, out)
     return {
         "name": NAME,
@@ -107,12 +109,15 @@ def _rows(
     return [
         row("jobs per second", "{:.1f}", "jobs_per_s", f">= {TARGET_SHARE * bare_rate:.1f}"),
         row("share of the bare task's", "{:.0%}", "share_of_bare", f">= {TARGET_SHARE:.0%}"),
-        row("PostgreSQL transactions per job", "{:.2f}", "xacts_per_job", "<= 3"),
+        row("PostgreSQL transactions per job", "{:.2f}", "xacts_per_job"),
+        row("  of which the workers'", "{:.2f}", "worker_xacts_per_job", "<= 3"),
+        row("  of which the producer's", "{:.2f}", "producer_xacts_per_job"),
         row("Redis commands per job", "{:.1f}", "redis_per_job"),
         row("worker CPU per job (mains + pool)", "{:.1f} ms", "worker_cpu_ms_per_job"),
         row("peak RSS per pool process (max)", "{:.0f} MB", "pool_rss_max_mb"),
         row("peak RSS per pool process (mean)", "{:.0f} MB", "pool_rss_mean_mb"),
         row("peak RSS / the bare task's", "{:.2f}x", "rss_ratio", f"<= {TARGET_RSS_RATIO}x"),
+        row("private memory per pool process (USS, mean)", "{:.0f} MB", "pool_unique_mean_mb"),
         row(f"enqueue rate ({args.producers} producers)", "{:.0f}/s", "enqueue_per_s"),
         row("load average (1 min) after the side", "{:.2f}", "load_avg_1m"),
         row("creates succeeded", "{}", "succeeded", f"{args.jobs}"),
@@ -147,9 +152,9 @@ def _panels(sides: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
             fmt="{:.1f}",
         ),
         report.panel(
-            "PostgreSQL transactions per job",
+            "PostgreSQL transactions per job (workers')",
             "transactions",
-            bars("xacts_per_job"),
+            bars("worker_xacts_per_job"),
             {f"target <= {TARGET_XACTS_PER_JOB:.0f}": TARGET_XACTS_PER_JOB},
             fmt="{:.2f}",
         ),
@@ -204,8 +209,10 @@ class _Window:
 
 def _rss(pools: list[int]) -> dict[str, Any]:
     mb = sorted((probes.peak_rss_kb(pid) / 1024 for pid in pools), reverse=True)
+    unique = [probes.unique_kb(pid) / 1024 for pid in pools]
     return {
         "pool_peak_rss_mb": mb,
+        "pool_unique_mean_mb": statistics.fmean(unique or [0.0]),
         "pool_rss_max_mb": max(mb, default=0.0),
         "pool_rss_mean_mb": statistics.fmean(mb or [0.0]),
     }
@@ -219,20 +226,27 @@ def _bare(
     with simulator.start_simulator(config) as sim, bare.fleet(fleet, sim, out) as processes:
         producer = bare.Producer(sim, processes)
         try:
-            producer.run(warmup, args.producers, TIMEOUT_S)
+            producer.enqueue(warmup, args.producers)
+            producer.wait_created(warmup, TIMEOUT_S)
             mains, pools = bare.pool_pids(processes)
             window = _Window(mains + pools, args.idle, pg=False)
-            timing = producer.run(args.jobs, args.producers, TIMEOUT_S)
+            harness.pause(producer.app, fleet.workers)
+            enqueue_s = producer.enqueue(args.jobs, args.producers)
+            resumed = time.monotonic()
+            harness.resume(producer.app, fleet.workers)
+            span_s = producer.wait_created(warmup + args.jobs, TIMEOUT_S) - resumed
             window.stop_work()
             rss = _rss(pools)
-            created = sim.simulator.stats()["meetings_created"] - warmup
+            created = producer.created() - warmup
         finally:
             producer.close()
     return {
-        "jobs_per_s": created / timing["span_s"],
-        "span_s": timing["span_s"],
-        "enqueue_per_s": args.jobs / timing["enqueue_s"],
+        "jobs_per_s": created / span_s,
+        "span_s": span_s,
+        "enqueue_per_s": args.jobs / enqueue_s,
         "succeeded": created,
+        "producer_xacts_per_job": 0.0,
+        "worker_xacts_per_job": 0.0,
         "load_avg_1m": harness.machine()["load_avg_1m"],
         **window.per_job(args.jobs),
         **rss,
@@ -257,7 +271,11 @@ def _pipeline(
         pools = [pid for pid in mains for pid in probes.pool_children(pid)]
         own_before = svc.own_statements
         window = _Window(mains + pools, args.idle, pg=True)
-        enqueue_s = svc.enqueue_many(args.jobs, args.producers)
+        harness.pause(celery_app.app, fleet.workers)
+        with probes.counting_commits() as producer_xacts:
+            enqueue_s = svc.enqueue_many(args.jobs, args.producers)
+        resumed = svc.db_now()
+        harness.resume(celery_app.app, fleet.workers)
         svc.wait_final(args.jobs, TIMEOUT_S)
         window.stop_work()
         rss = _rss(pools)
@@ -265,10 +283,10 @@ def _pipeline(
         stats = svc.stats()
         own = svc.own_statements - own_before
     xacts_after = probes.settled_xact_count()
-    first = min(job["created_at"] for job in ledger)
-    last = max((job["finished_at"] for job in ledger if job["finished_at"]), default=first)
-    span_s = (last - first).total_seconds()
+    last = max((job["finished_at"] for job in ledger if job["finished_at"]), default=resumed)
+    span_s = (last - resumed).total_seconds()
     succeeded = sum(job["status"] == "succeeded" for job in ledger)
+    costs = window.per_job(args.jobs, xacts_after=xacts_after, own_xacts=own)
     return {
         "jobs_per_s": succeeded / span_s if span_s > 0 else 0.0,
         "span_s": span_s,
@@ -276,11 +294,12 @@ def _pipeline(
         "succeeded": succeeded,
         "failed": len(ledger) - succeeded,
         "load_avg_1m": harness.machine()["load_avg_1m"],
-        "queue_ms_p50": 1000 * harness.percentile(_seconds(ledger, "created_at", "started_at"), 50),
         "work_ms_p50": 1000 * harness.percentile(_seconds(ledger, "started_at", "finished_at"), 50),
         "api_calls": stats["api_calls"],
         "tokens": stats["tokens_issued"],
-        **window.per_job(args.jobs, xacts_after=xacts_after, own_xacts=own),
+        **costs,
+        "producer_xacts_per_job": producer_xacts[0] / args.jobs,
+        "worker_xacts_per_job": costs["xacts_per_job"] - producer_xacts[0] / args.jobs,
         **rss,
     }
 
