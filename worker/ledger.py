@@ -169,7 +169,8 @@ class Ledger:
     ) -> None:
         self._sessions = sessions
         # Single statements (claim, fence) run in autocommit on the same pool.
-        self._autocommit = sessions.kw["bind"].execution_options(isolation_level="AUTOCOMMIT")
+        self._engine = sessions.kw["bind"]
+        self._autocommit = self._engine.execution_options(isolation_level="AUTOCOMMIT")
         self.lease = lease
         self.max_deliveries = max_deliveries
         self.max_hold = max_hold
@@ -211,10 +212,8 @@ class Ledger:
             )
             # A create that died mid-call each time may have made a meeting: keep the mark.
             failed = Failed(reason, gave_up=True, maybe_sent=job.kind == CREATE)
-            with self._sessions() as session, session.begin():
-                recording.finish(
-                    session, job, status=models.FAILED, **recording.failed_values(failed)
-                )
+            with self._engine.begin() as conn:
+                recording.finish(conn, job, status=models.FAILED, **recording.failed_values(failed))
             log.error("job.poison job_id=%s %s", job.job_id, reason)
             return None
         if job.deliveries > 1:
@@ -236,22 +235,23 @@ class Ledger:
     def record(self, job: Claim, outcome: Outcome) -> bool:
         """Record what the attempt came to; False when this worker no longer holds the claim
         (then nothing is recorded, except a meeting it made: see the module's protocol)."""
-        with self._sessions() as session, session.begin():
+        # A Core transaction: no ORM session to build and tear down on the hot path.
+        with self._engine.begin() as conn:
             match outcome:
                 case Succeeded() if job.kind == CREATE:
-                    return recording.record_created(session, job, outcome)
+                    return recording.record_created(conn, job, outcome)
                 case Succeeded():
-                    return recording.record_deleted(session, job, outcome)
+                    return recording.record_deleted(conn, job, outcome)
                 case Failed():
                     return recording.finish(
-                        session, job, status=models.FAILED, **recording.failed_values(outcome)
+                        conn, job, status=models.FAILED, **recording.failed_values(outcome)
                     )
                 case Retry() | Hold():
                     countdown = self.countdown(outcome)
                     # With a countdown on the broker the lease runs past the retry so the
                     # sweeper stays away; a parked job's lease ends at the retry.
                     lease = self.lease if countdown is not None else timedelta()
-                    return recording.record_later(session, job, outcome, lease=lease)
+                    return recording.record_later(conn, job, outcome, lease=lease)
 
     def countdown(self, outcome: Retry | Hold) -> float | None:
         """Seconds until ``outcome.at`` when a broker countdown may carry the retry; None

@@ -1,7 +1,8 @@
 """A claimed job, and how :meth:`worker.ledger.Ledger.record` writes each outcome.
 
 Kept apart from :mod:`worker.ledger` only for size (the ledger re-exports :class:`Claim`);
-it opens no session of its own, and every
+it opens no transaction of its own (each function runs in the caller's, on a Core
+Connection), and every
 statement here is guarded by the claim token (compare-and-swap), except the meeting row a
 holder that lost its claim still writes (adopted by its job, or an orphan: see the ledger's
 protocol). Nothing here reads Settings.
@@ -18,7 +19,7 @@ from typing import Any, NamedTuple, cast
 
 from sqlalchemy import Table, bindparam, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.orm import Session
+from sqlalchemy.engine import Connection
 
 from worker import meeting_body, models
 from worker.models import Job as JobRow
@@ -115,7 +116,7 @@ def claim_of(row: Any, token: str) -> Claim:
     )
 
 
-def record_later(session: Session, job: Claim, outcome: Retry | Hold, *, lease: timedelta) -> bool:
+def record_later(conn: Connection, job: Claim, outcome: Retry | Hold, *, lease: timedelta) -> bool:
     """Hold the job until ``outcome.at``: retrying (a failure) or held (not failing).
 
     ``lease`` is how far past ``at`` the lease runs: a whole lease when a broker countdown
@@ -151,7 +152,7 @@ def record_later(session: Session, job: Claim, outcome: Retry | Hold, *, lease: 
             "held_for": outcome.why.value,
             "first_failed_at": failing_since,
         }
-    result = session.execute(
+    result = conn.execute(
         update(JobRow)
         .where(JobRow.id == job.job_id, JobRow.claim_token == job.token)
         .values(**common, **values)
@@ -163,7 +164,7 @@ def failed_values(outcome: Failed) -> dict[str, Any]:
     return {"error": outcome.reason, "gave_up": outcome.gave_up, "maybe_sent": outcome.maybe_sent}
 
 
-def record_created(session: Session, job: Claim, outcome: Succeeded) -> bool:
+def record_created(conn: Connection, job: Claim, outcome: Succeeded) -> bool:
     """Finish the create and add its meeting to the ledger; a meeting made by a holder that
     lost its claim is adopted by the job if it has none yet, else kept as an orphan."""
     assert outcome.meeting_id is not None, "a create succeeds with a meeting"
@@ -184,11 +185,9 @@ def record_created(session: Session, job: Claim, outcome: Succeeded) -> bool:
     }
     finished = {"meeting_id": outcome.meeting_id, "join_url": outcome.join_url}
     meeting_values = {f"m_{name}": value for name, value in meeting.items()}
-    if finish(
-        session, job, status=models.SUCCEEDED, error=outcome.note, **finished, **meeting_values
-    ):
+    if finish(conn, job, status=models.SUCCEEDED, error=outcome.note, **finished, **meeting_values):
         return True
-    adopted = session.execute(
+    adopted = conn.execute(
         update(JobRow)
         .where(JobRow.id == job.job_id, JobRow.meeting_id.is_(None))
         .values(
@@ -205,14 +204,14 @@ def record_created(session: Session, job: Claim, outcome: Succeeded) -> bool:
             **finished,
         )
     )
-    if adopted.rowcount:  # type: ignore[attr-defined]
+    if adopted.rowcount:
         log.warning(
             "meeting.adopted_after_claim_lost job_id=%s meeting_id=%s",
             job.job_id,
             outcome.meeting_id,
         )
         return False
-    orphan = session.execute(
+    orphan = conn.execute(
         update(MeetingRow)
         .where(
             MeetingRow.meeting_id == outcome.meeting_id,
@@ -223,7 +222,7 @@ def record_created(session: Session, job: Claim, outcome: Succeeded) -> bool:
         )
         .values(scheduled_end=ORPHAN_END)
     )
-    if orphan.rowcount:  # type: ignore[attr-defined]
+    if orphan.rowcount:
         log.warning(
             "meeting.orphan_recorded job_id=%s meeting_id=%s the next cleanup deletes it",
             job.job_id,
@@ -232,19 +231,19 @@ def record_created(session: Session, job: Claim, outcome: Succeeded) -> bool:
     return False
 
 
-def record_deleted(session: Session, job: Claim, outcome: Succeeded) -> bool:
+def record_deleted(conn: Connection, job: Claim, outcome: Succeeded) -> bool:
     if not job.occurrence_id and outcome.meeting_id is not None:
-        session.execute(
+        conn.execute(
             update(MeetingRow)
             .where(MeetingRow.meeting_id == outcome.meeting_id, MeetingRow.state != models.DELETED)
             .values(state=models.DELETED, deleted_at=func.now())
         )
     return finish(
-        session, job, status=models.SUCCEEDED, meeting_id=outcome.meeting_id, error=outcome.note
+        conn, job, status=models.SUCCEEDED, meeting_id=outcome.meeting_id, error=outcome.note
     )
 
 
-def finish(session: Session, job: Claim, *, status: str, **values: Any) -> bool:
+def finish(conn: Connection, job: Claim, *, status: str, **values: Any) -> bool:
     """End the job with ``status`` and ``values`` if this worker holds its claim. Values
     named ``m_<column>`` are a meeting row written by the same statement (record_created)."""
     values.setdefault("maybe_sent", False)
@@ -254,7 +253,7 @@ def finish(session: Session, job: Claim, *, status: str, **values: Any) -> bool:
     parameters = {f"v_{name}": values[name] for name in names}
     parameters.update((name, value) for name, value in values.items() if name.startswith("m_"))
     parameters.update(b_job_id=job.job_id, b_token=job.token)
-    result = session.execute(_finish_statement(names, meeting), parameters)
+    result = conn.execute(_finish_statement(names, meeting), parameters)
     return claimed(result, job, status)
 
 
