@@ -88,7 +88,7 @@ class Producer:
     """Sends the bare task by name from this process, counting at the simulator."""
 
     def __init__(self, sim: simulator.RunningSimulator, processes: list[ManagedProcess]) -> None:
-        self._app = Celery("bare-producer", broker=harness.BROKER_URL)
+        self._app = Celery("bare-producer", broker=harness.BROKER_URL, set_as_current=False)
         self._app.conf.update(task_serializer="json", task_send_sent_event=False)
         self._sim = sim
         self._processes = processes
