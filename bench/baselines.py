@@ -1,4 +1,5 @@
-"""The baselines the service is measured against, each run in plain processes of its own.
+"""The token baseline the service is measured against, run in plain processes of its own
+(``bench overhead``'s bare Celery task is :mod:`bench.bare_app`).
 
 ``naive_tokens``: the seed's per-process flow. Each of N processes creates its share of the
 meetings with httpx directly, reading the cached token from a shared store (a Redis key)
@@ -6,17 +7,14 @@ without any lock, and fetching and saving a new token when the key is empty or a
 then retrying. Nothing stops twelve processes that see the same 401 from fetching twelve
 tokens: that is the behaviour being measured.
 
-``raw_calls``: the fastest a client can go: one token fetched once, then T threads, each with
-its own ``httpx.Client``, creating meetings back to back. No ledger, no broker, no governor.
-
-Both start their clocks on a shared ``go`` event once every process is up, so process start-up
-is never measured. They import only httpx, redis and :func:`worker.oauth.request_token`.
+It starts its clock on a shared ``go`` event once every process is up, so process start-up
+is never measured. The processes import only httpx, redis and
+:func:`worker.oauth.request_token`.
 """
 
 from __future__ import annotations
 
 import multiprocessing
-import threading
 import time
 from multiprocessing.synchronize import Event
 from typing import Any
@@ -89,44 +87,6 @@ def naive_tokens(
     return _run_processes(
         [(share, api_url, oauth_url, store_url, key) for share in shares], _naive_process
     )
-
-
-def _raw_process(
-    jobs: int, threads: int, api_url: str, oauth_url: str, ready: Any, go: Event, results: Any
-) -> None:
-    with httpx.Client() as http:
-        token = _fetch_token(http, oauth_url)
-    statuses: list[int] = []
-    lock = threading.Lock()
-
-    def work(numbers: range) -> None:
-        headers = {"Authorization": f"Bearer {token}"}
-        with httpx.Client(base_url=api_url.rstrip("/") + "/", timeout=30.0) as client:
-            for number in numbers:
-                response = client.post(
-                    f"users/{host(number)}/meetings",
-                    json=new_body(number),
-                    headers=headers,
-                )
-                with lock:
-                    statuses.append(response.status_code)
-
-    pool = [threading.Thread(target=work, args=(range(n, jobs, threads),)) for n in range(threads)]
-    ready.put(True)
-    go.wait()
-    started, cpu_started = time.perf_counter(), time.process_time()
-    for thread in pool:
-        thread.start()
-    for thread in pool:
-        thread.join()
-    elapsed, cpu_s = time.perf_counter() - started, time.process_time() - cpu_started
-    created = sum(status == httpx.codes.CREATED for status in statuses)
-    results.put({"elapsed_s": elapsed, "cpu_s": cpu_s, "created": created, "calls": len(statuses)})
-
-
-def raw_calls(jobs: int, threads: int, api_url: str, oauth_url: str) -> dict[str, Any]:
-    """Create ``jobs`` meetings from ``threads`` threads of one process with one token."""
-    return _run_processes([(jobs, threads, api_url, oauth_url)], _raw_process)
 
 
 def _run_processes(arguments: list[tuple[Any, ...]], target: Any) -> dict[str, Any]:

@@ -125,6 +125,25 @@ def run(args: argparse.Namespace, out: Console) -> dict[str, Any]:
     }
 
 
+def producer_costs(count: int, out: Console) -> dict[str, float]:
+    """One run of each producer side, ``count`` creates: what ``bench overhead`` reports
+    (single-call p50 / p99 in microseconds, and the seconds of each side)."""
+    env = {
+        "DATABASE_URL": DATABASE_URL,
+        "CELERY_BROKER_URL": harness.BROKER_URL,
+        "METRICS_PORT": "0",
+    }
+    with environment(env):
+        _reset_database()
+        try:
+            single = _singles(count, harness.BROKER_URL, 0)
+            bulk_s = _bulk(count, harness.BROKER_URL, 0)
+        finally:
+            db.dispose_all()
+    out.print(f"[bold]enqueue[/]: create_meeting p50 {single['p50_us']:.0f} µs")
+    return {**single, "single_s": single["total_s"], "bulk_s": bulk_s}
+
+
 def _reset_database() -> None:
     db.dispose_all()
     with psycopg.connect(harness.PG_ADMIN, autocommit=True, connect_timeout=10) as conn:

@@ -25,11 +25,13 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import redis
+from celery import Celery
 from rich.console import Console
 
 from bench import workload
@@ -71,6 +73,8 @@ UNCAPPED = "light=1000,medium=1000,heavy=1000"
 DAILY_LIMIT = 100_000
 POLL_S = 0.05
 FINAL = list(models.FINAL_STATUSES)
+QUEUE = "celery"  # Celery's default queue: the jobs' and the bare task's
+CONTROL_TIMEOUT_S = 10.0
 
 __all__ = ["DemoFailed", "Fleet", "Service", "machine", "service"]
 
@@ -150,6 +154,10 @@ class Service:
             name: value - self._base.get(name, 0) if isinstance(value, int) else value
             for name, value in now.items()
         }
+
+    def db_now(self) -> datetime:
+        """The database's clock (the ledger's times are on it)."""
+        return self._query("SELECT now()", ())[0][0]  # type: ignore[no-any-return]
 
     def workers(self) -> list[ManagedProcess]:
         """The celery worker main processes (beat excluded)."""
@@ -292,6 +300,23 @@ def _settings_env(sim: simulator.RunningSimulator, overrides: dict[str, str]) ->
         "METRICS_PORT": "0",
         **overrides,
     }
+
+
+def pause(app: Celery, workers: int) -> None:
+    """Make ``workers`` celery workers stop taking jobs from the default queue (Celery's
+    remote control), so a benchmark can fill the queue first and time only the draining."""
+    _control(app.control.cancel_consumer, workers)
+
+
+def resume(app: Celery, workers: int) -> None:
+    """Undo :func:`pause`: the workers take jobs again."""
+    _control(app.control.add_consumer, workers)
+
+
+def _control(command: Any, workers: int) -> None:
+    replies = command(QUEUE, reply=True, timeout=CONTROL_TIMEOUT_S, limit=workers)
+    if len(replies or []) < workers:
+        raise DemoFailed(f"{len(replies or [])} of {workers} workers answered {command.__name__}")
 
 
 def reset_redis() -> None:

@@ -1,20 +1,30 @@
-"""Overhead: what the pipeline costs when Zoom answers at once.
+"""Overhead: what the pipeline costs per job against a bare Celery task, side by side.
 
-(a) 300 creates through the whole pipeline: :func:`worker.jobs.create_meeting` from 4
-producer threads of this process (ledger row, then broker message), then 2 celery workers x
-4 processes (claim, governor permit, token, call, outcome), after a warm-up of two jobs per
-process. Jobs per second is jobs / (last ``finished_at`` - first ``created_at``). (b) the
-same creates as raw httpx calls with one shared token from as many threads (8) in one plain
-process (:func:`bench.baselines.raw_calls`), against a simulator with the same (empty)
-config: no latency, no limits.
+The same ``--jobs`` creates (600) run three times, one side after the other, on the same
+machine and the same fleet shape (``--workers`` x ``--concurrency``: 2 x 8), Zoom (the
+simulator, served from this process) answering at once and every rate limit lifted:
 
-PostgreSQL transactions per job come from ``pg_stat_database`` (``xact_commit +
-xact_rollback`` of the benchmark's database): read before the jobs are enqueued (after the
-warm-up, and the 10 s PostgreSQL may take to report it) and again after the workers have
-stopped (a backend flushes its counters when it exits), minus this process's own ledger
-polls and minus what the idle fleet did over a measured idle window, scaled to the run's
-length. The producers' transactions are the pipeline's, so they count. Peak memory is each
-prefork pool process's ``VmHWM``, read just before the fleet stops.
+- **bare**: :mod:`bench.bare_app`, a minimal Celery app (``acks_late``, prefetch 1, no task
+  events, a token per pool process, one httpx POST per task): what a team would otherwise run.
+- **pipeline, events off**: :func:`worker.jobs.create_meeting` (ledger row, then broker
+  message), then claim, governor permit, token, fence, call, outcome; ``CELERY_TASK_EVENTS=false``.
+- **pipeline, events on**: the same with Flower's task events (the default).
+
+Each side starts with a warm-up of two jobs per process (a deployed fleet is warm), then an
+idle window that measures what the idle fleet does anyway, then the jobs from
+``--producers`` threads of this process. Per side: jobs per second (first enqueue to last
+create, see below), PostgreSQL transactions per job (``xact_commit + xact_rollback`` of the
+benchmark's database, read before and after the workers stopped, minus this process's own
+ledger polls and the idle rate), Redis commands per job (``INFO commandstats`` of the
+broker's and governor's server, minus the idle rate), worker CPU per job (``/proc/<pid>/stat``
+of the main and pool processes), and each pool process's peak RSS (``VmHWM``) and, at the
+end, its private memory (USS): RSS counts the shared libraries and the pages inherited from
+the worker's main process in every process; USS is what one more pool process costs.
+
+The pipeline's span is its ledger's (first ``created_at`` to last ``finished_at``); the bare
+side's is from its first send until the simulator has counted the last create. The producers'
+own work counts on both sides (the pipeline's producers write the ledger). Last, the
+producer's call alone: ``create_meeting`` p50 / p99 and the bulk call, as in ``bench enqueue``.
 """
 
 from __future__ import annotations
@@ -26,170 +36,281 @@ from typing import Any
 
 from rich.console import Console
 
-from bench import baselines, harness, probes, report
-from worker import simulator
+from bench import bare, enqueue, harness, probes, report
+from worker import celery_app, simulator
 
 NAME = "overhead"
-TITLE = "Overhead: the whole pipeline against raw httpx calls, Zoom answering at once"
-TARGET_SHARE_OF_RAW = 0.5
+TITLE = "Overhead: the pipeline against a bare Celery task, Zoom answering at once"
+TARGET_SHARE = 0.8
 TARGET_XACTS_PER_JOB = 3.0
-TIMEOUT_S = 180.0
+TARGET_RSS_RATIO = 1.3
+TIMEOUT_S = 300.0
 STATS_FLUSH_S = 10.5
+SIDES = ("pipeline, events on", "pipeline, events off", "bare Celery")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--jobs", type=int, default=300, help="creates per side (300)")
+    parser.add_argument("--jobs", type=int, default=600, help="creates per side (600)")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--concurrency", type=int, default=4, help="processes per worker")
+    parser.add_argument("--concurrency", type=int, default=8, help="processes per worker")
     parser.add_argument("--producers", type=int, default=4, help="threads enqueueing jobs")
     parser.add_argument("--idle", type=float, default=3.0, help="seconds of idle baseline")
     parser.add_argument(
         "--warmup", type=int, default=None, help="jobs run first, unmeasured (two per process)"
     )
     harness.add_broker_argument(parser)
+    parser.add_argument(
+        "--enqueue-jobs", type=int, default=300, help="single and bulk creates timed (300)"
+    )
 
 
 def run(args: argparse.Namespace, out: Console) -> dict[str, Any]:
     fleet = harness.Fleet(args.workers, args.concurrency)
-    out.print(f"[bold]overhead[/]: (a) the pipeline, {fleet}")
-    ours = _pipeline(args, fleet, out)
-    out.print(f"[bold]overhead[/]: (b) raw httpx calls from {fleet.processes} threads")
-    with simulator.start_simulator(simulator.SimulatorConfig()) as sim:
-        raw = baselines.raw_calls(args.jobs, fleet.processes, sim.api_url, sim.oauth_url)
-    raw["jobs_per_s"] = raw["created"] / raw["elapsed_s"] if raw["elapsed_s"] else 0.0
-    raw["call_ms"] = 1000 * fleet.processes / raw["jobs_per_s"] if raw["jobs_per_s"] else 0.0
-    raw["cpu_ms_per_call"] = 1000 * raw["cpu_s"] / raw["calls"] if raw["calls"] else 0.0
-    share = ours["jobs_per_s"] / raw["jobs_per_s"] if raw["jobs_per_s"] else 0.0
-    rss = ours["pool_peak_rss_mb"]
-    result: dict[str, Any] = {
+    warmup = 2 * fleet.processes if args.warmup is None else args.warmup
+    load = {}
+    sides: dict[str, dict[str, Any]] = {}
+    for side in reversed(SIDES):
+        out.print(f"[bold]overhead[/]: {side}, {fleet}")
+        load[side] = harness.machine()["load_avg_1m"]
+        if side == "bare Celery":
+            sides[side] = _bare(args, fleet, warmup, out)
+        else:
+            sides[side] = _pipeline(args, fleet, warmup, out, events=side.endswith("on"))
+    base = sides["bare Celery"]
+    for measured in sides.values():
+        measured["share_of_bare"] = _ratio(measured["jobs_per_s"], base["jobs_per_s"])
+        measured["rss_ratio"] = _ratio(measured["pool_rss_max_mb"], base["pool_rss_max_mb"])
+    costs = enqueue.producer_costs(args.enqueue_jobs, out)
+    return {
         "name": NAME,
         "title": TITLE,
         "machine": harness.machine(),
-        "params": {**vars(args), "threads": fleet.processes},
-        "ours": {**ours, "share_of_raw": share},
-        "baseline": raw,
+        "load_avg_1m_at_start": load,
+        "params": {**vars(args), "warmup": warmup},
+        "sides": sides,
+        "enqueue": costs,
         "targets": {
-            "share_of_raw": TARGET_SHARE_OF_RAW,
+            "share_of_bare": TARGET_SHARE,
             "xacts_per_job": TARGET_XACTS_PER_JOB,
+            "rss_ratio": TARGET_RSS_RATIO,
         },
-        "rows": [
-            [
-                "jobs per second",
-                f"{ours['jobs_per_s']:.1f}",
-                f"{raw['jobs_per_s']:.1f} (raw httpx)",
-                f">= {TARGET_SHARE_OF_RAW * raw['jobs_per_s']:.1f} (half of raw)",
-            ],
-            ["share of raw throughput", f"{share:.0%}", "100%", f">= {TARGET_SHARE_OF_RAW:.0%}"],
-            [
-                "PostgreSQL transactions per job",
-                f"{ours['xacts_per_job']:.2f}",
-                "0",
-                f"<= {TARGET_XACTS_PER_JOB:.0f}",
-            ],
-            [
-                "peak RSS per pool process (max / mean)",
-                f"{max(rss, default=0):.0f} / {statistics.fmean(rss or [0]):.0f} MB",
-                "-",
-                "-",
-            ],
-            [
-                "worker CPU per job (mains + pool)",
-                f"{ours['worker_cpu_ms_per_job']:.1f} ms",
-                f"{raw['cpu_ms_per_call']:.1f} ms (client, per call)",
-                "-",
-            ],
-            ["enqueue rate (4 producers)", f"{ours['enqueue_per_s']:.0f}/s", "-", "-"],
-            ["median wait on the broker", f"{ours['queue_ms_p50']:.0f} ms", "-", "-"],
-            [
-                "median claim to outcome",
-                f"{ours['work_ms_p50']:.0f} ms",
-                f"{raw['call_ms']:.0f} ms (one call)",
-                "-",
-            ],
-            [
-                "creates succeeded / failed",
-                f"{ours['succeeded']} / {ours['failed']}",
-                f"{raw['created']} / {raw['calls'] - raw['created']}",
-                f"{args.jobs} / 0",
-            ],
-        ],
+        "columns": ["metric", *SIDES, "target"],
+        "rows": _rows(sides, costs, args),
+        "panels": _panels(sides),
     }
-    result["panels"] = [
+
+
+def _rows(
+    sides: dict[str, dict[str, Any]], costs: dict[str, float], args: argparse.Namespace
+) -> list[list[str]]:
+    def row(metric: str, fmt: str, key: str, target: str = "-") -> list[str]:
+        return [metric, *(fmt.format(sides[side][key]) for side in SIDES), target]
+
+    bare_rate = sides["bare Celery"]["jobs_per_s"]
+    return [
+        row("jobs per second", "{:.1f}", "jobs_per_s", f">= {TARGET_SHARE * bare_rate:.1f}"),
+        row("share of the bare task's", "{:.0%}", "share_of_bare", f">= {TARGET_SHARE:.0%}"),
+        row("PostgreSQL transactions per job", "{:.2f}", "xacts_per_job"),
+        row("  of which the workers'", "{:.2f}", "worker_xacts_per_job", "<= 3"),
+        row("  of which the producer's", "{:.2f}", "producer_xacts_per_job"),
+        row("Redis commands per job", "{:.1f}", "redis_per_job"),
+        row("worker CPU per job (mains + pool)", "{:.1f} ms", "worker_cpu_ms_per_job"),
+        row("peak RSS per pool process (max)", "{:.0f} MB", "pool_rss_max_mb"),
+        row("peak RSS per pool process (mean)", "{:.0f} MB", "pool_rss_mean_mb"),
+        row("peak RSS / the bare task's", "{:.2f}x", "rss_ratio", f"<= {TARGET_RSS_RATIO}x"),
+        row("private memory per pool process (USS, mean)", "{:.0f} MB", "pool_unique_mean_mb"),
+        row(f"enqueue rate ({args.producers} producers)", "{:.0f}/s", "enqueue_per_s"),
+        row("load average (1 min) after the side", "{:.2f}", "load_avg_1m"),
+        row("creates succeeded", "{}", "succeeded", f"{args.jobs}"),
+        [
+            "create_meeting p50 / p99 (single)",
+            f"{costs['p50_us']:.0f} / {costs['p99_us']:.0f} µs",
+            "-",
+            "-",
+            "-",
+        ],
+        [
+            f"{args.enqueue_jobs} creates: single calls / one bulk call",
+            f"{costs['single_s']:.2f} / {costs['bulk_s']:.3f} s",
+            "-",
+            "-",
+            "-",
+        ],
+    ]
+
+
+def _panels(sides: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    def bars(key: str) -> dict[str, float]:
+        return {side.replace("pipeline, ", ""): sides[side][key] for side in SIDES}
+
+    bare_rate = sides["bare Celery"]["jobs_per_s"]
+    return [
         report.panel(
             "throughput",
             "creates per second",
-            {"pipeline": ours["jobs_per_s"], "raw httpx": raw["jobs_per_s"]},
-            {"target: half of raw": TARGET_SHARE_OF_RAW * raw["jobs_per_s"]},
+            bars("jobs_per_s"),
+            {"target: 0.8x bare": TARGET_SHARE * bare_rate},
             fmt="{:.1f}",
         ),
         report.panel(
-            "PostgreSQL transactions per job",
+            "PostgreSQL transactions per job (workers')",
             "transactions",
-            {"pipeline": ours["xacts_per_job"], "raw httpx": 0.0},
+            bars("worker_xacts_per_job"),
             {f"target <= {TARGET_XACTS_PER_JOB:.0f}": TARGET_XACTS_PER_JOB},
             fmt="{:.2f}",
         ),
+        report.panel("Redis commands per job", "commands", bars("redis_per_job"), fmt="{:.1f}"),
         report.panel(
-            "peak RSS per pool process",
+            "worker CPU per job", "ms (mains + pool)", bars("worker_cpu_ms_per_job"), fmt="{:.1f}"
+        ),
+        report.panel(
+            "peak RSS per pool process (max)",
             "MB (VmHWM)",
-            {f"p{n + 1}": mb for n, mb in enumerate(rss)},
-            fmt="{:.0f}",
+            bars("pool_rss_max_mb"),
+            {"target: 1.3x bare": TARGET_RSS_RATIO * sides["bare Celery"]["pool_rss_max_mb"]},
         ),
     ]
-    return result
 
 
-def _pipeline(args: argparse.Namespace, fleet: harness.Fleet, out: Console) -> dict[str, Any]:
+class _Window:
+    """Counters over a measured window, with what the idle fleet did removed."""
+
+    def __init__(self, pids: list[int], idle_s: float, pg: bool) -> None:
+        self.pids, self.pg = pids, pg
+        first = self._read()
+        time.sleep(idle_s)
+        self.before = self._read()
+        elapsed = self.before["at"] - first["at"]
+        self.idle = {key: (self.before[key] - first[key]) / elapsed for key in ("redis", "xacts")}
+        self.cpu_before = probes.cpu_seconds(pids)
+
+    def _read(self) -> dict[str, float]:
+        return {
+            "at": time.monotonic(),
+            "redis": probes.redis_calls(harness.BROKER_URL),
+            "xacts": probes.xact_count() if self.pg else 0,
+        }
+
+    def stop_work(self) -> None:
+        """Call when the jobs are done, before the workers stop."""
+        self.cpu_s = probes.cpu_seconds(self.pids) - self.cpu_before
+        self.after = self._read()
+
+    def per_job(self, jobs: int, *, xacts_after: int = 0, own_xacts: int = 0) -> dict[str, float]:
+        span = self.after["at"] - self.before["at"]
+        redis = self.after["redis"] - self.before["redis"] - self.idle["redis"] * span
+        xacts = xacts_after - self.before["xacts"] - own_xacts - self.idle["xacts"] * span
+        return {
+            "redis_per_job": redis / jobs,
+            "xacts_per_job": xacts / jobs if self.pg else 0.0,
+            "xacts_idle_estimate": self.idle["xacts"] * span,
+            "worker_cpu_ms_per_job": 1000 * self.cpu_s / jobs,
+        }
+
+
+def _rss(pools: list[int]) -> dict[str, Any]:
+    mb = sorted((probes.peak_rss_kb(pid) / 1024 for pid in pools), reverse=True)
+    unique = [probes.unique_kb(pid) / 1024 for pid in pools]
+    return {
+        "pool_peak_rss_mb": mb,
+        "pool_unique_mean_mb": statistics.fmean(unique or [0.0]),
+        "pool_rss_max_mb": max(mb, default=0.0),
+        "pool_rss_mean_mb": statistics.fmean(mb or [0.0]),
+    }
+
+
+def _bare(
+    args: argparse.Namespace, fleet: harness.Fleet, warmup: int, out: Console
+) -> dict[str, Any]:
+    harness.reset_redis()
+    config = simulator.SimulatorConfig(daily_create_limit=harness.DAILY_LIMIT)
+    with simulator.start_simulator(config) as sim, bare.fleet(fleet, sim, out) as processes:
+        producer = bare.Producer(sim, processes)
+        try:
+            producer.enqueue(warmup, args.producers)
+            producer.wait_created(warmup, TIMEOUT_S)
+            mains, pools = bare.pool_pids(processes)
+            window = _Window(mains + pools, args.idle, pg=False)
+            harness.pause(producer.app, fleet.workers)
+            enqueue_s = producer.enqueue(args.jobs, args.producers)
+            resumed = time.monotonic()
+            harness.resume(producer.app, fleet.workers)
+            span_s = producer.wait_created(warmup + args.jobs, TIMEOUT_S) - resumed
+            window.stop_work()
+            rss = _rss(pools)
+            created = producer.created() - warmup
+        finally:
+            producer.close()
+    return {
+        "jobs_per_s": created / span_s,
+        "span_s": span_s,
+        "enqueue_per_s": args.jobs / enqueue_s,
+        "succeeded": created,
+        "producer_xacts_per_job": 0.0,
+        "worker_xacts_per_job": 0.0,
+        "load_avg_1m": harness.machine()["load_avg_1m"],
+        **window.per_job(args.jobs),
+        **rss,
+    }
+
+
+def _pipeline(
+    args: argparse.Namespace, fleet: harness.Fleet, warmup: int, out: Console, *, events: bool
+) -> dict[str, Any]:
+    setting = {"CELERY_TASK_EVENTS": "true" if events else "false"}
     with harness.service(
+<<<<<<< HEAD
         simulator.SimulatorConfig(), fleet, out, args.broker, ZOOM_RATE_LIMITS=harness.UNCAPPED
+=======
+        simulator.SimulatorConfig(), fleet, out, ZOOM_RATE_LIMITS=harness.UNCAPPED, **setting
+>>>>>>> x
     ) as svc:
-        svc.warm_up(2 * fleet.processes if args.warmup is None else args.warmup)
+        # This process's Celery app read its configuration for an earlier side: the
+        # producers' "task-sent" event follows this side's setting.
+        celery_app.app.conf.task_send_sent_event = events
+        svc.warm_up(warmup)
         # A backend that flushed its counters less than a second ago reports the rest only
         # after 10 s idle (PGSTAT_IDLE_INTERVAL): let the warm-up's transactions land first.
         time.sleep(STATS_FLUSH_S)
-        idle_from, idle_start = probes.xact_count(), time.monotonic()
-        time.sleep(args.idle)
-        before, idle_end = probes.xact_count(), time.monotonic()
-        idle_rate = (before - idle_from) / (idle_end - idle_start)
-        own_before = svc.own_statements
         mains = [item.process.pid for item in svc.workers()]
         pools = [pid for pid in mains for pid in probes.pool_children(pid)]
-        cpu_before = probes.cpu_seconds(mains + pools)
-        started = time.monotonic()
-        enqueue_s = svc.enqueue_many(args.jobs, args.producers)
-        done, _waited = svc.wait_final(args.jobs, TIMEOUT_S)
-        cpu_s = probes.cpu_seconds(mains + pools) - cpu_before
-        pool_kb = sorted((probes.peak_rss_kb(pid) for pid in pools), reverse=True)
-        main_kb = [probes.peak_rss_kb(pid) for pid in mains]
+        own_before = svc.own_statements
+        window = _Window(mains + pools, args.idle, pg=True)
+        harness.pause(celery_app.app, fleet.workers)
+        with probes.counting_commits() as producer_xacts:
+            enqueue_s = svc.enqueue_many(args.jobs, args.producers)
+        resumed = svc.db_now()
+        harness.resume(celery_app.app, fleet.workers)
+        svc.wait_final(args.jobs, TIMEOUT_S)
+        window.stop_work()
+        rss = _rss(pools)
         ledger = svc.ledger()
         stats = svc.stats()
         own = svc.own_statements - own_before
-    after, ended = probes.settled_xact_count(), time.monotonic()
-    idle_xacts = idle_rate * (ended - started)
-    pipeline_xacts = after - before - own - idle_xacts
-    first = min(job["created_at"] for job in ledger)
-    last = max((job["finished_at"] for job in ledger if job["finished_at"]), default=first)
-    span_s = (last - first).total_seconds()
+    xacts_after = probes.settled_xact_count()
+    last = max((job["finished_at"] for job in ledger if job["finished_at"]), default=resumed)
+    span_s = (last - resumed).total_seconds()
     succeeded = sum(job["status"] == "succeeded" for job in ledger)
+    costs = window.per_job(args.jobs, xacts_after=xacts_after, own_xacts=own)
     return {
         "jobs_per_s": succeeded / span_s if span_s > 0 else 0.0,
         "span_s": span_s,
         "enqueue_per_s": args.jobs / enqueue_s if enqueue_s else 0.0,
-        "final": done,
         "succeeded": succeeded,
         "failed": len(ledger) - succeeded,
-        "queue_ms_p50": 1000 * harness.percentile(_seconds(ledger, "created_at", "started_at"), 50),
+        "load_avg_1m": harness.machine()["load_avg_1m"],
         "work_ms_p50": 1000 * harness.percentile(_seconds(ledger, "started_at", "finished_at"), 50),
-        "worker_cpu_ms_per_job": 1000 * cpu_s / args.jobs,
-        "xacts_total": after - before,
-        "xacts_own_statements": own,
-        "xacts_idle_estimate": idle_xacts,
-        "xacts_per_job": pipeline_xacts / args.jobs,
-        "pool_peak_rss_mb": [kb / 1024 for kb in pool_kb],
-        "worker_main_peak_rss_mb": [kb / 1024 for kb in main_kb],
         "api_calls": stats["api_calls"],
         "tokens": stats["tokens_issued"],
+        **costs,
+        "producer_xacts_per_job": producer_xacts[0] / args.jobs,
+        "worker_xacts_per_job": costs["xacts_per_job"] - producer_xacts[0] / args.jobs,
+        **rss,
     }
+
+
+def _ratio(value: float, base: float) -> float:
+    return value / base if base else 0.0
 
 
 def _seconds(ledger: list[dict[str, Any]], start: str, end: str) -> list[float]:

@@ -1,4 +1,4 @@
-"""Measuring the fleet from outside: PostgreSQL's transaction counters and /proc.
+"""Measuring the fleet from outside: PostgreSQL's and Redis's counters, and /proc.
 
 ``pg_stat_database`` is read through the ``postgres`` database, so reading it adds nothing
 to the benchmark database's own counts. A backend reports its counters lazily (at most once
@@ -11,9 +11,13 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
+import redis
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine
 
 from bench.harness import BENCH_DB, PG_ADMIN
 
@@ -63,6 +67,17 @@ def peak_rss_kb(pid: int) -> int:
     return 0
 
 
+def unique_kb(pid: int) -> int:
+    """The process's private memory now (USS: ``Private_Clean + Private_Dirty`` of
+    ``smaps_rollup``) in kB: what it holds that no other process shares; 0 when it is gone."""
+    total = 0
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith(("Private_Clean:", "Private_Dirty:")):
+                total += int(line.split()[1])
+    return total
+
+
 def cpu_seconds(pids: list[int]) -> float:
     """User plus system CPU time the processes have used so far, in seconds."""
     ticks = os.sysconf("SC_CLK_TCK")
@@ -72,3 +87,27 @@ def cpu_seconds(pids: list[int]) -> float:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
             total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
     return total / ticks
+
+
+def redis_calls(url: str) -> int:
+    """Commands the Redis server of ``url`` has run so far (``INFO commandstats``, every
+    database), the ``INFO`` calls that read them excluded."""
+    with redis.Redis.from_url(url) as client:
+        stats = client.info("commandstats")
+    return sum(int(value["calls"]) for name, value in stats.items() if name != "cmdstat_info")
+
+
+@contextlib.contextmanager
+def counting_commits() -> Iterator[list[int]]:
+    """Count the transactions this process commits through SQLAlchemy meanwhile (the
+    producers' own: ``[n]``, read after the block)."""
+    count = [0]
+
+    def committed(_conn: Connection) -> None:
+        count[0] += 1
+
+    event.listen(Engine, "commit", committed)
+    try:
+        yield count
+    finally:
+        event.remove(Engine, "commit", committed)

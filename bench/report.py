@@ -44,7 +44,8 @@ class Panel:
 
 def finish(name: str, result: dict[str, Any], out: Console) -> dict[str, Any]:
     """Print the table, write the JSON and the chart; return the result."""
-    print_table(str(result.get("title", name)), result["rows"], out)
+    columns = tuple(result.get("columns", COLUMNS))
+    print_table(str(result.get("title", name)), result["rows"], out, columns)
     RESULTS.mkdir(parents=True, exist_ok=True)
     json_path = RESULTS / f"{name}.json"
     json_path.write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
@@ -55,10 +56,12 @@ def finish(name: str, result: dict[str, Any], out: Console) -> dict[str, Any]:
     return result
 
 
-def print_table(title: str, rows: list[list[str]], out: Console) -> None:
-    """Rows of (metric, this service, baseline, ideal/target) as a table."""
+def print_table(
+    title: str, rows: list[list[str]], out: Console, columns: tuple[str, ...] = COLUMNS
+) -> None:
+    """Rows of (metric, this service, baseline, ideal/target), or of ``columns``, as a table."""
     table = Table(title=title)
-    for column in COLUMNS:
+    for column in columns:
         table.add_column(column, justify="left" if column == "metric" else "right")
     for row in rows:
         table.add_row(*row)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from worker import errors
+from worker.celery_app import celery_config
 from worker.config import PLAN_RATE_LIMITS, load_settings, parse_rate_limits
 
 
@@ -169,3 +170,14 @@ def _start_worker(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
         timeout=60,
         check=False,
     )
+
+
+def test_celery_config__task_events_off__neither_workers_nor_producers_send_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert celery_config(load_settings())["worker_send_task_events"], "on by default (Flower)"
+    monkeypatch.setenv("CELERY_TASK_EVENTS", "false")
+
+    config = celery_config(load_settings())
+
+    assert not config["worker_send_task_events"] and not config["task_send_sent_event"]

@@ -6,7 +6,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import event, update
 
 from worker import celery_app, db, errors, jobs, ledger, models, recording
 from worker.config import Settings, get_settings
@@ -188,3 +188,28 @@ def test_ledger__task_time_limits__jobs_below_their_lease_cleanup_its_own() -> N
     cleanup = limits["meetings.cleanup_stale"]
     assert cleanup["soft_time_limit"] >= celery_app.cleanup_budget_s(settings) > 120
     assert cleanup["time_limit"] > cleanup["soft_time_limit"]
+
+
+def test_ledger__create_claimed_fenced_recorded__one_statement_each(work: ledger.Ledger) -> None:
+    job_id = jobs.create_meeting("host@example.com", BODY)
+    statements: list[str] = []
+
+    def seen(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        statements.append(statement.split(None, 1)[0])
+
+    engine = db.get_engine(get_settings())
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        claim = work.claim(job_id)
+        assert claim is not None
+        work.fence(claim)
+        assert work.record(claim, Succeeded(85746065432, "https://zoom.us/j/85746065432"))
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+
+    # The claim, the fence, and the outcome with its meeting row (a data-modifying CTE).
+    assert statements == ["UPDATE", "UPDATE", "WITH"]
+    assert _row(job_id).status == models.SUCCEEDED
+    with db.sessions(get_settings())() as session:
+        meeting = session.get(MeetingRow, 85746065432)
+        assert meeting is not None and meeting.job_id == job_id

@@ -93,9 +93,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_ignore_result": True,
         "worker_prefetch_multiplier": 1,
         "worker_cancel_long_running_tasks_on_connection_loss": True,
-        # Flower sees tasks without extra flags.
-        "worker_send_task_events": True,
-        "task_send_sent_event": True,
+        # Flower sees tasks without extra flags (CELERY_TASK_EVENTS=false: no events).
+        "worker_send_task_events": settings.CELERY_TASK_EVENTS,
+        "task_send_sent_event": settings.CELERY_TASK_EVENTS,
         "task_annotations": time_limits(settings),
         "timezone": "UTC",
         "enable_utc": True,

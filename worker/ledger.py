@@ -42,9 +42,9 @@ import secrets
 import uuid
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, cast
 
-from sqlalchemy import ColumnElement, and_, func, or_, select, update
+from sqlalchemy import Interval, Table, and_, bindparam, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from worker import db, errors, models, outbox, recording, webhook_events
@@ -81,6 +81,83 @@ Send: TypeAlias = Callable[[str, dict[str, Any]], None]
 """Puts a task on the broker by name with these kwargs (``worker.celery_app.send``)."""
 
 
+_JOBS = cast(Table, models.Job.__table__)
+_NOW = func.now()
+_LEASE = bindparam("b_lease", type_=Interval())
+# What the work needs of a claimed job (recording.claim_of), and the database's clock.
+_CLAIMED = (
+    _JOBS.c.id,
+    _JOBS.c.kind,
+    _JOBS.c.user_id,
+    _JOBS.c.body,
+    _JOBS.c.marker,
+    _JOBS.c.meeting_id,
+    _JOBS.c.occurrence_id,
+    _JOBS.c.after_job_id,
+    _JOBS.c.attempts,
+    _JOBS.c.deferrals,
+    _JOBS.c.deliveries,
+    _JOBS.c.on_done,
+)
+
+
+def _claim_statement() -> Any:
+    """The claim, built once (SQLAlchemy Core, bound parameters ``b_job_id``, ``b_token``,
+    ``b_lease``): see :meth:`Ledger.claim`."""
+    jobs = _JOBS.c
+    old = (
+        select(jobs.id, jobs.maybe_sent.label("was_maybe_sent"))
+        .where(jobs.id == bindparam("b_job_id"))
+        .with_for_update()
+        .subquery()
+    )
+    claimable = or_(
+        and_(
+            jobs.status.in_([models.QUEUED, models.RETRYING, models.WAITING]),
+            or_(jobs.next_attempt_at.is_(None), jobs.next_attempt_at <= _NOW + CLAIM_EARLY),
+        ),
+        # A holder whose lease ran out, or whose claim the sweeper revoked.
+        and_(
+            jobs.status == models.RUNNING,
+            or_(jobs.lease_expires_at < _NOW, jobs.claim_token.is_(None)),
+        ),
+    )
+    # An update runs once every older update of its meeting has ended (worker.updates).
+    claimable = and_(claimable, or_(jobs.seq.is_(None), ~recording.older_update_unfinished()))
+    return (
+        update(_JOBS)
+        .where(jobs.id == old.c.id, claimable)
+        .values(
+            status=models.RUNNING,
+            claim_token=bindparam("b_token"),
+            deliveries=jobs.deliveries + 1,
+            maybe_sent=jobs.kind == CREATE,
+            lease_expires_at=_NOW + _LEASE,
+            started_at=func.coalesce(jobs.started_at, _NOW),
+            updated_at=_NOW,
+        )
+        .returning(
+            *_CLAIMED,
+            old.c.was_maybe_sent,
+            (_NOW - jobs.first_failed_at).label("failing_for"),
+            (_NOW - jobs.created_at).label("age"),
+        )
+    )
+
+
+_CLAIM = _claim_statement()
+_FENCE = (
+    update(_JOBS)
+    .where(
+        _JOBS.c.id == bindparam("b_job_id"),
+        _JOBS.c.claim_token == bindparam("b_token"),
+        _JOBS.c.status == models.RUNNING,
+    )
+    .values(lease_expires_at=_NOW + _LEASE)
+    .returning(_JOBS.c.id)
+)
+
+
 class Ledger:
     """The worker's side of the ledger, built once per process from Settings.
 
@@ -100,6 +177,9 @@ class Ledger:
         send: Send,
     ) -> None:
         self._sessions = sessions
+        # Single statements (claim, fence) run in autocommit on the same pool.
+        self._engine = sessions.kw["bind"]
+        self._autocommit = self._engine.execution_options(isolation_level="AUTOCOMMIT")
         self.lease = lease
         self.max_deliveries = max_deliveries
         self.max_hold = max_hold
@@ -126,65 +206,24 @@ class Ledger:
         counts a delivery; past ``max_deliveries`` consecutive claims without an outcome the
         job is failed as poison (``gave_up``).
         """
-        now = func.now()
-        old = (
-            select(JobRow.id, JobRow.maybe_sent.label("was_maybe_sent"))
-            .where(JobRow.id == job_id)
-            .with_for_update()
-            .subquery()
-        )
-        claimable: ColumnElement[bool] = or_(
-            and_(
-                JobRow.status.in_([models.QUEUED, models.RETRYING, models.WAITING]),
-                or_(JobRow.next_attempt_at.is_(None), JobRow.next_attempt_at <= now + CLAIM_EARLY),
-            ),
-            # A holder whose lease ran out, or whose claim the sweeper revoked.
-            and_(
-                JobRow.status == models.RUNNING,
-                or_(JobRow.lease_expires_at < now, JobRow.claim_token.is_(None)),
-            ),
-        )
-        # An update runs once every older update of its meeting has ended (worker.updates).
-        claimable = and_(claimable, or_(JobRow.seq.is_(None), ~recording.older_update_unfinished()))
         token = secrets.token_hex(16)
-        statement = (
-            update(JobRow)
-            .where(JobRow.id == old.c.id, claimable)
-            .values(
-                status=models.RUNNING,
-                claim_token=token,
-                deliveries=JobRow.deliveries + 1,
-                maybe_sent=JobRow.kind == CREATE,
-                lease_expires_at=now + self.lease,
-                started_at=func.coalesce(JobRow.started_at, now),
-                updated_at=now,
+        parameters = {"b_job_id": job_id, "b_token": token, "b_lease": self.lease}
+        # One statement in autocommit: a single round trip, no BEGIN or COMMIT of its own.
+        with self._autocommit.connect() as conn:
+            result = conn.execute(_CLAIM, parameters).one_or_none()
+        if result is None:
+            return None
+        job = recording.claim_of(result, token)
+        if job.deliveries > self.max_deliveries:
+            reason = (
+                f"gave up: delivered {job.deliveries} times in a row without finishing "
+                "(the worker died each time)"
             )
-            .returning(
-                JobRow,
-                old.c.was_maybe_sent,
-                (now - JobRow.first_failed_at).label("failing_for"),
-                (now - JobRow.created_at).label("age"),
-            )
-        )
-        with self._sessions() as session, session.begin():
-            result = session.execute(statement).one_or_none()
-            if result is None:
-                return None
-            row, was_maybe_sent, failing_for, age = result
-            job = recording.claim_of(row, token, bool(was_maybe_sent), failing_for, age)
-            poisoned = job.deliveries > self.max_deliveries
-            if poisoned:
-                reason = (
-                    f"gave up: delivered {job.deliveries} times in a row without finishing "
-                    "(the worker died each time)"
-                )
-                # A create that died mid-call each time may have made a meeting: keep the mark.
-                failed = Failed(reason, gave_up=True, maybe_sent=job.kind == CREATE)
-                recording.finish(
-                    session, job, status=models.FAILED, **recording.failed_values(failed)
-                )
-                log.error("job.poison job_id=%s %s", job.job_id, reason)
-        if poisoned:
+            # A create that died mid-call each time may have made a meeting: keep the mark.
+            failed = Failed(reason, gave_up=True, maybe_sent=job.kind == CREATE)
+            with self._engine.begin() as conn:
+                recording.finish(conn, job, status=models.FAILED, **recording.failed_values(failed))
+            log.error("job.poison job_id=%s %s", job.job_id, reason)
             self._wake_next_update(job)
             return None
         if job.deliveries > 1:
@@ -194,18 +233,9 @@ class Ledger:
     def fence(self, job: Claim) -> None:
         """Prove this worker still holds the claim and extend its lease, in one statement;
         raise ClaimLost otherwise. Called right before every call that changes Zoom."""
-        statement = (
-            update(JobRow)
-            .where(
-                JobRow.id == job.job_id,
-                JobRow.claim_token == job.token,
-                JobRow.status == models.RUNNING,
-            )
-            .values(lease_expires_at=func.now() + self.lease)
-            .returning(JobRow.id)
-        )
-        with self._sessions() as session, session.begin():
-            held = session.execute(statement).scalar_one_or_none()
+        parameters = {"b_job_id": job.job_id, "b_token": job.token, "b_lease": self.lease}
+        with self._autocommit.connect() as conn:
+            held = conn.execute(_FENCE, parameters).scalar_one_or_none()
         if held is None:
             log.warning("job.claim_lost job_id=%s stopping before the call", job.job_id)
             raise errors.ClaimLost(f"job {job.job_id} is no longer held by this worker")
@@ -221,24 +251,25 @@ class Ledger:
         return recorded
 
     def _record(self, job: Claim, outcome: Outcome) -> bool:
-        with self._sessions() as session, session.begin():
+        # A Core transaction: no ORM session to build and tear down on the hot path.
+        with self._engine.begin() as conn:
             match outcome:
                 case Succeeded() if job.kind == CREATE:
-                    return recording.record_created(session, job, outcome)
+                    return recording.record_created(conn, job, outcome)
                 case Succeeded() if job.kind == UPDATE:
-                    return recording.record_updated(session, job, outcome)
+                    return recording.record_updated(conn, job, outcome)
                 case Succeeded():
-                    return recording.record_deleted(session, job, outcome)
+                    return recording.record_deleted(conn, job, outcome)
                 case Failed():
                     return recording.finish(
-                        session, job, status=models.FAILED, **recording.failed_values(outcome)
+                        conn, job, status=models.FAILED, **recording.failed_values(outcome)
                     )
                 case Retry() | Hold():
                     countdown = self.countdown(outcome)
                     # With a countdown on the broker the lease runs past the retry so the
                     # sweeper stays away; a parked job's lease ends at the retry.
                     lease = self.lease if countdown is not None else timedelta()
-                    return recording.record_later(session, job, outcome, lease=lease)
+                    return recording.record_later(conn, job, outcome, lease=lease)
 
     def countdown(self, outcome: Retry | Hold) -> float | None:
         """Seconds until ``outcome.at`` when a broker countdown may carry the retry; None

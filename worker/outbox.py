@@ -67,16 +67,16 @@ def add_dispatches(
         transaction.execute(insert(OutboxMessage), values)
 
 
-def job_finished(session: Session, job_id: uuid.UUID) -> None:
+def job_finished(session: Session | Connection, job_id: uuid.UUID) -> None:
     """Queue the notification of the job's outcome to its ``on_done`` task, if it names one;
-    called in the transaction that records the final status."""
-    row = session.scalars(
-        select(JobRow).where(JobRow.id == job_id).execution_options(populate_existing=True)
-    ).one()
+    called in the transaction that records the final status (an ORM session or, on the
+    workers' hot path, a Core connection: the row is read with Core either way)."""
+    jobs = JobRow.__table__.c
+    row = session.execute(select(*JobRow.__table__.columns).where(jobs.id == job_id)).one()
     if row.on_done is None or row.status not in models.FINAL_STATUSES:
         return
     notification_id = uuid.uuid4()
-    kwargs = {"notification_id": str(notification_id), "job": Job.from_row(row).as_payload()}
+    kwargs = {"notification_id": str(notification_id), "job": Job.from_row(row).as_payload()}  # type: ignore[arg-type]
     session.execute(
         insert(OutboxMessage).values(
             id=notification_id, job_id=row.id, task=row.on_done, kwargs=kwargs

@@ -1,7 +1,8 @@
 """A claimed job, and how :meth:`worker.ledger.Ledger.record` writes each outcome.
 
 Kept apart from :mod:`worker.ledger` only for size (the ledger re-exports :class:`Claim`);
-it opens no session of its own, and every
+it opens no transaction of its own (each function runs in the caller's, on a Core
+Connection), and every
 statement here is guarded by the claim token (compare-and-swap), except the meeting row a
 holder that lost its claim still writes (adopted by its job, or an orphan: see the ledger's
 protocol). Nothing here reads Settings.
@@ -14,11 +15,11 @@ import logging
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
-from sqlalchemy import ColumnElement, func, select, update
+from sqlalchemy import ColumnElement, Table, bindparam, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.engine import Connection
 
 from worker import meeting_body, models, outbox, schedule, webhook_events
 from worker.models import Job as JobRow
@@ -30,6 +31,27 @@ log = logging.getLogger("worker.ledger")
 # The scheduled end given to an orphan (a meeting made by a holder that had lost its claim
 # while the job has another meeting): long past, so the next cleanup run deletes it.
 ORPHAN_END = datetime(2000, 1, 1, tzinfo=UTC)
+
+_JOBS = cast(Table, JobRow.__table__)
+_MEETINGS = cast(Table, MeetingRow.__table__)
+_MEETING_COLUMNS = (
+    "meeting_id",
+    "job_id",
+    "user_id",
+    "topic",
+    "start_time",
+    "duration_min",
+    "scheduled_end",
+)
+# The meeting a create made, written by the statement that finishes its job (one round trip).
+_NEW_MEETING = (
+    pg_insert(_MEETINGS)
+    .values({name: bindparam(f"m_{name}") for name in _MEETING_COLUMNS})
+    .on_conflict_do_nothing()
+    .cte("new_meeting")
+)
+# finish()'s statements, built once per set of columns it writes (SQLAlchemy Core).
+_FINISHES: dict[tuple[tuple[str, ...], bool], Any] = {}
 
 
 @dataclass(frozen=True)
@@ -55,6 +77,8 @@ class Claim:
     # the job was recorded; both on the database's clock at the claim.
     failing_for: timedelta | None = None
     age: timedelta = timedelta()
+    # The task to tell of the job's final status (worker.outbox), if the producer named one.
+    on_done: str | None = None
 
 
 class CreateState(enum.StrEnum):
@@ -73,9 +97,8 @@ class CreateResult(NamedTuple):
     meeting_id: int | None
 
 
-def claim_of(
-    row: JobRow, token: str, was_maybe_sent: bool, failing_for: timedelta | None, age: timedelta
-) -> Claim:
+def claim_of(row: Any, token: str) -> Claim:
+    """The Claim for a row the claim statement returned (see ``worker.ledger``)."""
     return Claim(
         job_id=row.id,
         kind=row.kind,
@@ -89,13 +112,14 @@ def claim_of(
         attempts=row.attempts,
         deferrals=row.deferrals,
         deliveries=row.deliveries,
-        maybe_sent=was_maybe_sent,
-        failing_for=failing_for,
-        age=age,
+        on_done=row.on_done,
+        maybe_sent=bool(row.was_maybe_sent),
+        failing_for=row.failing_for,
+        age=row.age,
     )
 
 
-def record_later(session: Session, job: Claim, outcome: Retry | Hold, *, lease: timedelta) -> bool:
+def record_later(conn: Connection, job: Claim, outcome: Retry | Hold, *, lease: timedelta) -> bool:
     """Hold the job until ``outcome.at``: retrying (a failure) or held (not failing).
 
     ``lease`` is how far past ``at`` the lease runs: a whole lease when a broker countdown
@@ -131,7 +155,7 @@ def record_later(session: Session, job: Claim, outcome: Retry | Hold, *, lease: 
             "held_for": outcome.why.value,
             "first_failed_at": failing_since,
         }
-    result = session.execute(
+    result = conn.execute(
         update(JobRow)
         .where(JobRow.id == job.job_id, JobRow.claim_token == job.token)
         .values(**common, **values)
@@ -143,7 +167,7 @@ def failed_values(outcome: Failed) -> dict[str, Any]:
     return {"error": outcome.reason, "gave_up": outcome.gave_up, "maybe_sent": outcome.maybe_sent}
 
 
-def record_created(session: Session, job: Claim, outcome: Succeeded) -> bool:
+def record_created(conn: Connection, job: Claim, outcome: Succeeded) -> bool:
     """Finish the create and add its meeting to the ledger; a meeting made by a holder that
     lost its claim is adopted by the job if it has none yet, else kept as an orphan."""
     assert outcome.meeting_id is not None, "a create succeeds with a meeting"
@@ -162,11 +186,11 @@ def record_created(session: Session, job: Claim, outcome: Succeeded) -> bool:
         "duration_min": duration if isinstance(duration, int) else None,
         "scheduled_end": end,
     }
-    session.execute(pg_insert(MeetingRow).values(**meeting).on_conflict_do_nothing())
     finished = {"meeting_id": outcome.meeting_id, "join_url": outcome.join_url}
-    if finish(session, job, status=models.SUCCEEDED, error=outcome.note, **finished):
+    meeting_values = {f"m_{name}": value for name, value in meeting.items()}
+    if finish(conn, job, status=models.SUCCEEDED, error=outcome.note, **finished, **meeting_values):
         return True
-    adopted = session.execute(
+    adopted = conn.execute(
         update(JobRow)
         .where(JobRow.id == job.job_id, JobRow.meeting_id.is_(None))
         .values(
@@ -183,15 +207,16 @@ def record_created(session: Session, job: Claim, outcome: Succeeded) -> bool:
             **finished,
         )
     )
-    if adopted.rowcount:  # type: ignore[attr-defined]
-        outbox.job_finished(session, job.job_id)
+    if adopted.rowcount:
+        if job.on_done is not None:
+            outbox.job_finished(conn, job.job_id)
         log.warning(
             "meeting.adopted_after_claim_lost job_id=%s meeting_id=%s",
             job.job_id,
             outcome.meeting_id,
         )
         return False
-    orphan = session.execute(
+    orphan = conn.execute(
         update(MeetingRow)
         .where(
             MeetingRow.meeting_id == outcome.meeting_id,
@@ -202,7 +227,7 @@ def record_created(session: Session, job: Claim, outcome: Succeeded) -> bool:
         )
         .values(scheduled_end=ORPHAN_END)
     )
-    if orphan.rowcount:  # type: ignore[attr-defined]
+    if orphan.rowcount:
         log.warning(
             "meeting.orphan_recorded job_id=%s meeting_id=%s the next cleanup deletes it",
             job.job_id,
@@ -211,38 +236,41 @@ def record_created(session: Session, job: Claim, outcome: Succeeded) -> bool:
     return False
 
 
-def record_deleted(session: Session, job: Claim, outcome: Succeeded) -> bool:
+def record_deleted(conn: Connection, job: Claim, outcome: Succeeded) -> bool:
     if not job.occurrence_id and outcome.meeting_id is not None:
-        session.execute(
+        conn.execute(
             update(MeetingRow)
             .where(MeetingRow.meeting_id == outcome.meeting_id, MeetingRow.state != models.DELETED)
             .values(state=models.DELETED, deleted_at=func.now())
         )
     return finish(
-        session, job, status=models.SUCCEEDED, meeting_id=outcome.meeting_id, error=outcome.note
+        conn, job, status=models.SUCCEEDED, meeting_id=outcome.meeting_id, error=outcome.note
     )
 
 
-def record_updated(session: Session, job: Claim, outcome: Succeeded) -> bool:
+def record_updated(conn: Connection, job: Claim, outcome: Succeeded) -> bool:
     """Finish the update and carry its changes into the ledger's meeting row: the topic, the
     schedule and ``scheduled_end`` (so the cleanup's date moves with a reschedule), and when
     each field was set (``field_updated_ts``, so Zoom's notice of an older change never
     undoes this one). An update of one occurrence leaves the row alone: the cleanup asks Zoom
     for a series' real end before it deletes anything."""
     finished = {"meeting_id": job.meeting_id, "error": outcome.note}
-    if not finish(session, job, status=models.SUCCEEDED, **finished):
+    if not finish(conn, job, status=models.SUCCEEDED, **finished):
         return False
-    meeting = session.get(MeetingRow, job.meeting_id, with_for_update=True)
+    meeting = conn.execute(
+        select(_MEETINGS).where(_MEETINGS.c.meeting_id == job.meeting_id).with_for_update()
+    ).one_or_none()
     if meeting is not None and job.occurrence_id is None and job.body:
         values = rescheduled(meeting, job.body, now=datetime.now(UTC))
-        session.execute(
+        conn.execute(
             update(MeetingRow).where(MeetingRow.meeting_id == job.meeting_id).values(values)
         )
     return True
 
 
-def rescheduled(meeting: MeetingRow, changes: dict[str, Any], *, now: datetime) -> dict[str, Any]:
-    """The meeting row's new values once ``changes`` (a validated update) reached Zoom."""
+def rescheduled(meeting: Any, changes: dict[str, Any], *, now: datetime) -> dict[str, Any]:
+    """The meeting row's new values once ``changes`` (a validated update) reached Zoom;
+    ``meeting`` is a row of ``meetings`` (a Core row or the ORM's)."""
     values: dict[str, Any] = {}
     if isinstance(changes.get("topic"), str):
         values["topic"] = changes["topic"]
@@ -269,28 +297,46 @@ def rescheduled(meeting: MeetingRow, changes: dict[str, Any], *, now: datetime) 
     return values
 
 
-def finish(session: Session, job: Claim, *, status: str, **values: Any) -> bool:
+def finish(conn: Connection, job: Claim, *, status: str, **values: Any) -> bool:
+    """End the job with ``status`` and ``values`` if this worker holds its claim. Values
+    named ``m_<column>`` are a meeting row written by the same statement (record_created)."""
     values.setdefault("maybe_sent", False)
-    result = session.execute(
-        update(JobRow)
-        .where(JobRow.id == job.job_id, JobRow.claim_token == job.token)
-        .values(
-            status=status,
-            attempts=JobRow.attempts + 1,
-            claim_token=None,
-            deliveries=0,
-            lease_expires_at=None,
-            next_attempt_at=None,
-            held_for=None,
-            finished_at=func.now(),
-            updated_at=func.now(),
-            **values,
-        )
-    )
+    values["status"] = status
+    meeting = any(name.startswith("m_") for name in values)
+    names = tuple(sorted(name for name in values if not name.startswith("m_")))
+    parameters = {f"v_{name}": values[name] for name in names}
+    parameters.update((name, value) for name, value in values.items() if name.startswith("m_"))
+    parameters.update(b_job_id=job.job_id, b_token=job.token)
+    result = conn.execute(_finish_statement(names, meeting), parameters)
     if not claimed(result, job, status):
         return False
-    outbox.job_finished(session, job.job_id)
+    if job.on_done is not None:
+        outbox.job_finished(conn, job.job_id)
     return True
+
+
+def _finish_statement(names: tuple[str, ...], meeting: bool) -> Any:
+    statement = _FINISHES.get((names, meeting))
+    if statement is None:
+        statement = (
+            update(_JOBS)
+            .where(_JOBS.c.id == bindparam("b_job_id"), _JOBS.c.claim_token == bindparam("b_token"))
+            .values(
+                attempts=_JOBS.c.attempts + 1,
+                claim_token=None,
+                deliveries=0,
+                lease_expires_at=None,
+                next_attempt_at=None,
+                held_for=None,
+                finished_at=func.now(),
+                updated_at=func.now(),
+                **{name: bindparam(f"v_{name}") for name in names},
+            )
+        )
+        if meeting:
+            statement = statement.add_cte(_NEW_MEETING)
+        _FINISHES[(names, meeting)] = statement
+    return statement
 
 
 def claimed(result: Any, job: Claim, what: str) -> bool:
@@ -303,14 +349,14 @@ def older_update_unfinished() -> ColumnElement[bool]:
     """An update of the same meeting with a lower seq that has not ended yet: the ordering
     promise of update jobs. Checked inside the claim's compare-and-swap, so with any number
     of workers and redeliveries an update runs only after every older one ended."""
-    older = aliased(JobRow)
+    older = _JOBS.alias("older")
     return (
-        select(older.id)
+        select(older.c.id)
         .where(
-            older.meeting_id == JobRow.meeting_id,
-            older.seq.is_not(None),
-            older.seq < JobRow.seq,
-            older.status.not_in(models.FINAL_STATUSES),
+            older.c.meeting_id == _JOBS.c.meeting_id,
+            older.c.seq.is_not(None),
+            older.c.seq < _JOBS.c.seq,
+            older.c.status.not_in(models.FINAL_STATUSES),
         )
         .exists()
     )
