@@ -259,11 +259,12 @@ def _pipeline(
 ) -> dict[str, Any]:
     setting = {"CELERY_TASK_EVENTS": "true" if events else "false"}
     with harness.service(
-<<<<<<< HEAD
-        simulator.SimulatorConfig(), fleet, out, args.broker, ZOOM_RATE_LIMITS=harness.UNCAPPED
-=======
-        simulator.SimulatorConfig(), fleet, out, ZOOM_RATE_LIMITS=harness.UNCAPPED, **setting
->>>>>>> x
+        simulator.SimulatorConfig(),
+        fleet,
+        out,
+        args.broker,
+        ZOOM_RATE_LIMITS=harness.UNCAPPED,
+        **setting,
     ) as svc:
         # This process's Celery app read its configuration for an earlier side: the
         # producers' "task-sent" event follows this side's setting.
