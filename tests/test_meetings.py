@@ -247,8 +247,14 @@ def test_decide__every_error_of_the_tree__has_a_rule() -> None:
     def tree(cls: type[Exception]) -> list[type[Exception]]:
         return [cls, *(sub for child in cls.__subclasses__() for sub in tree(child))]
 
-    # ClaimLost stops the attempt before decide; IdempotencyConflict is raised to producers.
-    elsewhere = {errors.ZoomWorkerError, errors.ClaimLost, errors.IdempotencyConflict}
+    # ClaimLost stops the attempt before decide; IdempotencyConflict is raised to producers,
+    # InvalidCredential to the credentials registry's callers.
+    elsewhere = {
+        errors.ZoomWorkerError,
+        errors.ClaimLost,
+        errors.IdempotencyConflict,
+        errors.InvalidCredential,
+    }
     ruled = [kind for kind, _rule in meetings._RULES]
     missing = [
         cls.__name__

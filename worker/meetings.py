@@ -397,6 +397,14 @@ _RULES: list[tuple[type[Exception] | tuple[type[Exception], ...], _Rule]] = [
     ((errors.MeetingUpdateLimitReached, errors.DailyLimitReached), _capped),
     (errors.RateLimited, _rate_limited),
     (
+        errors.CredentialUnavailable,
+        lambda c: c.hold(
+            c.now + MINUTE,
+            HoldReason.CREDENTIALS,
+            f"waiting: credential {c.exc.name} is {c.exc.status}: {c.exc.reason}",
+        ),
+    ),
+    (
         errors.CircuitOpen,
         lambda c: c.hold(
             c.exc.retry_at or c.now + MINUTE, HoldReason.CREDENTIALS, f"waiting: {c.exc.reason}"
