@@ -29,7 +29,7 @@ import redis
 from rich.console import Console
 
 from bench import workload
-from worker import db, jobs, models, schema, simulator
+from worker import db, jobs, models, priorities, schema, simulator
 from worker.demo import (
     DemoFailed,
     DemoOptions,
@@ -164,7 +164,7 @@ class Service:
     def _explain_timeout(self, expected: int, done: int, batch: str) -> None:
         statuses = self._query(_BY_STATUS, (self._like(batch),))
         with redis.Redis.from_url(BROKER_URL) as broker:
-            queued = broker.llen("celery")
+            queued = sum(broker.llen(queue) for queue in priorities.QUEUES)
         self.out.print(
             f"[yellow]timed out[/]: {done} of {expected} jobs final; by status "
             f"{dict(statuses)}; {queued} messages waiting on the broker",

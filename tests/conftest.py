@@ -28,7 +28,7 @@ import redis
 from alembic import command
 from alembic.config import Config
 
-from worker import db, token_store
+from worker import db, priorities, token_store
 from worker.celery_app import app, transport_options
 from worker.config import get_settings
 from worker.simulator import RunningSimulator, SimulatorClient, start_simulator
@@ -44,6 +44,8 @@ TEMPLATE = f"zw_test_template_{os.getpid()}"
 # The local RabbitMQ (guest may connect from loopback only); one vhost per run, emptied per test.
 AMQP_BASE = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672")
 BROKER_KINDS = ("redis", "rabbitmq")
+# Where a normal-priority job's task message waits (worker.priorities).
+JOB_QUEUE = priorities.queue_of(priorities.NORMAL)
 both_brokers = pytest.mark.parametrize("broker_kind", BROKER_KINDS, indirect=True)
 
 
@@ -134,7 +136,7 @@ def _empty_rabbitmq_queues(url: str) -> None:
     """Delete the queues a test leaves in the run's vhost (Celery declares them again)."""
     with kombu.Connection(url, connect_timeout=10) as conn:
         channel = conn.default_channel
-        for queue in ("celery",):
+        for queue in (priorities.DEFAULT_QUEUE, *priorities.QUEUES):
             try:
                 channel.queue_delete(queue)
             except Exception:
@@ -281,13 +283,17 @@ def start_worker(env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., 
     """Start `celery -A worker worker` processes with this test's settings."""
     started: list[WorkerProcess] = []
 
-    def start(concurrency: int = 2, name: str | None = None, **overrides: str) -> WorkerProcess:
+    def start(
+        concurrency: int = 2, name: str | None = None, queues: str | None = None, **overrides: str
+    ) -> WorkerProcess:
         name = name or f"w{len(started) + 1}"
         arguments = [
             "worker", "--loglevel", "INFO", "--concurrency", str(concurrency),
             "--pool", "prefork", "--hostname", f"{name}@%h", "--without-gossip",
             "--without-mingle",
         ]  # fmt: skip
+        if queues is not None:  # a dedicated worker (`-Q`); else every queue
+            arguments += ["--queues", queues]
         worker = spawn_celery(
             name, arguments, {**env, **overrides}, tmp_path / f"{name}.log", "ready."
         )

@@ -295,7 +295,11 @@ class _StingyGate(meetings.OpenGate):
         self.allowed = allowed
 
     def before_call(
-        self, operation: str, user_id: str | None = None, slot_at: float | None = None
+        self,
+        operation: str,
+        user_id: str | None = None,
+        slot_at: float | None = None,
+        priority: str = "normal",
     ) -> None:
         if operation != "delete":
             return

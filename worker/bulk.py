@@ -20,40 +20,51 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from worker import admission, celery_app, db, errors, job_requests, ledger
+from worker import admission, celery_app, db, errors, job_requests, ledger, priorities
 from worker.config import get_settings
 from worker.ledger import DELETE
 from worker.models import Job as JobRow
 
 log = logging.getLogger(__name__)
 
-CREATE_FIELDS = frozenset({"user_id", "meeting", "idempotency_key"})
-DELETE_FIELDS = frozenset({"meeting_id", "occurrence_id", "idempotency_key", "create_job_id"})
+CREATE_FIELDS = frozenset({"user_id", "meeting", "idempotency_key", "priority"})
+DELETE_FIELDS = frozenset(
+    {"meeting_id", "occurrence_id", "idempotency_key", "create_job_id", "priority"}
+)
 # Transport operations per job in a publish batch: the message, and its task-sent event.
 OPERATIONS_PER_MESSAGE = 2
 
 
-def create_meetings(requests: Sequence[Mapping[str, Any]]) -> list[uuid.UUID]:
-    """Record and queue a create job per ``{"user_id", "meeting", "idempotency_key"?}``;
-    returns their job ids in order (a reused key gives its earlier job's id, as
-    :func:`worker.jobs.create_meeting` does)."""
+def create_meetings(
+    requests: Sequence[Mapping[str, Any]], *, priority: str = priorities.DEFAULT
+) -> list[uuid.UUID]:
+    """Record and queue a create job per ``{"user_id", "meeting", "idempotency_key"?,
+    "priority"?}``; returns their job ids in order (a reused key gives its earlier job's id,
+    as :func:`worker.jobs.create_meeting` does). A request without its own ``priority`` has
+    the batch's."""
     rows = []
     for index, request in enumerate(_requests(requests)):
         with _at(index):
             _check_fields(request, CREATE_FIELDS)
             rows.append(
                 job_requests.new_create(
-                    request.get("user_id"), request.get("meeting"), request.get("idempotency_key")
+                    request.get("user_id"),
+                    request.get("meeting"),
+                    request.get("idempotency_key"),
+                    request.get("priority", priority),
                 )
             )
     with db.unavailable_as_infrastructure():
         return _record_and_dispatch(rows)
 
 
-def delete_meetings(requests: Sequence[Mapping[str, Any]]) -> list[uuid.UUID]:
+def delete_meetings(
+    requests: Sequence[Mapping[str, Any]], *, priority: str = priorities.DEFAULT
+) -> list[uuid.UUID]:
     """Record and queue a delete job per ``{"meeting_id"}`` or ``{"create_job_id"}`` (with
-    ``occurrence_id`` and ``idempotency_key`` optional); returns their job ids in order.
-    Each is checked as :func:`worker.jobs.delete_meeting` checks one."""
+    ``occurrence_id``, ``idempotency_key`` and ``priority`` optional; the batch's priority
+    otherwise); returns their job ids in order. Each is checked as
+    :func:`worker.jobs.delete_meeting` checks one."""
     checked = []
     for index, request in enumerate(_requests(requests)):
         with _at(index):
@@ -63,22 +74,30 @@ def delete_meetings(requests: Sequence[Mapping[str, Any]]) -> list[uuid.UUID]:
             checked.append(request)
     with db.unavailable_as_infrastructure():
         with db.sessions(get_settings())() as session:
-            rows = [_delete_row(session, index, request) for index, request in enumerate(checked)]
+            rows = [
+                _delete_row(session, index, {"priority": priority, **request})
+                for index, request in enumerate(checked)
+            ]
         return _record_and_dispatch(rows)
 
 
 def _delete_row(session: Session, index: int, request: Mapping[str, Any]) -> JobRow:
     occurrence_id, key = request.get("occurrence_id"), request.get("idempotency_key")
+    priority = request.get("priority")
     with _at(index):
         if "meeting_id" in request:
-            row = job_requests.new_delete(request["meeting_id"], occurrence_id, key)
+            row = job_requests.new_delete(
+                request["meeting_id"], occurrence_id, key, priority=priority
+            )
             job_requests.check_created_here(session, row.meeting_id)
             return row
         create = job_requests.create_job(session, request["create_job_id"])
         if create.meeting_id is None:
-            row = job_requests.new_delete(None, occurrence_id, key, after_job_id=create.id)
+            row = job_requests.new_delete(
+                None, occurrence_id, key, after_job_id=create.id, priority=priority
+            )
         else:
-            row = job_requests.new_delete(create.meeting_id, occurrence_id, key)
+            row = job_requests.new_delete(create.meeting_id, occurrence_id, key, priority=priority)
         # The caller's request names the create job, whatever that job has come to since.
         named = {"create_job_id": str(create.id), "occurrence_id": occurrence_id}
         row.request_digest = job_requests.request_digest(DELETE, named)
@@ -138,6 +157,7 @@ def _dispatch(rows: list[JobRow]) -> None:
                     topic=row.topic,
                     meeting_id=row.meeting_id,
                     send=send,
+                    priority=row.priority,
                 )
     except Exception as exc:  # kombu raises many types; the ledger rows are what counts
         log.warning(

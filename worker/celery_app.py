@@ -9,6 +9,10 @@ in PostgreSQL instead; see ``Settings.broker_hold_limit_s``).
 
 Per broker (``Settings.broker_kind``):
 
+Queues: one per job priority (``meetings.high``, ``meetings.normal``, ``meetings.bulk``) beside
+Celery's default queue for every other task; the same plain queues on both brokers
+(:mod:`worker.priorities`).
+
 - Redis: a ``visibility_timeout`` (``CELERY_VISIBILITY_TIMEOUT``), after which Redis
   redelivers an unacknowledged message, countdowns included.
 - RabbitMQ: durable classic queues with persistent messages (Celery's defaults) and
@@ -32,8 +36,9 @@ from datetime import timedelta
 from typing import Any
 
 from celery import Celery
+from kombu import Exchange, Queue
 
-from worker import errors, logs  # noqa: F401 - logs: LOG_FORMAT, through Celery's logging signals
+from worker import errors, logs, priorities  # noqa: F401 - logs: LOG_FORMAT, through Celery's logging signals
 from worker.config import Settings, get_settings
 
 SWEEP_TASK = "jobs.sweep"
@@ -72,6 +77,13 @@ def transport_options(settings: Settings) -> dict[str, Any]:
     return {"visibility_timeout": settings.CELERY_VISIBILITY_TIMEOUT}
 
 
+def task_queues() -> list[Queue]:
+    """Celery's default queue (the sweeper, cleanup, webhooks, retention) and one queue per
+    job priority (:mod:`worker.priorities`); a worker consumes them all unless given ``-Q``."""
+    names = (priorities.DEFAULT_QUEUE, *priorities.QUEUES)
+    return [Queue(name, Exchange(name), routing_key=name) for name in names]
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery's settings, derived from ours."""
     return {
@@ -83,6 +95,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "task_ignore_result": True,
+        "task_queues": task_queues(),
+        "task_default_queue": priorities.DEFAULT_QUEUE,
+        "task_routes": (priorities.route,),
         "worker_prefetch_multiplier": 1,
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         # Flower sees tasks without extra flags.

@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from worker import errors, ledger, marker, meeting_body
+from worker import errors, ledger, marker, meeting_body, priorities
 from worker.ledger import CREATE, DELETE
 from worker.marker import RESERVED_AGENDA_CHARS
 from worker.models import Job as JobRow
@@ -31,8 +31,13 @@ def request_digest(kind: str, request: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def new_create(user_id: object, meeting: object, idempotency_key: object) -> JobRow:
-    """A create job for this host and body, validated (InvalidMeeting names the field)."""
+def new_create(
+    user_id: object, meeting: object, idempotency_key: object, priority: object = None
+) -> JobRow:
+    """A create job for this host and body, validated (InvalidMeeting names the field).
+
+    The priority is not part of the request an idempotency key promises: the same key with
+    another priority returns the same job."""
     user = meeting_body.validate_user_id(user_id)
     if not isinstance(meeting, Mapping):
         raise errors.InvalidMeeting("meeting", "must be an object (Zoom's create-meeting body)")
@@ -47,6 +52,7 @@ def new_create(user_id: object, meeting: object, idempotency_key: object) -> Job
         topic=ledger.topic_of(body),
         body=body,
         marker=marker.for_job(job_id),
+        priority=priorities.checked(priority),
     )
 
 
@@ -56,6 +62,7 @@ def new_delete(
     idempotency_key: object,
     *,
     after_job_id: uuid.UUID | None = None,
+    priority: object = None,
 ) -> JobRow:
     """A delete job for this meeting (or, with ``after_job_id``, its create job's), validated."""
     number = None if after_job_id else meeting_body.validate_meeting_id(meeting_id)
@@ -74,6 +81,7 @@ def new_delete(
         meeting_id=number,
         occurrence_id=occurrence_id,
         after_job_id=after_job_id,
+        priority=priorities.checked(priority),
     )
 
 

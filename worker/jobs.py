@@ -27,7 +27,17 @@ from typing import Any
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import func, select
 
-from worker import admission, celery_app, db, errors, job_requests, ledger, models, waiting
+from worker import (
+    admission,
+    celery_app,
+    db,
+    errors,
+    job_requests,
+    ledger,
+    models,
+    priorities,
+    waiting,
+)
 from worker.bulk import create_meetings, delete_meetings
 from worker.config import get_settings
 from worker.job_requests import OCCURRENCE_ID_MAX, request_digest
@@ -71,6 +81,7 @@ class Job:
     attempts: int
     deferrals: int
     idempotency_key: str | None
+    priority: str
     created_at: datetime
     updated_at: datetime
     finished_at: datetime | None
@@ -90,6 +101,7 @@ class Job:
             attempts=row.attempts,
             deferrals=row.deferrals,
             idempotency_key=row.idempotency_key,
+            priority=row.priority,
             created_at=row.created_at,
             updated_at=row.updated_at,
             finished_at=row.finished_at,
@@ -98,16 +110,23 @@ class Job:
 
 
 def create_meeting(
-    user_id: str, meeting: Mapping[str, Any], idempotency_key: str | None = None
+    user_id: str,
+    meeting: Mapping[str, Any],
+    idempotency_key: str | None = None,
+    *,
+    priority: str = priorities.DEFAULT,
 ) -> uuid.UUID:
     """Record a create job, then queue it; returns the job id.
+
+    ``priority`` is ``"high"``, ``"normal"`` or ``"bulk"`` (:mod:`worker.priorities`): the
+    job's queue and its turn at the rate governor, high first.
 
     The body is Zoom's create-meeting body as Zoom names it. A body Zoom would reject raises
     InvalidMeeting naming the field, and nothing is stored or queued. The same
     idempotency key with the same host and body returns the same job, so it never makes a
     second meeting; with another host or body it raises IdempotencyConflict.
     """
-    row = job_requests.new_create(user_id, meeting, idempotency_key)
+    row = job_requests.new_create(user_id, meeting, idempotency_key, priority)
     with db.unavailable_as_infrastructure():
         return _record_and_dispatch(row)
 
@@ -118,8 +137,10 @@ def delete_meeting(
     idempotency_key: str | None = None,
     *,
     create_job_id: uuid.UUID | str | None = None,
+    priority: str = priorities.DEFAULT,
 ) -> uuid.UUID:
-    """Record a delete job, then queue it; returns the job id.
+    """Record a delete job, then queue it; returns the job id (``priority`` as for
+    :func:`create_meeting`).
 
     Only a meeting this service created can be deleted (InvalidMeeting otherwise). Deleting a
     meeting that is already gone succeeds. Instead of ``meeting_id``, ``create_job_id`` names
@@ -130,7 +151,9 @@ def delete_meeting(
         raise errors.InvalidMeeting("meeting_id", "give either meeting_id or create_job_id")
     with db.unavailable_as_infrastructure():
         if create_job_id is None:
-            row = job_requests.new_delete(meeting_id, occurrence_id, idempotency_key)
+            row = job_requests.new_delete(
+                meeting_id, occurrence_id, idempotency_key, priority=priority
+            )
             with db.sessions(get_settings())() as session, session.begin():
                 job_requests.check_created_here(session, row.meeting_id)
             return _record_and_dispatch(row)
@@ -140,9 +163,13 @@ def delete_meeting(
         # The caller's request names the create job, whatever that job has come to since.
         request = {"create_job_id": str(after), "occurrence_id": occurrence_id}
         if meeting_id is None:
-            row = job_requests.new_delete(None, occurrence_id, idempotency_key, after_job_id=after)
+            row = job_requests.new_delete(
+                None, occurrence_id, idempotency_key, after_job_id=after, priority=priority
+            )
         else:
-            row = job_requests.new_delete(meeting_id, occurrence_id, idempotency_key)
+            row = job_requests.new_delete(
+                meeting_id, occurrence_id, idempotency_key, priority=priority
+            )
         row.request_digest = job_requests.request_digest(DELETE, request)
         return _record_and_dispatch(row)
 
@@ -194,6 +221,7 @@ def retry_job(job_id: uuid.UUID | str) -> Job:
             topic=row.topic,
             meeting_id=row.meeting_id,
             send=celery_app.send,
+            priority=row.priority,
         )
     log.info("job.retried job_id=%s kind=%s maybe_sent=%s", row.id, row.kind, row.maybe_sent)
     return Job.from_row(row)
@@ -281,10 +309,15 @@ def record_received(
                     "kwargs", f"unknown arguments for this task: {', '.join(unknown)}"
                 )
             if kind == CREATE:
-                row = job_requests.new_create(kwargs.get("user_id"), kwargs.get("meeting"), key)
+                row = job_requests.new_create(
+                    kwargs.get("user_id"), kwargs.get("meeting"), key, kwargs.get("priority")
+                )
             else:
                 row = job_requests.new_delete(
-                    kwargs.get("meeting_id"), kwargs.get("occurrence_id"), key
+                    kwargs.get("meeting_id"),
+                    kwargs.get("occurrence_id"),
+                    key,
+                    priority=kwargs.get("priority"),
                 )
                 with db.sessions(get_settings())() as session:
                     job_requests.check_created_here(session, row.meeting_id)
@@ -339,6 +372,7 @@ def _record_and_dispatch(row: JobRow) -> uuid.UUID:
             topic=row.topic,
             meeting_id=row.meeting_id,
             send=celery_app.send,
+            priority=row.priority,
         )
     return job_id
 

@@ -44,7 +44,7 @@ from typing import Any, TypeAlias
 from sqlalchemy import ColumnElement, and_, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from worker import db, errors, models, recording, webhook_events
+from worker import db, errors, models, priorities, recording, webhook_events
 from worker.config import Settings
 from worker.models import Job as JobRow
 from worker.outcomes import Failed, Hold, HoldReason, Outcome, Reschedule, Retry, Succeeded
@@ -302,14 +302,21 @@ class Ledger:
                 JobRow.user_id,
                 JobRow.topic,
                 JobRow.meeting_id,
+                JobRow.priority,
             )
         )
         with self._sessions() as session, session.begin():
             rows = session.execute(statement).all()
-        for job_id, kind, status, user_id, topic, meeting_id in rows:
+        for job_id, kind, status, user_id, topic, meeting_id, priority in rows:
             log.info("job.sweep_dispatch job_id=%s status=%s", job_id, status)
             dispatch(
-                job_id, kind, user_id=user_id, topic=topic, meeting_id=meeting_id, send=self._send
+                job_id,
+                kind,
+                user_id=user_id,
+                topic=topic,
+                meeting_id=meeting_id,
+                send=self._send,
+                priority=priority,
             )
         return len(rows)
 
@@ -338,10 +345,12 @@ def dispatch(
     topic: str | None,
     meeting_id: int | None,
     send: Send,
+    priority: str = priorities.DEFAULT,
 ) -> None:
-    """Put the job on the broker; a broker failure leaves it to the sweeper, nothing lost."""
+    """Put the job on the broker, in its priority's queue (the router reads ``priority``,
+    :func:`worker.priorities.route`); a broker failure leaves it to the sweeper, nothing lost."""
     # What Flower shows: the job id and what an operator needs, never the body or secrets.
-    kwargs: dict[str, Any] = {"job_id": str(job_id)}
+    kwargs: dict[str, Any] = {"job_id": str(job_id), "priority": priority}
     if kind == CREATE:
         kwargs.update(user_id=user_id, topic=topic)
     else:

@@ -177,7 +177,7 @@ class _Attempt:
 
     def _permit(self, operation: str, user_id: str | None = None) -> None:
         slot_at, self.slot_at = self.slot_at, None  # a reserved slot serves one call
-        self.gate.before_call(operation, user_id, slot_at)
+        self.gate.before_call(operation, user_id, slot_at, self.job.priority)
         self.called = True
 
     def _find_lost_meeting(self) -> zoom.Meeting | None:

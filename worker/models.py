@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    CheckConstraint,
     DateTime,
     ForeignKey,
     Index,
@@ -122,6 +123,7 @@ class Job(Base):
     __table_args__ = (
         Index(None, "status", "lease_expires_at"),
         Index(None, "status", "next_attempt_at"),
+        CheckConstraint("priority IN ('high', 'normal', 'bulk')", name="priority"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
@@ -163,6 +165,8 @@ class Job(Base):
     first_failed_at: Mapped[datetime | None] = mapped_column(_tz())
     # Set at each claim; an outcome is recorded only by the holder of the current claim.
     claim_token: Mapped[str | None] = mapped_column(String(32))
+    # high, normal or bulk (worker.priority): the job's queue and its place at the governor.
+    priority: Mapped[str] = mapped_column(String(8), server_default="normal")
     created_at: Mapped[datetime] = mapped_column(_tz(), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(_tz(), server_default=func.now())
     started_at: Mapped[datetime | None] = mapped_column(_tz())

@@ -55,6 +55,8 @@ class Claim:
     # the job was recorded; both on the database's clock at the claim.
     failing_for: timedelta | None = None
     age: timedelta = timedelta()
+    # high, normal or bulk (worker.priorities): the job's place at the rate governor.
+    priority: str = "normal"
 
 
 class CreateState(enum.StrEnum):
@@ -92,6 +94,7 @@ def claim_of(
         maybe_sent=was_maybe_sent,
         failing_for=failing_for,
         age=age,
+        priority=row.priority,
     )
 
 

@@ -27,6 +27,7 @@ from worker import (
     jobs,
     meetings,
     metrics,
+    priorities,
     retention,
     webhook_events,
 )
@@ -82,6 +83,7 @@ def create_meeting(
     job_id: str | None = None,
     topic: str | None = None,
     slot_at: float | None = None,
+    priority: str | None = None,
     **unknown: Any,
 ) -> None:
     """Create a Zoom meeting for a job (sent by ``worker.jobs`` or by name).
@@ -89,9 +91,15 @@ def create_meeting(
     Unknown arguments are accepted here so that such a message is recorded as a failed job
     saying why, instead of failing before any of our code runs and being acknowledged."""
     if job_id is None:
-        kwargs = {"user_id": user_id, "meeting": meeting, "idempotency_key": idempotency_key}
+        kwargs = {
+            "user_id": user_id,
+            "meeting": meeting,
+            "idempotency_key": idempotency_key,
+            "priority": priority,
+        }
         job_id = _recorded(self, jobs.CREATE, kwargs, sorted(unknown))
-    _run(self, job_id, {"job_id": job_id, "user_id": user_id, "topic": topic}, slot_at)
+    retry_kwargs = {"job_id": job_id, "user_id": user_id, "topic": topic, "priority": priority}
+    _run(self, job_id, retry_kwargs, slot_at)
 
 
 @app.task(name="meetings.delete", bind=True, max_retries=None)
@@ -103,6 +111,7 @@ def delete_meeting(
     idempotency_key: str | None = None,
     job_id: str | None = None,
     slot_at: float | None = None,
+    priority: str | None = None,
     **unknown: Any,
 ) -> None:
     """Delete a Zoom meeting this service created (sent by ``worker.jobs`` or by name).
@@ -113,9 +122,11 @@ def delete_meeting(
             "meeting_id": meeting_id,
             "occurrence_id": occurrence_id,
             "idempotency_key": idempotency_key,
+            "priority": priority,
         }
         job_id = _recorded(self, jobs.DELETE, kwargs, sorted(unknown))
-    _run(self, job_id, {"job_id": job_id, "meeting_id": meeting_id}, slot_at)
+    retry_kwargs = {"job_id": job_id, "meeting_id": meeting_id, "priority": priority}
+    _run(self, job_id, retry_kwargs, slot_at)
 
 
 @app.task(name=SWEEP_TASK, ignore_result=True)
@@ -167,9 +178,15 @@ def _run(
         return
     reschedule = meetings.run(claim, work, slot_at=slot_at)
     if reschedule is not None:
+        # The job's own priority (a task sent by name may have named none): its queue.
+        retry_kwargs = {**retry_kwargs, "priority": claim.priority}
         if reschedule.slot_at is not None:
-            retry_kwargs = {**retry_kwargs, "slot_at": reschedule.slot_at}
-        raise task.retry(countdown=reschedule.countdown_s, kwargs=retry_kwargs)
+            retry_kwargs["slot_at"] = reschedule.slot_at
+        raise task.retry(
+            countdown=reschedule.countdown_s,
+            kwargs=retry_kwargs,
+            queue=priorities.queue_of(claim.priority),
+        )
 
 
 def _recorded(task: Task[Any, Any], kind: str, kwargs: dict[str, Any], unknown: list[str]) -> str:

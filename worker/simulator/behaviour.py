@@ -129,6 +129,12 @@ class Simulator:
                 **self.webhooks.counts(),
             }
 
+    def accepted_calls(self, category: str) -> list[float]:
+        """When each call the category's rate limit accepted arrived (epoch seconds), in
+        order: the pace as Zoom saw it (the benchmarks)."""
+        with self._lock:
+            return list(self._rates.accepted[category])
+
     def meetings(self) -> list[dict[str, Any]]:
         """Every meeting ever made, in creation order, with ``deleted``; never ``start_url``."""
         with self._lock:

@@ -1,4 +1,5 @@
-"""Zoom's rate limits: per category in a sliding 1 s window, and creates per user per UTC day."""
+"""Zoom's rate limits: per category per second (a sliding 1 s window, or fixed wall-clock
+seconds: ``SimulatorConfig.rate_window``), and creates per user per UTC day."""
 
 from __future__ import annotations
 
@@ -26,18 +27,27 @@ class RateWindows:
 
     def __init__(self) -> None:
         self._windows: dict[str, deque[float]] = {c: deque() for c in RATE_CATEGORIES}
+        # Calls accepted in the current wall-clock second, per category: (second, count).
+        self._fixed: dict[str, tuple[int, int]] = dict.fromkeys(RATE_CATEGORIES, (0, 0))
+        # The peak of calls in any sliding second, whatever the window model.
         self.max_qps: dict[str, int] = dict.fromkeys(RATE_CATEGORIES, 0)
+        # When each accepted call arrived (epoch seconds), per category: what Zoom saw.
+        self.accepted: dict[str, list[float]] = {c: [] for c in RATE_CATEGORIES}
         self._daily: dict[str, int] = {}
         self._daily_date: date | None = None
 
     def take_slot(self, category: str, cfg: SimulatorConfig) -> Reply | None:
-        """Accept a call into the category's sliding 1 s window, or answer 429."""
+        """Accept a call into the category's 1 s window (sliding or fixed), or answer 429."""
         window = self._windows[category]
-        now = time.monotonic()
+        now, wall = time.monotonic(), time.time()
         while window and window[0] <= now - 1.0:
             window.popleft()
+        second, in_second = self._fixed[category]
+        if second != int(wall):
+            second, in_second = int(wall), 0
+        used = len(window) if cfg.rate_window == "sliding" else in_second
         limit = (cfg.rate_limits or {}).get(category)
-        if limit is not None and len(window) >= limit:
+        if limit is not None and used >= limit:
             headers = {}
             if cfg.rate_limit_headers:
                 headers = {
@@ -48,7 +58,9 @@ class RateWindows:
                 }
             return error_reply(429, 429, PER_SECOND_MESSAGE, headers)
         window.append(now)
+        self._fixed[category] = (second, in_second + 1)
         self.max_qps[category] = max(self.max_qps[category], len(window))
+        self.accepted[category].append(wall)
         return None
 
     def take_daily(self, host_id: str, cfg: SimulatorConfig, now: datetime) -> Reply | None:
