@@ -176,5 +176,6 @@ class FleetGate:
         wait_s = QPS_PENALTY_S
         if exc.retry_at is not None:
             wait_s = max(wait_s, (exc.retry_at - datetime.now(UTC)).total_seconds())
-        self._governor.penalize(category, wait_s)
+        # A per-second 429 (not a long Retry-After) means the pacing was too tight: widen it.
+        self._governor.penalize(category, wait_s, widen=exc.retry_at is None or wait_s <= 2)
         log.warning("gate.penalized category=%s for %.1fs after a 429", category, wait_s)

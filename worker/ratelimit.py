@@ -11,6 +11,7 @@ Keys, under a namespace (default ``zw:rl``)::
     {ns}:tat:{category}      next free slot (GCRA "theoretical arrival time"), integer epoch us
     {ns}:hold:{category}     no call before this time (set by penalize/observe), epoch us
     {ns}:learned:{category}  a lower calls-per-second learned from Zoom's headers, expires in 1 h
+    {ns}:slack:{category}    extra spread after per-second 429s, us; expires (see Pacing)
     {ns}:sent:{category}     sorted set of the calls admitted in the last window, scored by
                              epoch us (see Pacing)
     {ns}:line:{category}:{priority}  the next return time handed to a refused caller of that
@@ -53,6 +54,10 @@ models, while using nearly all of it:
   few milliseconds to the next opening in-process instead of losing its slot.
 
 A fixed window is a special case of the sliding one, so holding the sliding one holds both.
+When a per-second 429 comes anyway, the arrivals are less even than ``spread_s`` allows (a
+loaded host): :meth:`RateGovernor.penalize` with ``widen`` adds :data:`SLACK_STEP_S` to the
+spread for the whole fleet, up to :data:`SLACK_MAX_S`, until :data:`SLACK_TTL_S` pass
+without another.
 
 Priorities
 ----------
@@ -96,6 +101,12 @@ from worker import errors
 USE_WITHIN_S = 10.0
 # How far ahead a priority may reserve (None: as far as the caller's ``max_ahead_s``).
 AHEAD_S: dict[str, float | None] = {"high": None, "normal": 3.0, "bulk": 1.0}
+# A per-second 429 despite the pacing means calls reach Zoom less evenly than the spread
+# allows (a loaded host, a slow network): widen it by this much, up to SLACK_MAX_S, until
+# SLACK_TTL_S pass without another.
+SLACK_STEP_S = 0.03
+SLACK_MAX_S = 0.3
+SLACK_TTL_S = 120
 # How long a rate learned from X-RateLimit-Limit is believed.
 LEARNED_RATE_TTL_S = 3600
 # The daily counter outlives 00:00 UTC by this much: the day is decided by its ``day`` field,
@@ -118,7 +129,9 @@ local function gcra()
   local rate = tonumber(ARGV[1])
   local learned = tonumber(redis.call('GET', KEYS[2]))
   if learned and learned > 0 and learned < rate then rate = learned end
-  local interval = math.ceil(1000000 / rate)
+  -- slack: seconds added to the spread after 429s (see Pacing), stretching the interval
+  local slack = tonumber(redis.call('GET', KEYS[4])) or 0
+  local interval = math.ceil(1000000 * (1 + slack / 1000000) / rate)
   return interval, (tonumber(ARGV[2]) - 1) * interval
 end
 local function set_until(key, value, now)
@@ -134,7 +147,7 @@ local function push_back(deadline, now, tolerance)
 end
 """
 
-# KEYS: tat, learned, hold, line (or a dummy). ARGV: rate, burst, max_ahead_us,
+# KEYS: tat, learned, hold, slack, line. ARGV: rate, burst, max_ahead_us,
 # held slot_us or '', use_within_us, '1' to hand a refused caller a return time from the line.
 _RESERVE = (
     _PRELUDE
@@ -154,9 +167,9 @@ local ahead = tonumber(ARGV[3])
 if slot - now > ahead then
   if ARGV[6] ~= '1' then return {0, slot - now, slot} end
   -- come back when the schedule has room within reach, one caller per interval
-  local line = tonumber(redis.call('GET', KEYS[4])) or 0
+  local line = tonumber(redis.call('GET', KEYS[5])) or 0
   local back = math.max(line, slot - ahead, now)
-  set_until(KEYS[4], back + interval, now)
+  set_until(KEYS[5], back + interval, now)
   return {0, back - now, back}
 end
 set_until(KEYS[1], tat + interval, now)
@@ -164,18 +177,24 @@ return {1, slot - now, slot}
 """
 )
 
-# KEYS: tat, learned, hold. ARGV: rate, burst, seconds_us.
+# KEYS: tat, learned, hold, slack. ARGV: rate, burst, seconds_us, slack step_us, max_us, ttl_ms.
 _PENALIZE = (
     _PRELUDE
     + """
 local now = now_us()
 local interval, tolerance = gcra()
 push_back(now + tonumber(ARGV[3]), now, tolerance)
+if ARGV[4] ~= '0' then
+  local slack = (tonumber(redis.call('GET', KEYS[4])) or 0) + tonumber(ARGV[4])
+  slack = math.min(slack, tonumber(ARGV[5]))
+  redis.call('SET', KEYS[4], string.format('%.0f', slack), 'PX', ARGV[6])
+end
 return 1
 """
 )
 
-# KEYS: tat, learned, hold. ARGV: rate, burst, limit or '', remaining or '', learned_ttl_ms.
+# KEYS: tat, learned, hold, slack. ARGV: rate, burst, limit or '', remaining or '',
+# learned_ttl_ms.
 _OBSERVE = (
     _PRELUDE
     + """
@@ -193,22 +212,22 @@ return 1
 """
 )
 
-# KEYS: sent log, learned. ARGV: calls per window, window_us, member.
+# KEYS: sent log, learned, slack. ARGV: calls per window, window_us, member.
 _ADMIT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local count = tonumber(ARGV[1])
 local learned = tonumber(redis.call('GET', KEYS[2]))
 if learned and learned >= 1 and learned < count then count = math.floor(learned) end
-local window = tonumber(ARGV[2])
+local window = tonumber(ARGV[2]) + (tonumber(redis.call('GET', KEYS[3])) or 0)
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%.0f', now - window))
 if redis.call('ZCARD', KEYS[1]) < count then
   redis.call('ZADD', KEYS[1], string.format('%.0f', now), ARGV[3])
   redis.call('PEXPIRE', KEYS[1], math.floor(window / 1000) + 1000)
-  return {1, 0}
+  return {1, 0, now}
 end
 local oldest = tonumber(redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')[2])
-return {0, oldest + window - now}
+return {0, oldest + window - now, now}
 """
 
 # KEYS: block. ARGV: until_us. A block is only ever extended, never shortened.
@@ -329,7 +348,7 @@ class RateGovernor:
         ahead = AHEAD_S.get(priority or "high")
         if ahead is not None:
             max_ahead_s = min(max_ahead_s, ahead)
-        line = self._key("line", category, priority or "none")
+        line = self._key("line", category, priority or "none")  # read only with a priority
         granted, delay_us, slot_us = self._run(
             self._reserve,
             [*self._category_keys(category), line],
@@ -347,28 +366,39 @@ class RateGovernor:
     def admit(self, category: str) -> Permit:
         """Just before a call: granted while fewer than the category's rate of calls were
         admitted in the last ``1 + spread_s`` seconds (and then counted); otherwise
-        ``delay_s`` says when the oldest of them leaves that window. See Pacing above."""
+        ``delay_s`` says when the oldest of them leaves that window; ``slot_at`` is when it
+        was asked (Redis's clock). See Pacing above."""
         count = max(1, math.floor(self.limits[self._check(category)]))
         window_us = round((1 + self.spread_s) * _US)
         member = secrets.token_hex(8)
-        granted, delay_us = self._run(
-            self._admit, [self._key("sent", category), self._key("learned", category)],
+        granted, delay_us, now_us = self._run(
+            self._admit,
+            [self._key(part, category) for part in ("sent", "learned", "slack")],
             [count, window_us, member],
         )  # fmt: skip
-        return Permit(bool(granted), delay_us / _US, 0.0, category)
+        return Permit(bool(granted), delay_us / _US, now_us / _US, category)
 
-    def penalize(self, category: str, seconds: float) -> None:
+    def penalize(self, category: str, seconds: float, *, widen: bool = False) -> None:
         """Zoom answered 429 anyway: no slot in the category before ``seconds`` from now.
 
         Slots already reserved before that time are dropped when presented, so the whole
-        fleet waits. A shorter penalty never shortens a longer one.
+        fleet waits. A shorter penalty never shortens a longer one. ``widen`` (a per-second
+        429 the pacing should have prevented) adds :data:`SLACK_STEP_S` to the spread, up to
+        :data:`SLACK_MAX_S`, for :data:`SLACK_TTL_S` after the last such 429 (see Pacing).
         """
         if seconds < 0:
             raise ValueError("seconds must not be negative")
         self._run(
             self._penalize,
             self._category_keys(category),
-            [self._paced(category), self.burst, round(seconds * _US)],
+            [
+                self._paced(category),
+                self.burst,
+                round(seconds * _US),
+                round(SLACK_STEP_S * _US) if widen else 0,
+                round(SLACK_MAX_S * _US),
+                SLACK_TTL_S * 1000,
+            ],
         )
 
     def observe(self, category: str, *, limit: int | None, remaining: int | None) -> None:
@@ -446,7 +476,7 @@ class RateGovernor:
 
     def _category_keys(self, category: str) -> list[str]:
         self._check(category)
-        return [self._key(part, category) for part in ("tat", "learned", "hold")]
+        return [self._key(part, category) for part in ("tat", "learned", "hold", "slack")]
 
     def _key(self, *parts: str) -> str:
         return ":".join((self.namespace, *parts))
