@@ -23,6 +23,7 @@ from bench import (
     harness,
     latency,
     overhead,
+    priority,
     rate,
     report,
     scrape,
@@ -32,7 +33,7 @@ from bench import (
 
 BENCHMARKS: dict[str, ModuleType] = {
     module.NAME: module
-    for module in (tokens, rate, overhead, latency, cleanup, scrape, enqueue, webhooks)
+    for module in (tokens, rate, priority, overhead, latency, cleanup, scrape, enqueue, webhooks)
 }
 
 
