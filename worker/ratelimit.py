@@ -63,9 +63,9 @@ Priorities
 ----------
 A caller may name its job's priority (``high``, ``normal``, ``bulk``; :mod:`worker.priorities`).
 Slots come from the one schedule above, but a lower priority may reserve only a short way
-ahead (:data:`AHEAD_S`: high as far as ``max_ahead_s``, normal 3 s, bulk 1 s). A backlog of
-bulk jobs therefore holds at most a second of the schedule, and a high job arriving behind
-it takes the next slot after that second, ahead of every bulk job still waiting; normal
+ahead (:data:`AHEAD_S`: high as far as ``max_ahead_s``, normal 2 s, bulk 0.5 s). A backlog
+of bulk jobs therefore holds at most half a second of the schedule, and a high job arriving
+behind it takes the next slot after that, ahead of every bulk job still waiting; normal
 likewise goes ahead of bulk. A refused caller of a priority is handed a return time from
 its priority's line (``{ns}:line:...``): one per slot interval, starting when the schedule
 will have room for it, so a backlog of thousands comes back one at a time at the pace slots
@@ -100,7 +100,7 @@ from worker import errors
 # runs a re-queued task seconds late (a busy machine) still gets the slot it waited for.
 USE_WITHIN_S = 10.0
 # How far ahead a priority may reserve (None: as far as the caller's ``max_ahead_s``).
-AHEAD_S: dict[str, float | None] = {"high": None, "normal": 3.0, "bulk": 1.0}
+AHEAD_S: dict[str, float | None] = {"high": None, "normal": 2.0, "bulk": 0.5}
 # A per-second 429 despite the pacing means calls reach Zoom less evenly than the spread
 # allows (a loaded host, a slow network): widen it by this much, up to SLACK_MAX_S, until
 # SLACK_TTL_S pass without another.
