@@ -77,7 +77,7 @@ class Settings(BaseSettings):
     RATE_HEADROOM: float = Field(1.0, gt=0, le=1)
     # How much the time from permit to Zoom varies between calls (seconds): the governor
     # paces each limit over 1 + this, so no second at Zoom, fixed or sliding, sees more.
-    RATE_ARRIVAL_SPREAD_S: float = Field(0.02, ge=0, lt=0.5)
+    RATE_ARRIVAL_SPREAD_S: float = Field(0.04, ge=0, lt=0.5)
 
     JOB_LEASE_SECONDS: int = Field(300, ge=5)
     JOB_MAX_ATTEMPTS: int = Field(6, ge=1, le=100)
