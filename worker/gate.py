@@ -53,6 +53,12 @@ class Gate(Protocol):
         job's (:mod:`worker.priorities`), higher served first."""
         ...
 
+    def admit(self, operation: str) -> None:
+        """Right before the request leaves, after before_call: return when the calls made
+        across the fleet leave room for it (see worker.ratelimit, Pacing); raise Deferred
+        when that is too far off."""
+        ...
+
     def rate_limited(self, operation: str, exc: errors.RateLimited, user_id: str | None) -> None:
         """Zoom answered 429 anyway: tell the whole fleet."""
         ...
@@ -69,6 +75,9 @@ class OpenGate:
         priority: str = priorities.DEFAULT,
     ) -> None:
         """Always let the call go."""
+
+    def admit(self, operation: str) -> None:
+        """Always room."""
 
     def rate_limited(self, operation: str, exc: errors.RateLimited, user_id: str | None) -> None:
         """Nothing to tell."""
@@ -135,7 +144,6 @@ class FleetGate:
             )
         if permit.delay_s > 0:
             time.sleep(permit.delay_s)
-        self._admit(category)
         if host is not None:
             calls = self._governor.count_host_call(host)
             if calls > self._settings.ZOOM_DAILY_CREATE_LIMIT:
@@ -147,9 +155,12 @@ class FleetGate:
                     retry_at=midnight,
                 )
 
-    def _admit(self, category: str) -> None:
+    def admit(self, operation: str) -> None:
         """Wait for the sliding log of calls made to admit this one (a caller late for its
-        slot waits for the next opening); past ADMIT_WAIT_S, re-queue for a new slot."""
+        slot waits for the next opening); past ADMIT_WAIT_S, re-queue for a new slot. Called
+        last before the request (after the ledger's fence), so that the time from admission
+        to Zoom varies as little as it can."""
+        category = category_of(operation, self._settings)
         deadline = time.monotonic() + ADMIT_WAIT_S
         while True:
             admitted = self._governor.admit(category)
