@@ -24,6 +24,7 @@ from bench import (
     harness,
     latency,
     overhead,
+    priority,
     rate,
     report,
     scrape,
@@ -35,7 +36,17 @@ from bench import (
 BENCHMARKS: dict[str, ModuleType] = {
     module.NAME: module
     for module in (
-        tokens, accounts, rate, overhead, latency, cleanup, scrape, enqueue, webhooks, updates
+        tokens,
+        accounts,
+        rate,
+        priority,
+        overhead,
+        latency,
+        cleanup,
+        scrape,
+        enqueue,
+        webhooks,
+        updates,
     )
 }
 

@@ -35,7 +35,7 @@ from celery import Celery
 from rich.console import Console
 
 from bench import workload
-from worker import celery_app, db, jobs, models, schema, simulator
+from worker import celery_app, db, jobs, models, priorities, schema, simulator
 from worker.config import get_settings
 from worker.demo import (
     DemoFailed,
@@ -183,7 +183,7 @@ class Service:
         queued = "?"
         if get_settings().broker_kind == "redis":
             with redis.Redis.from_url(BROKER_URL) as broker:
-                queued = str(broker.llen("celery"))
+                queued = str(sum(broker.llen(queue) for queue in priorities.QUEUES))
         self.out.print(
             f"[yellow]timed out[/]: {done} of {expected} jobs final; by status "
             f"{dict(statuses)}; {queued} messages waiting on the broker",

@@ -5,7 +5,7 @@ process enqueues 5 creates a second, evenly spaced, for 30 s (150 jobs), through
 :func:`worker.jobs.create_meeting`, with the governor on and 2 workers x 4 processes. A job's
 latency is its ledger ``finished_at - created_at`` (both PostgreSQL's clock). There is no
 second side: the reference line is the governor's slot interval, the shortest spacing it
-gives two calls (1 / (cap x RATE_HEADROOM)).
+gives two calls ((1 + RATE_ARRIVAL_SPREAD_S) / (cap x RATE_HEADROOM)).
 """
 
 from __future__ import annotations
@@ -62,7 +62,9 @@ def run(args: argparse.Namespace, out: Console) -> dict[str, Any]:
     ]
     marks = {f"p{p}": harness.percentile(latencies, p) for p in PERCENTILES}
     marks["max"] = max(latencies, default=0.0)
-    slot_s = 1 / (args.cap * Settings.model_fields["RATE_HEADROOM"].default)
+    fields = Settings.model_fields
+    spread_s = fields["RATE_ARRIVAL_SPREAD_S"].default
+    slot_s = (1 + spread_s) / (args.cap * fields["RATE_HEADROOM"].default)
     calls = int(stats["api_calls"])
     ours = {
         **marks,

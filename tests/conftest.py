@@ -29,7 +29,7 @@ import redis
 from alembic import command
 from alembic.config import Config
 
-from worker import celery_app, db, token_store
+from worker import celery_app, db, priorities, token_store
 from worker.config import get_settings
 from worker.simulator import RunningSimulator, SimulatorClient, start_simulator
 
@@ -78,6 +78,8 @@ TEMPLATE = f"zw_test_template_{os.getpid()}"
 # The local RabbitMQ (guest may connect from loopback only); one vhost per run, emptied per test.
 AMQP_BASE = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672")
 BROKER_KINDS = ("redis", "rabbitmq")
+# Where a normal-priority job's task message waits (worker.priorities).
+JOB_QUEUE = priorities.queue_of(priorities.NORMAL)
 both_brokers = pytest.mark.parametrize("broker_kind", BROKER_KINDS, indirect=True)
 
 
@@ -198,7 +200,7 @@ def _empty_rabbitmq_queues(url: str) -> None:
     """Delete the queues a test leaves in the run's vhost (Celery declares them again)."""
     with kombu.Connection(url, connect_timeout=10) as conn:
         channel = conn.default_channel
-        for queue in ("celery",):
+        for queue in (priorities.DEFAULT_QUEUE, *priorities.QUEUES):
             try:
                 channel.queue_delete(queue)
             except Exception:
@@ -373,7 +375,11 @@ def start_worker(env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., 
     started: list[WorkerProcess] = []
 
     def start(
-        concurrency: int = 2, name: str | None = None, include: str | None = None, **overrides: str
+        concurrency: int = 2,
+        name: str | None = None,
+        include: str | None = None,
+        queues: str | None = None,
+        **overrides: str,
     ) -> WorkerProcess:
         name = name or f"w{len(started) + 1}"
         arguments = [
@@ -383,6 +389,8 @@ def start_worker(env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., 
         ]  # fmt: skip
         if include:  # a test module of tasks the worker also runs (tests/receivers.py)
             arguments += ["--include", include]
+        if queues is not None:  # a dedicated worker (`-Q`); else every queue
+            arguments += ["--queues", queues]
         worker = spawn_celery(
             name, arguments, {**env, **overrides}, tmp_path / f"{name}.log", "ready."
         )

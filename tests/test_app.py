@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import redis
 from click.testing import CliRunner
-from conftest import WorkerProcess, wait_for
+from conftest import JOB_QUEUE, WorkerProcess, wait_for
 from sqlalchemy import func, select, text, update
 
 from worker import celery_app, db, errors, jobs, ledger, models, retention, tasks
@@ -35,7 +35,7 @@ def _body(n: int) -> dict[str, Any]:
 def _queued_job_ids(broker: redis.Redis) -> list[str]:
     """The job ids of the task messages waiting on the default queue, oldest first."""
     ids = []
-    for raw in reversed(broker.lrange("celery", 0, -1)):
+    for raw in reversed(broker.lrange(JOB_QUEUE, 0, -1)):
         _args, kwargs, _embed = json.loads(base64.b64decode(json.loads(raw)["body"]))
         ids.append(kwargs["job_id"])
     return ids
@@ -96,7 +96,7 @@ def test_create_meetings__one_bad_body__refuses_all_naming_its_index(broker: red
         jobs.create_meetings(requests)
 
     assert caught.value.field == "[617].topic"
-    assert _count(JobRow) == 0 and broker.llen("celery") == 0
+    assert _count(JobRow) == 0 and broker.llen(JOB_QUEUE) == 0
 
 
 def test_create_meetings__unknown_field__refused_naming_index_and_field() -> None:
@@ -119,7 +119,7 @@ def test_create_meetings__keys__honoured_as_single_calls_and_conflict_stores_not
         ]
     )
     assert again[0] == single and again[1] == again[2] != single
-    assert _count(JobRow) == 2 and broker.llen("celery") == 2
+    assert _count(JobRow) == 2 and broker.llen(JOB_QUEUE) == 2
 
     with pytest.raises(errors.IdempotencyConflict):
         jobs.create_meetings(
@@ -132,7 +132,7 @@ def test_create_meetings__keys__honoured_as_single_calls_and_conflict_stores_not
                 },
             ]
         )
-    assert _count(JobRow) == 2 and broker.llen("celery") == 2, "nothing of the batch is stored"
+    assert _count(JobRow) == 2 and broker.llen(JOB_QUEUE) == 2, "nothing of the batch is stored"
 
 
 def test_delete_meetings__by_meeting_and_by_create_job__jobs_in_order(broker: redis.Redis) -> None:
@@ -338,7 +338,7 @@ def test_prune__key_of_a_pruned_job__still_refuses_a_second_meeting(broker: redi
     _age(31, job_id)
     retention.prune(get_settings())
     assert jobs.get_job(job_id) is None
-    queued = broker.llen("celery")
+    queued = broker.llen(JOB_QUEUE)
 
     assert jobs.create_meeting("host@example.com", BODY, idempotency_key="booking-42") == job_id
     assert jobs.create_meetings(
@@ -346,7 +346,7 @@ def test_prune__key_of_a_pruned_job__still_refuses_a_second_meeting(broker: redi
     ) == [job_id]
     with pytest.raises(errors.IdempotencyConflict):
         jobs.create_meeting("host@example.com", _body(2), idempotency_key="booking-42")
-    assert _count(JobRow) == 0 and broker.llen("celery") == queued
+    assert _count(JobRow) == 0 and broker.llen(JOB_QUEUE) == queued
 
     _age(91, job_id)
     assert retention.prune(get_settings()).idempotency_keys == 1

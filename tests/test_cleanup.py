@@ -295,7 +295,11 @@ class _StingyGate(meetings.OpenGate):
         self.allowed = allowed
 
     def before_call(
-        self, operation: str, user_id: str | None = None, slot_at: float | None = None
+        self,
+        operation: str,
+        user_id: str | None = None,
+        slot_at: float | None = None,
+        priority: str = "normal",
     ) -> None:
         if operation != "delete":
             return
@@ -341,7 +345,7 @@ def test_cleanup__real_governor__paced_and_all_deleted(
     # Creates count in another category, so only the deletes fill the light window.
     categories = {"create": "heavy", "delete": "light", "get": "light", "list": "medium"}
     sim_client.configure(rate_limits={"light": 10}, categories=categories)
-    # The governor keeps 10% headroom, as worker.tasks does (RATE_HEADROOM).
+    # 10% headroom, as a deployment sharing the account might keep (RATE_HEADROOM=0.9).
     governor = ratelimit.RateGovernor.from_url(env["REDIS_URL"], {"light": 9, "medium": 9})
     with _runtime(gate.FleetGate(governor, get_settings())) as governed:
         _ours(governed, STALE, n=12)

@@ -17,7 +17,7 @@ import psycopg
 import pytest
 import redis
 from click.testing import CliRunner, Result
-from conftest import PG_ADMIN, redis_url
+from conftest import JOB_QUEUE, PG_ADMIN, redis_url
 
 from worker import db, jobs, token_store
 from worker.cli import cli
@@ -106,7 +106,7 @@ def test_create__invalid_body__exits_2_naming_the_field_and_stores_nothing(
     assert result.exit_code == 2
     assert "invalid meeting: topic:" in result.output
     assert jobs.count_by_status() == {}
-    assert broker.llen("celery") == 0
+    assert broker.llen(JOB_QUEUE) == 0
 
 
 def test_delete__meeting_not_created_here__exits_2(env: dict[str, str]) -> None:

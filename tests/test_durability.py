@@ -29,6 +29,7 @@ import redis
 import sqlalchemy.exc
 from conftest import (
     BROKER_URL,
+    JOB_QUEUE,
     PG_ADMIN,
     WorkerProcess,
     both_brokers,
@@ -379,10 +380,10 @@ def test_durability__redis_flushed_mid_run__nothing_lost(
 
     def mid_run() -> bool:
         statuses = _statuses()
-        return bool(statuses and statuses["succeeded"] >= 20 and broker.llen("celery"))
+        return bool(statuses and statuses["succeeded"] >= 20 and broker.llen(JOB_QUEUE))
 
     _poll(mid_run, "20 jobs succeeded, messages still queued", 60)
-    queued_messages = broker.llen("celery")
+    queued_messages = broker.llen(JOB_QUEUE)
     unacked_messages = broker.hlen("unacked")
     unfinished = 150 - (_statuses() or Counter())["succeeded"]
     broker.flushdb()

@@ -57,6 +57,24 @@ def test_governor__200_creates_at_10_per_second__few_429s(
     assert sum(j.deferrals for j in done) > 0, "with 16 processes some jobs must have waited"
 
 
+def test_governor__bulk_backlog__high_jobs_finish_before_it(
+    start_worker: Callable[..., WorkerProcess], sim_client: SimulatorClient
+) -> None:
+    # At 5/s the governor, not the worker, is what holds the bulk backlog back.
+    sim_client.configure(rate_limits={"light": 5, "medium": 5, "heavy": 5})
+    start_worker(concurrency=4, ZOOM_RATE_LIMITS="light=5,medium=5,heavy=5")
+    backlog = [{"user_id": f"host{n % 4}@example.com", "meeting": _body(n)} for n in range(30)]
+    bulk = jobs.create_meetings(backlog, priority="bulk")
+    high = [jobs.create_meeting(f"vip{n}@example.com", _body(n), priority="high") for n in range(3)]
+
+    wait_for(lambda: _statuses(bulk + high) == {"succeeded": 33}, timeout=90, interval=0.2)
+
+    finished = {job.id: job.finished_at for job in jobs.jobs_for(bulk + high)}
+    last_high = max(finished[job_id] for job_id in high)  # type: ignore[type-var]
+    behind = sum(finished[job_id] > last_high for job_id in bulk)  # type: ignore[operator]
+    assert behind >= 15, f"only {behind} of 30 bulk jobs finished after the high ones"
+
+
 def test_governor__daily_cap_on_one_host__others_unaffected(
     start_worker: Callable[..., WorkerProcess], sim_client: SimulatorClient
 ) -> None:

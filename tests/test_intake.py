@@ -27,7 +27,7 @@ import redis
 from alembic import command
 from alembic.config import Config
 from click.testing import CliRunner
-from conftest import ROOT, WorkerProcess, wait_for
+from conftest import JOB_QUEUE, ROOT, WorkerProcess, wait_for
 
 from worker import celery_app, db, errors, jobs, ledger, models
 from worker.celery_app import app
@@ -110,7 +110,7 @@ def test_intake__retry_failed_create_that_may_exist__queued_same_key_searches_fi
 
     assert job.id == job_id and job.status == models.QUEUED
     assert job.attempts == 0 and job.error is None and job.idempotency_key == "retry-1"
-    assert broker.llen("celery") == 1
+    assert broker.llen(JOB_QUEUE) == 1
     claim = _ledger().claim(job_id)
     assert claim is not None and claim.maybe_sent, "the worker must search by marker first"
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import redis
+from conftest import JOB_QUEUE
 from sqlalchemy import func, select
 
 from worker import celery_app, db, errors, jobs, ledger, meetings
@@ -33,7 +34,7 @@ BODY = {
 def _messages(broker: redis.Redis) -> list[dict[str, Any]]:
     """The task messages waiting on the default queue, decoded."""
     messages = []
-    for raw in broker.lrange("celery", 0, -1):
+    for raw in broker.lrange(JOB_QUEUE, 0, -1):
         envelope = json.loads(raw)
         _args, kwargs, _embed = json.loads(base64.b64decode(envelope["body"]))
         messages.append({"task": envelope["headers"]["task"], "kwargs": kwargs, "raw": raw})
@@ -63,6 +64,7 @@ def test_create_meeting__stored_then_queued__message_carries_no_body(broker: red
         "job_id": str(job_id),
         "user_id": "host@example.com",
         "topic": "Standup",
+        "priority": "normal",
     }
     assert b"pa55" not in message["raw"]
 
@@ -127,7 +129,7 @@ def test_create_meeting__broker_down__job_kept_for_sweeper(monkeypatch: pytest.M
 
 def test_sweep__lease_expired__dispatched_again_once(broker: redis.Redis) -> None:
     job_id = jobs.create_meeting("host@example.com", BODY)
-    broker.delete("celery")  # the message is lost, as when Redis restarts empty
+    broker.delete(JOB_QUEUE)  # the message is lost, as when Redis restarts empty
     with db.sessions(get_settings())() as session, session.begin():
         row = session.get(JobRow, job_id)
         assert row is not None and row.lease_expires_at is not None
@@ -253,7 +255,7 @@ def test_retry__wait_beyond_visibility_timeout__parked_in_postgres_not_on_broker
     broker: redis.Redis, wait: timedelta, on_broker: bool
 ) -> None:
     job_id = jobs.create_meeting("host@example.com", BODY)
-    broker.delete("celery")
+    broker.delete(JOB_QUEUE)
     claim = _ledger().claim(job_id)
     assert claim is not None
     retry_at = datetime.now(UTC) + wait

@@ -371,7 +371,11 @@ class _CountingGate(meetings.OpenGate):
         self.permits: list[str] = []
 
     def before_call(
-        self, operation: str, user_id: str | None = None, slot_at: float | None = None
+        self,
+        operation: str,
+        user_id: str | None = None,
+        slot_at: float | None = None,
+        priority: str = "normal",
     ) -> None:
         self.permits.append(operation)
 

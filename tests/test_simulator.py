@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -396,6 +397,22 @@ def test_simulator__per_second_burst__429_with_headers(api: Api, control: Simula
     assert refused.headers["X-RateLimit-Limit"] == "3"
     assert refused.headers["X-RateLimit-Remaining"] == "0"
     assert control.stats()["max_calls_per_second"]["light"] == 3
+
+
+@pytest.mark.parametrize(("window", "after_the_second"), [("fixed", 201), ("sliding", 429)])
+def test_simulator__rate_window__fixed_resets_each_wall_second_sliding_does_not(
+    api: Api, control: SimulatorClient, window: str, after_the_second: int
+) -> None:
+    control.configure(rate_limits={"light": 2}, rate_window=window)
+    # Two calls late in a wall-clock second, then one just after it turns.
+    while time.time() % 1 < 0.8 or time.time() % 1 > 0.85:
+        time.sleep(0.01)
+    first = [api.create().status_code for _ in range(2)]
+    time.sleep(1 - time.time() % 1 + 0.02)
+    third = api.create().status_code
+
+    assert first == [201, 201]
+    assert third == after_the_second
 
 
 def test_simulator__per_second_429_headers_off__no_rate_limit_headers(

@@ -37,7 +37,19 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import Session
 
-from worker import admission, bulk, db, enqueue, errors, job_requests, jobs, ledger, outbox, waiting
+from worker import (
+    admission,
+    bulk,
+    db,
+    enqueue,
+    errors,
+    job_requests,
+    jobs,
+    ledger,
+    outbox,
+    priorities,
+    waiting,
+)
 from worker.config import Settings, get_settings
 from worker.job_view import Job
 from worker.models import Job as JobRow
@@ -71,9 +83,10 @@ async def create_meeting(
     *,
     on_done: str | None = None,
     session: AsyncTransaction | None = None,
+    priority: str = priorities.DEFAULT,
 ) -> uuid.UUID:
     """:func:`worker.jobs.create_meeting`: the job is recorded, and the relay queues it."""
-    opts = job_requests.options(on_done=on_done)
+    opts = job_requests.options(on_done=on_done, priority=priority)
     rows = [job_requests.new_create(user_id, meeting, idempotency_key, opts)]
     return (await _write(session, lambda transaction: enqueue.record_in(transaction, rows)))[0]
 
@@ -86,10 +99,11 @@ async def delete_meeting(
     create_job_id: uuid.UUID | str | None = None,
     on_done: str | None = None,
     session: AsyncTransaction | None = None,
+    priority: str = priorities.DEFAULT,
 ) -> uuid.UUID:
     """:func:`worker.jobs.delete_meeting`: the job is recorded, and the relay queues it."""
     request = job_requests.delete_request(meeting_id, occurrence_id, idempotency_key, create_job_id)
-    opts = job_requests.options(on_done=on_done)
+    opts = job_requests.options(on_done=on_done, priority=priority)
 
     def write(transaction: Session | Connection) -> list[uuid.UUID]:
         return enqueue.record_in(transaction, [job_requests.delete_row(transaction, request, opts)])
@@ -105,9 +119,10 @@ async def update_meeting(
     *,
     on_done: str | None = None,
     session: AsyncTransaction | None = None,
+    priority: str = priorities.DEFAULT,
 ) -> uuid.UUID:
     """:func:`worker.jobs.update_meeting`: the job is recorded, and the relay queues it."""
-    opts = job_requests.options(on_done=on_done)
+    opts = job_requests.options(on_done=on_done, priority=priority)
     row = job_requests.new_update(
         meeting_id, changes, occurrence_id, idempotency_key, opts, now=datetime.now(UTC)
     )
@@ -119,9 +134,10 @@ async def create_meetings(
     *,
     on_done: str | None = None,
     session: AsyncTransaction | None = None,
+    priority: str = priorities.DEFAULT,
 ) -> list[uuid.UUID]:
     """:func:`worker.jobs.create_meetings`: all validated first, recorded in one transaction."""
-    rows = bulk.create_rows(requests, job_requests.options(on_done=on_done))
+    rows = bulk.create_rows(requests, job_requests.options(on_done=on_done, priority=priority))
     return await _write(session, lambda transaction: enqueue.record_in(transaction, rows))
 
 
@@ -130,10 +146,11 @@ async def delete_meetings(
     *,
     on_done: str | None = None,
     session: AsyncTransaction | None = None,
+    priority: str = priorities.DEFAULT,
 ) -> list[uuid.UUID]:
     """:func:`worker.jobs.delete_meetings`: all checked first, recorded in one transaction."""
     checked = bulk.checked_deletes(requests)
-    opts = job_requests.options(on_done=on_done)
+    opts = job_requests.options(on_done=on_done, priority=priority)
 
     def write(transaction: Session | Connection) -> list[uuid.UUID]:
         return enqueue.record_in(transaction, bulk.delete_rows(transaction, checked, opts))

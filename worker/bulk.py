@@ -15,12 +15,13 @@ written in the caller's transaction instead, and the relay sends them after its 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from worker import db, enqueue, errors, job_requests
+from worker import db, enqueue, errors, job_requests, priorities
 from worker.config import get_settings
 from worker.enqueue import Transaction
 from worker.job_requests import Options, Reader
@@ -28,8 +29,10 @@ from worker.models import Job as JobRow
 
 log = logging.getLogger(__name__)
 
-CREATE_FIELDS = frozenset({"user_id", "meeting", "idempotency_key"})
-DELETE_FIELDS = frozenset({"meeting_id", "occurrence_id", "idempotency_key", "create_job_id"})
+CREATE_FIELDS = frozenset({"user_id", "meeting", "idempotency_key", "priority"})
+DELETE_FIELDS = frozenset(
+    {"meeting_id", "occurrence_id", "idempotency_key", "create_job_id", "priority"}
+)
 
 
 def create_meetings(
@@ -37,11 +40,13 @@ def create_meetings(
     *,
     on_done: str | None = None,
     session: Transaction | None = None,
+    priority: str = priorities.DEFAULT,
 ) -> list[uuid.UUID]:
     """Record and queue a create job per ``{"user_id", "meeting", "idempotency_key"?}``;
     returns their job ids in order (a reused key gives its earlier job's id, as
-    :func:`worker.jobs.create_meeting` does). ``on_done`` and ``session`` work as there."""
-    rows = create_rows(requests, job_requests.options(on_done=on_done))
+    :func:`worker.jobs.create_meeting` does). ``on_done``, ``session`` and ``priority`` work
+    as there; a request's own ``"priority"`` overrides the batch's."""
+    rows = create_rows(requests, job_requests.options(on_done=on_done, priority=priority))
     return enqueue.enqueue(rows, session)
 
 
@@ -50,12 +55,13 @@ def delete_meetings(
     *,
     on_done: str | None = None,
     session: Transaction | None = None,
+    priority: str = priorities.DEFAULT,
 ) -> list[uuid.UUID]:
     """Record and queue a delete job per ``{"meeting_id"}`` or ``{"create_job_id"}`` (with
-    ``occurrence_id`` and ``idempotency_key`` optional); returns their job ids in order.
-    Each is checked as :func:`worker.jobs.delete_meeting` checks one."""
+    ``occurrence_id``, ``idempotency_key`` and ``priority`` optional); returns their job ids
+    in order. Each is checked as :func:`worker.jobs.delete_meeting` checks one."""
     checked = checked_deletes(requests)
-    opts = job_requests.options(on_done=on_done)
+    opts = job_requests.options(on_done=on_done, priority=priority)
     if session is not None:
         return enqueue.enqueue(delete_rows(session, checked, opts), session)
     with db.unavailable_as_infrastructure(), db.sessions(get_settings())() as reader:
@@ -74,7 +80,7 @@ def create_rows(requests: Sequence[Mapping[str, Any]], opts: Options) -> list[Jo
                     request.get("user_id"),
                     request.get("meeting"),
                     request.get("idempotency_key"),
-                    opts,
+                    _own(opts, request),
                 )
             )
     return rows
@@ -99,8 +105,15 @@ def delete_rows(
     rows = []
     for index, request in enumerate(checked):
         with _at(index):
-            rows.append(job_requests.delete_row(reader, request, opts))
+            rows.append(job_requests.delete_row(reader, request, _own(opts, request)))
     return rows
+
+
+def _own(opts: Options, request: Mapping[str, Any]) -> Options:
+    """The batch's options, with the request's own priority if it names one."""
+    if "priority" not in request:
+        return opts
+    return dataclasses.replace(opts, priority=priorities.checked(request["priority"]))
 
 
 def _requests(requests: object) -> list[Mapping[str, Any]]:

@@ -9,6 +9,10 @@ in PostgreSQL instead; see ``Settings.broker_hold_limit_s``).
 
 Per broker (``Settings.broker_kind``):
 
+Queues: one per job priority (``meetings.high``, ``meetings.normal``, ``meetings.bulk``) beside
+Celery's default queue for every other task; the same plain queues on both brokers
+(:mod:`worker.priorities`).
+
 - Redis: a ``visibility_timeout`` (``CELERY_VISIBILITY_TIMEOUT``), after which Redis
   redelivers an unacknowledged message, countdowns included. Behind Sentinel (Celery's
   ``sentinel://`` list), the master's name (``REDIS_SENTINEL_MASTER``) as ``master_name``.
@@ -35,8 +39,9 @@ from typing import Any
 
 import kombu.pools
 from celery import Celery
+from kombu import Exchange, Queue
 
-from worker import errors, logs  # noqa: F401 - logs: LOG_FORMAT, through Celery's logging signals
+from worker import errors, logs, priorities  # noqa: F401 - logs: LOG_FORMAT, through Celery's logging signals
 from worker.config import Settings, get_settings
 
 SWEEP_TASK = "jobs.sweep"
@@ -80,6 +85,13 @@ def transport_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
+def task_queues() -> list[Queue]:
+    """Celery's default queue (the sweeper, cleanup, webhooks, retention) and one queue per
+    job priority (:mod:`worker.priorities`); a worker consumes them all unless given ``-Q``."""
+    names = (priorities.DEFAULT_QUEUE, *priorities.QUEUES)
+    return [Queue(name, Exchange(name), routing_key=name) for name in names]
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery's settings, derived from ours."""
     return {
@@ -91,6 +103,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "task_ignore_result": True,
+        "task_queues": task_queues(),
+        "task_default_queue": priorities.DEFAULT_QUEUE,
+        "task_routes": (priorities.route,),
         "worker_prefetch_multiplier": 1,
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         # Flower sees tasks without extra flags (CELERY_TASK_EVENTS=false: no events).

@@ -319,6 +319,7 @@ class _Run:
                     raise
                 time.sleep(max(0.0, wait_s))  # a slot this close is ours: use it
                 self.gate.before_call(operation, None, exc.slot_at)
+            self.gate.admit(operation)
         except errors.ZoomWorkerError as exc:
             raise _Stop(f"no {operation} permit: {exc}") from exc
 

@@ -376,6 +376,13 @@ _RATE = click.FloatRange(0, 1)
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(0, 65535), default=9900, show_default=True)
 @click.option("--rate-limit", help="Per-second caps, e.g. light=30,medium=20,heavy=10.")
+@click.option(
+    "--rate-window",
+    type=click.Choice(["sliding", "fixed"]),
+    default="sliding",
+    show_default=True,
+    help="How the caps count: any 1 s span, or each wall-clock second.",
+)
 @click.option("--token-lifetime", "token_lifetime_s", type=click.IntRange(1), default=3600)
 @click.option("--error-rate", type=_RATE, default=0.0, help="Share of calls answered 5xx.")
 @click.option("--reply-lost-rate", type=_RATE, default=0.0, help="Share of creates unanswered.")

@@ -81,9 +81,12 @@ class Settings(BaseSettings):
     # Zoom: "You can update a meeting for a maximum of 100 times within a 24-hour period."
     ZOOM_MEETING_UPDATE_LIMIT: int = Field(100, ge=1)
     RATE_GOVERNOR: bool = True
-    # The governor spaces calls for this share of each per-second limit: Zoom counts calls in
-    # a sliding second, and a call that runs a little late would otherwise share its second.
-    RATE_HEADROOM: float = Field(0.9, gt=0, le=1)
+    # The governor plans for this share of each per-second limit (below 1: room for other
+    # clients of the same account).
+    RATE_HEADROOM: float = Field(1.0, gt=0, le=1)
+    # How much the time from permit to Zoom varies between calls (seconds): the governor
+    # paces each limit over 1 + this, so no second at Zoom, fixed or sliding, sees more.
+    RATE_ARRIVAL_SPREAD_S: float = Field(0.04, ge=0, lt=0.5)
 
     JOB_LEASE_SECONDS: int = Field(300, ge=5)
     JOB_MAX_ATTEMPTS: int = Field(6, ge=1, le=100)

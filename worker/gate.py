@@ -8,12 +8,11 @@ on the forum), so its category is the setting ``ZOOM_CREATE_CATEGORY``, Medium b
 from __future__ import annotations
 
 import logging
-import random
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
-from worker import errors, zoom
+from worker import errors, priorities, zoom
 from worker.config import Settings
 from worker.ratelimit import RateGovernor
 
@@ -32,6 +31,8 @@ HOST_CAPPED = frozenset({"create", "update"})
 PRECISION_WAIT_S = 0.05
 # How far ahead a slot may be reserved; beyond it the task re-queues without a slot.
 MAX_AHEAD_S = 60.0
+# Waited in-process for admit() (the sliding log of calls made) before re-queueing instead.
+ADMIT_WAIT_S = 1.0
 # After a per-second 429 with no Retry-After, the whole category pauses this long.
 QPS_PENALTY_S = 1.0
 
@@ -44,12 +45,20 @@ class Gate(Protocol):
         operation: str,
         user_id: str | None = None,
         slot_at: float | None = None,
+        priority: str = priorities.DEFAULT,
         meeting_id: int | None = None,
     ) -> None:
         """Return when the call may go now; raise Deferred, DailyLimitReached or (an update
         of ``meeting_id``) MeetingUpdateLimitReached otherwise.
 
-        ``slot_at`` is a slot reserved by an earlier run of the same task."""
+        ``slot_at`` is a slot reserved by an earlier run of the same task; ``priority`` the
+        job's (:mod:`worker.priorities`), higher served first."""
+        ...
+
+    def admit(self, operation: str) -> None:
+        """Right before the request leaves, after before_call: return when the calls made
+        across the fleet leave room for it (see worker.ratelimit, Pacing); raise Deferred
+        when that is too far off."""
         ...
 
     def rate_limited(self, operation: str, exc: errors.RateLimited, user_id: str | None) -> None:
@@ -65,9 +74,13 @@ class OpenGate:
         operation: str,
         user_id: str | None = None,
         slot_at: float | None = None,
+        priority: str = priorities.DEFAULT,
         meeting_id: int | None = None,
     ) -> None:
         """Always let the call go."""
+
+    def admit(self, operation: str) -> None:
+        """Always room."""
 
     def rate_limited(self, operation: str, exc: errors.RateLimited, user_id: str | None) -> None:
         """Nothing to tell."""
@@ -100,15 +113,18 @@ class FleetGate:
     @classmethod
     def from_settings(cls, settings: Settings) -> FleetGate:
         """The gate over the fleet's governor in ``REDIS_URL``, planning for
-        ``RATE_HEADROOM`` of each per-second limit."""
-        limits = planned_limits(settings)
-        return cls(RateGovernor.from_url(settings.redis_url, limits), settings)
+        ``RATE_HEADROOM`` of each per-second limit, paced over ``RATE_ARRIVAL_SPREAD_S``."""
+        governor = RateGovernor.from_url(
+            settings.redis_url, planned_limits(settings), spread_s=settings.RATE_ARRIVAL_SPREAD_S
+        )
+        return cls(governor, settings)
 
     def before_call(
         self,
         operation: str,
         user_id: str | None = None,
         slot_at: float | None = None,
+        priority: str = priorities.DEFAULT,
         meeting_id: int | None = None,
     ) -> None:
         """Return when the call may go now; raise Deferred, DailyLimitReached or
@@ -125,12 +141,15 @@ class FleetGate:
                     "the host's daily meeting create/update limit is reached", retry_at=until
                 )
         category = category_of(operation, self._settings)
-        permit = self._governor.reserve(category, max_ahead_s=MAX_AHEAD_S, slot_at=slot_at)
+        permit = self._governor.reserve(
+            category, max_ahead_s=MAX_AHEAD_S, slot_at=slot_at, priority=priority
+        )
         if not permit.granted or permit.delay_s > PRECISION_WAIT_S:
-            # Without a slot, spread the retries so they do not arrive together.
-            delay_s = permit.delay_s if permit.granted else permit.delay_s * random.uniform(1, 1.5)
+            # Without a slot, the delay is a return time from the priority's line: callers
+            # refused together come back one slot interval apart.
+            delay_s = permit.delay_s
             raise errors.Deferred(
-                f"no {category} permit for {delay_s:.2f}s",
+                f"no {category} permit for {delay_s:.2f}s ({priority} priority)",
                 retry_at=datetime.now(UTC) + timedelta(seconds=delay_s),
                 slot_at=permit.slot_at if permit.granted else None,
             )
@@ -156,6 +175,25 @@ class FleetGate:
                     retry_at=midnight,
                 )
 
+    def admit(self, operation: str) -> None:
+        """Wait for the sliding log of calls made to admit this one (a caller late for its
+        slot waits for the next opening); past ADMIT_WAIT_S, re-queue for a new slot. Called
+        last before the request (after the ledger's fence), so that the time from admission
+        to Zoom varies as little as it can."""
+        category = category_of(operation, self._settings)
+        deadline = time.monotonic() + ADMIT_WAIT_S
+        while True:
+            admitted = self._governor.admit(category)
+            if admitted.granted:
+                return
+            if time.monotonic() + admitted.delay_s > deadline:
+                raise errors.Deferred(
+                    f"no {category} opening for {admitted.delay_s:.2f}s",
+                    retry_at=datetime.now(UTC) + timedelta(seconds=admitted.delay_s),
+                    slot_at=None,
+                )
+            time.sleep(admitted.delay_s)
+
     def rate_limited(self, operation: str, exc: errors.RateLimited, user_id: str | None) -> None:
         """Zoom answered 429 anyway: block the host for the day, or pause the category (a
         meeting's update cap holds only that meeting's job: nothing to tell the fleet)."""
@@ -172,5 +210,6 @@ class FleetGate:
         wait_s = QPS_PENALTY_S
         if exc.retry_at is not None:
             wait_s = max(wait_s, (exc.retry_at - datetime.now(UTC)).total_seconds())
-        self._governor.penalize(category, wait_s)
+        # A per-second 429 (not a long Retry-After) means the pacing was too tight: widen it.
+        self._governor.penalize(category, wait_s, widen=exc.retry_at is None or wait_s <= 2)
         log.warning("gate.penalized category=%s for %.1fs after a 429", category, wait_s)

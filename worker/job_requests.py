@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import Connection, select
 from sqlalchemy.orm import Session
 
-from worker import errors, ledger, marker, meeting_body
+from worker import errors, ledger, marker, meeting_body, priorities
 from worker.ledger import CREATE, DELETE, UPDATE
 from worker.marker import RESERVED_AGENDA_CHARS
 from worker.models import Job as JobRow
@@ -40,14 +40,19 @@ class Options:
     key promises. A new option is a field here and a column :meth:`apply` sets."""
 
     on_done: str | None = None
+    # high, normal or bulk (worker.priorities): the job's queue and its place at the governor.
+    priority: str = priorities.DEFAULT
 
     def apply(self, row: JobRow) -> JobRow:
         row.on_done = self.on_done
+        row.priority = self.priority
         return row
 
 
-def options(*, on_done: object = None) -> Options:
-    """The producer's options, validated (InvalidMeeting names the field)."""
+def options(*, on_done: object = None, priority: object = None) -> Options:
+    """The producer's options, validated (InvalidMeeting names the field). The priority is
+    not part of the request an idempotency key promises: the same key with another priority
+    returns the same job."""
     if on_done is not None and (
         not isinstance(on_done, str)
         or len(on_done) > ON_DONE_MAX
@@ -56,7 +61,7 @@ def options(*, on_done: object = None) -> Options:
         raise errors.InvalidMeeting(
             "on_done", "must be a Celery task name such as 'billing.tasks.meeting_ready'"
         )
-    return Options(on_done=on_done)
+    return Options(on_done=on_done, priority=priorities.checked(priority))
 
 
 def request_digest(kind: str, request: Mapping[str, Any]) -> str:

@@ -29,6 +29,8 @@ class Job:
     attempts: int
     deferrals: int
     idempotency_key: str | None
+    # high, normal or bulk (worker.priorities).
+    priority: str
     created_at: datetime
     updated_at: datetime
     finished_at: datetime | None

@@ -30,7 +30,18 @@ from typing import Any
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import func, select
 
-from worker import admission, celery_app, db, enqueue, errors, job_requests, ledger, models, waiting
+from worker import (
+    admission,
+    celery_app,
+    db,
+    enqueue,
+    errors,
+    job_requests,
+    ledger,
+    models,
+    priorities,
+    waiting,
+)
 from worker.bulk import create_meetings, delete_meetings
 from worker.config import get_settings
 from worker.enqueue import Transaction
@@ -70,8 +81,12 @@ def create_meeting(
     *,
     on_done: str | None = None,
     session: Transaction | None = None,
+    priority: str = priorities.DEFAULT,
 ) -> uuid.UUID:
     """Record a create job, then queue it; returns the job id.
+
+    ``priority`` is ``"high"``, ``"normal"`` or ``"bulk"`` (:mod:`worker.priorities`): the
+    job's queue and its turn at the rate governor, high first.
 
     The body is Zoom's create-meeting body as Zoom names it. A body Zoom would reject raises
     InvalidMeeting naming the field, and nothing is stored or queued. The same
@@ -85,7 +100,7 @@ def create_meeting(
     or queued here: once the caller commits, the relay queues it within moments; a rollback
     leaves no job (:mod:`worker.enqueue`).
     """
-    opts = job_requests.options(on_done=on_done)
+    opts = job_requests.options(on_done=on_done, priority=priority)
     row = job_requests.new_create(user_id, meeting, idempotency_key, opts)
     return enqueue.enqueue([row], session)[0]
 
@@ -98,8 +113,10 @@ def delete_meeting(
     create_job_id: uuid.UUID | str | None = None,
     on_done: str | None = None,
     session: Transaction | None = None,
+    priority: str = priorities.DEFAULT,
 ) -> uuid.UUID:
-    """Record a delete job, then queue it; returns the job id.
+    """Record a delete job, then queue it; returns the job id (``priority`` as for
+    :func:`create_meeting`).
 
     Only a meeting this service created can be deleted (InvalidMeeting otherwise). Deleting a
     meeting that is already gone succeeds. Instead of ``meeting_id``, ``create_job_id`` names
@@ -108,7 +125,7 @@ def delete_meeting(
     ``on_done`` and ``session`` work as for :func:`create_meeting`.
     """
     request = job_requests.delete_request(meeting_id, occurrence_id, idempotency_key, create_job_id)
-    opts = job_requests.options(on_done=on_done)
+    opts = job_requests.options(on_done=on_done, priority=priority)
     if session is not None:
         return enqueue.enqueue([job_requests.delete_row(session, request, opts)], session)[0]
     with db.unavailable_as_infrastructure(), db.sessions(get_settings())() as reader:
@@ -124,6 +141,7 @@ def update_meeting(
     *,
     on_done: str | None = None,
     session: Transaction | None = None,
+    priority: str = priorities.DEFAULT,
 ) -> uuid.UUID:
     """Record an update job (``PATCH /meetings/{meetingId}``), then queue it; returns its id.
 
@@ -135,7 +153,7 @@ def update_meeting(
     ``occurrence_id`` the update changes one occurrence of a series. ``on_done`` and
     ``session`` work as for :func:`create_meeting`.
     """
-    opts = job_requests.options(on_done=on_done)
+    opts = job_requests.options(on_done=on_done, priority=priority)
     row = job_requests.new_update(
         meeting_id, changes, occurrence_id, idempotency_key, opts, now=datetime.now(UTC)
     )
@@ -273,14 +291,18 @@ def record_received(
                 raise errors.InvalidMeeting(
                     "kwargs", f"unknown arguments for this task: {', '.join(unknown)}"
                 )
+            opts = job_requests.options(priority=kwargs.get("priority"))
             if kind == CREATE:
-                row = job_requests.new_create(kwargs.get("user_id"), kwargs.get("meeting"), key)
+                row = job_requests.new_create(
+                    kwargs.get("user_id"), kwargs.get("meeting"), key, opts
+                )
             elif kind == UPDATE:
                 row = job_requests.new_update(
                     kwargs.get("meeting_id"),
                     kwargs.get("changes"),
                     kwargs.get("occurrence_id"),
                     key,
+                    opts,
                     now=datetime.now(UTC),
                 )
                 [(job_id, created)] = admission.insert_many([row], get_settings())
@@ -289,7 +311,10 @@ def record_received(
                 return job_id
             else:
                 row = job_requests.new_delete(
-                    kwargs.get("meeting_id"), kwargs.get("occurrence_id"), key
+                    kwargs.get("meeting_id"),
+                    kwargs.get("occurrence_id"),
+                    key,
+                    opts,
                 )
                 with db.sessions(get_settings())() as session:
                     job_requests.check_created_here(session, row.meeting_id)

@@ -47,7 +47,7 @@ from typing import Any, TypeAlias, cast
 from sqlalchemy import Interval, Table, and_, bindparam, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from worker import db, errors, models, outbox, recording, webhook_events
+from worker import db, errors, models, outbox, priorities, recording, webhook_events
 from worker.config import Settings
 from worker.models import Job as JobRow
 from worker.outcomes import Failed, Hold, HoldReason, Outcome, Reschedule, Retry, Succeeded
@@ -98,6 +98,7 @@ _CLAIMED = (
     _JOBS.c.deferrals,
     _JOBS.c.deliveries,
     _JOBS.c.on_done,
+    _JOBS.c.priority,
 )
 
 
@@ -360,14 +361,21 @@ class Ledger:
                 JobRow.user_id,
                 JobRow.topic,
                 JobRow.meeting_id,
+                JobRow.priority,
             )
         )
         with self._sessions() as session, session.begin():
             rows = session.execute(statement).all()
-        for job_id, kind, status, user_id, topic, meeting_id in rows:
+        for job_id, kind, status, user_id, topic, meeting_id, priority in rows:
             log.info("job.sweep_dispatch job_id=%s status=%s", job_id, status)
             dispatch(
-                job_id, kind, user_id=user_id, topic=topic, meeting_id=meeting_id, send=self._send
+                job_id,
+                kind,
+                user_id=user_id,
+                topic=topic,
+                meeting_id=meeting_id,
+                send=self._send,
+                priority=priority,
             )
         return len(rows)
 
@@ -396,10 +404,16 @@ def dispatch(
     topic: str | None,
     meeting_id: int | None,
     send: Send,
+    priority: str = priorities.DEFAULT,
 ) -> None:
-    """Put the job on the broker; a broker failure leaves it to the sweeper, nothing lost."""
+    """Put the job on the broker, in its priority's queue (the router reads ``priority``,
+    :func:`worker.priorities.route`); a broker failure leaves it to the sweeper, nothing lost."""
     try:
-        send(*message(job_id, kind, user_id=user_id, topic=topic, meeting_id=meeting_id))
+        send(
+            *message(
+                job_id, kind, user_id=user_id, topic=topic, meeting_id=meeting_id, priority=priority
+            )
+        )
     except Exception as exc:  # kombu raises many types; the ledger row is what counts
         log.warning(
             "job.dispatch_failed job_id=%s the sweeper will dispatch it again: %s",
@@ -415,10 +429,11 @@ def message(
     user_id: str | None,
     topic: str | None,
     meeting_id: int | None,
+    priority: str = priorities.DEFAULT,
 ) -> tuple[str, dict[str, Any]]:
     """The task name and kwargs that put a job on the broker: the job id and what an operator
-    needs in Flower, never the body or a secret."""
-    kwargs: dict[str, Any] = {"job_id": str(job_id)}
+    needs in Flower, never the body or a secret; ``priority`` routes it to its queue."""
+    kwargs: dict[str, Any] = {"job_id": str(job_id), "priority": priority}
     if kind == CREATE:
         kwargs.update(user_id=user_id, topic=topic)
     else:
@@ -429,7 +444,12 @@ def message(
 def message_of(row: JobRow) -> tuple[str, dict[str, Any]]:
     """:func:`message` for a job row."""
     return message(
-        row.id, row.kind, user_id=row.user_id, topic=row.topic, meeting_id=row.meeting_id
+        row.id,
+        row.kind,
+        user_id=row.user_id,
+        topic=row.topic,
+        meeting_id=row.meeting_id,
+        priority=row.priority or priorities.DEFAULT,
     )
 
 
@@ -437,7 +457,7 @@ def wake_next_update(sessions: sessionmaker[Session], meeting_id: int, send: Sen
     """Dispatch the meeting's oldest unfinished update job, if any: its turn may have come."""
     with sessions() as session:
         following = session.execute(
-            select(JobRow.id)
+            select(JobRow.id, JobRow.priority)
             .where(
                 JobRow.meeting_id == meeting_id,
                 JobRow.seq.is_not(None),
@@ -445,16 +465,30 @@ def wake_next_update(sessions: sessionmaker[Session], meeting_id: int, send: Sen
             )
             .order_by(JobRow.seq)
             .limit(1)
-        ).scalar_one_or_none()
+        ).one_or_none()
     if following is not None:
-        log.info("job.update_turn job_id=%s meeting_id=%s", following, meeting_id)
-        dispatch(following, UPDATE, user_id=None, topic=None, meeting_id=meeting_id, send=send)
+        log.info("job.update_turn job_id=%s meeting_id=%s", following.id, meeting_id)
+        dispatch(
+            following.id,
+            UPDATE,
+            user_id=None,
+            topic=None,
+            meeting_id=meeting_id,
+            send=send,
+            priority=following.priority,
+        )
 
 
 def dispatch_row(row: JobRow, send: Send) -> None:
     """:func:`dispatch` for a job row just recorded (or put back to queued)."""
     dispatch(
-        row.id, row.kind, user_id=row.user_id, topic=row.topic, meeting_id=row.meeting_id, send=send
+        row.id,
+        row.kind,
+        user_id=row.user_id,
+        topic=row.topic,
+        meeting_id=row.meeting_id,
+        send=send,
+        priority=row.priority or priorities.DEFAULT,
     )
 
 

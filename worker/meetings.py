@@ -152,6 +152,7 @@ class _Attempt:
         self.store.get()
         self._permit("create", job.user_id)
         self.ledger.fence(job)
+        self.gate.admit("create")  # last, so the call leaves as the pacing admits it
         self.create_sent = True
         meeting = self.client.create_meeting(job.user_id, body)
         log.info("meeting.created job_id=%s meeting_id=%s", job.job_id, meeting.id)
@@ -173,6 +174,7 @@ class _Attempt:
             return Succeeded(meeting_id, note="the meeting was already gone")
         self._permit("delete")
         self.ledger.fence(job)
+        self.gate.admit("delete")
         try:
             self.client.delete_meeting(meeting_id, occurrence_id=job.occurrence_id)
         except errors.MeetingNotFound:
@@ -182,16 +184,18 @@ class _Attempt:
         return Succeeded(meeting_id)
 
     def update(self) -> Outcome:
-        return updates.patch(self.job, self.client, self.ledger, self._permit)
+        return updates.patch(self.job, self.client, self.ledger, self._permit, self.gate.admit)
 
     def _permit(
         self, operation: str, user_id: str | None = None, meeting_id: int | None = None
     ) -> None:
         slot_at, self.slot_at = self.slot_at, None  # a reserved slot serves one call
         if meeting_id is None:
-            self.gate.before_call(operation, user_id, slot_at)
+            self.gate.before_call(operation, user_id, slot_at, self.job.priority)
         else:
-            self.gate.before_call(operation, user_id, slot_at, meeting_id=meeting_id)
+            self.gate.before_call(
+                operation, user_id, slot_at, self.job.priority, meeting_id=meeting_id
+            )
         self.called = True
 
     def _find_lost_meeting(self) -> zoom.Meeting | None:

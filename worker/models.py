@@ -23,6 +23,7 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    CheckConstraint,
     DateTime,
     ForeignKey,
     Index,
@@ -72,7 +73,7 @@ def _tz() -> DateTime:
 
 
 # The environment's credential (ZOOM_ACCOUNT_ID, ...): its rows are named so, one per account
-# and client id; every other name is a registered credential, unique (migration 0012).
+# and client id; every other name is a registered credential, unique (migration 0010).
 DEFAULT_CREDENTIAL = "default"
 # Kinds of credential and their statuses (worker.credentials).
 S2S, USER = "s2s", "user"
@@ -172,6 +173,7 @@ class Job(Base):
     __table_args__ = (
         Index(None, "status", "lease_expires_at"),
         Index(None, "status", "next_attempt_at"),
+        CheckConstraint("priority IN ('high', 'normal', 'bulk')", name="priority"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
@@ -216,6 +218,8 @@ class Job(Base):
     # An update job's place among its meeting's updates (meetings.update_seq at enqueue):
     # it runs only once every update of the meeting with a lower seq has ended (0008).
     seq: Mapped[int | None] = mapped_column(BigInteger)
+    # high, normal or bulk (worker.priority): the job's queue and its place at the governor.
+    priority: Mapped[str] = mapped_column(String(8), server_default="normal")
     created_at: Mapped[datetime] = mapped_column(_tz(), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(_tz(), server_default=func.now())
     started_at: Mapped[datetime | None] = mapped_column(_tz())

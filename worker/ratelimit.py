@@ -11,6 +11,11 @@ Keys, under a namespace (default ``zw:rl``)::
     {ns}:tat:{category}      next free slot (GCRA "theoretical arrival time"), integer epoch us
     {ns}:hold:{category}     no call before this time (set by penalize/observe), epoch us
     {ns}:learned:{category}  a lower calls-per-second learned from Zoom's headers, expires in 1 h
+    {ns}:slack:{category}    extra spread after per-second 429s, us; expires (see Pacing)
+    {ns}:sent:{category}     sorted set of the calls admitted in the last window, scored by
+                             epoch us (see Pacing)
+    {ns}:line:{category}:{priority}  the next return time handed to a refused caller of that
+                             priority, epoch us (see Priorities)
     {ns}:host:block:{host}   the host's daily cap is reached until this time, epoch us;
                              the key expires at that time
     {ns}:host:count:{host}   hash {day, n}: calls counted for the host on ``day`` (days since
@@ -35,6 +40,40 @@ A reservation should be used within :data:`USE_WITHIN_S` of its slot: a late cal
 with the slots after it. Presented later than that, the old slot is dropped and a new one
 taken. A slot before a ``hold`` (a 429 came in after it was reserved) is dropped too.
 
+Pacing
+------
+Zoom does not say whether its one-second window is fixed (each wall-clock second) or sliding
+(any one-second span), and a call reaches Zoom some milliseconds after its permit, a few more
+or less each time. Two things keep every one-second span at Zoom within the cap, under both
+models, while using nearly all of it:
+
+- the schedule's interval is stretched by ``spread_s`` (``RATE_ARRIVAL_SPREAD_S``, how much the
+  latency between permit and arrival varies): ``T = (1 + spread_s) / rate``, so ``rate`` calls
+  span ``1 + spread_s`` seconds and arrive within any one second only ``rate`` at a time;
+- just before each call, :meth:`RateGovernor.admit` checks a sliding log of the calls actually
+  made: at most ``rate`` in any ``1 + spread_s`` seconds. A caller that ran late for its slot
+  (a busy worker, a slow countdown) cannot then bunch up with the slots after it; it waits the
+  few milliseconds to the next opening in-process instead of losing its slot.
+
+A fixed window is a special case of the sliding one, so holding the sliding one holds both.
+When a per-second 429 comes anyway, the arrivals are less even than ``spread_s`` allows (a
+loaded host): :meth:`RateGovernor.penalize` with ``widen`` adds :data:`SLACK_STEP_S` to the
+spread for the whole fleet, up to :data:`SLACK_MAX_S`, until :data:`SLACK_TTL_S` pass
+without another.
+
+Priorities
+----------
+A caller may name its job's priority (``high``, ``normal``, ``bulk``; :mod:`worker.priorities`).
+Slots come from the one schedule above, but a lower priority may reserve only a short way
+ahead (:data:`AHEAD_S`: high as far as ``max_ahead_s``, normal 2 s, bulk 0.5 s). A backlog
+of bulk jobs therefore holds at most half a second of the schedule, and a high job arriving
+behind it takes the next slot after that, ahead of every bulk job still waiting; normal
+likewise goes ahead of bulk. A refused caller of a priority is handed a return time from
+its priority's line (``{ns}:line:...``): one per slot interval, starting when the schedule
+will have room for it, so a backlog of thousands comes back one at a time at the pace slots
+free up, in order, instead of all together. Bulk progresses whenever no higher priority
+fills the schedule; while one does, bulk callers come back and are refused again.
+
 Every operation that writes, or that reads the state against the clock, is one Lua script,
 so it is atomic across the fleet; pure reads are one command. All time is Redis's own
 (``TIME`` inside the script, or :meth:`RateGovernor.now`): hosts whose clocks disagree
@@ -46,6 +85,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
+import secrets
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -56,8 +97,18 @@ from redis.commands.core import Script
 
 from worker import errors, redis_client
 
-# Use a reservation within this long of its slot; a later call crowds the slots after it.
-USE_WITHIN_S = 0.25
+# A reservation is honoured this long after its slot; later, a new one is taken. A late call
+# cannot crowd the slots after it (admit() counts the calls actually made), so a worker that
+# runs a re-queued task seconds late (a busy machine) still gets the slot it waited for.
+USE_WITHIN_S = 10.0
+# How far ahead a priority may reserve (None: as far as the caller's ``max_ahead_s``).
+AHEAD_S: dict[str, float | None] = {"high": None, "normal": 2.0, "bulk": 0.5}
+# A per-second 429 despite the pacing means calls reach Zoom less evenly than the spread
+# allows (a loaded host, a slow network): widen it by this much, up to SLACK_MAX_S, until
+# SLACK_TTL_S pass without another.
+SLACK_STEP_S = 0.03
+SLACK_MAX_S = 0.3
+SLACK_TTL_S = 120
 # How long a rate learned from X-RateLimit-Limit is believed.
 LEARNED_RATE_TTL_S = 3600
 # The daily counter outlives 00:00 UTC by this much: the day is decided by its ``day`` field,
@@ -80,7 +131,9 @@ local function gcra()
   local rate = tonumber(ARGV[1])
   local learned = tonumber(redis.call('GET', KEYS[2]))
   if learned and learned > 0 and learned < rate then rate = learned end
-  local interval = math.ceil(1000000 / rate)
+  -- slack: seconds added to the spread after 429s (see Pacing), stretching the interval
+  local slack = tonumber(redis.call('GET', KEYS[4])) or 0
+  local interval = math.ceil(1000000 * (1 + slack / 1000000) / rate)
   return interval, (tonumber(ARGV[2]) - 1) * interval
 end
 local function set_until(key, value, now)
@@ -96,7 +149,8 @@ local function push_back(deadline, now, tolerance)
 end
 """
 
-# KEYS: tat, learned, hold. ARGV: rate, burst, max_ahead_us, held slot_us or '', use_within_us.
+# KEYS: tat, learned, hold, slack, line. ARGV: rate, burst, max_ahead_us,
+# held slot_us or '', use_within_us, '1' to hand a refused caller a return time from the line.
 _RESERVE = (
     _PRELUDE
     + """
@@ -111,24 +165,38 @@ end
 local interval, tolerance = gcra()
 local tat = math.max(tonumber(redis.call('GET', KEYS[1])) or now, now)
 local slot = math.max(tat - tolerance, now)
-if slot - now > tonumber(ARGV[3]) then return {0, slot - now, slot} end
+local ahead = tonumber(ARGV[3])
+if slot - now > ahead then
+  if ARGV[6] ~= '1' then return {0, slot - now, slot} end
+  -- come back when the schedule has room within reach, one caller per interval
+  local line = tonumber(redis.call('GET', KEYS[5])) or 0
+  local back = math.max(line, slot - ahead, now)
+  set_until(KEYS[5], back + interval, now)
+  return {0, back - now, back}
+end
 set_until(KEYS[1], tat + interval, now)
 return {1, slot - now, slot}
 """
 )
 
-# KEYS: tat, learned, hold. ARGV: rate, burst, seconds_us.
+# KEYS: tat, learned, hold, slack. ARGV: rate, burst, seconds_us, slack step_us, max_us, ttl_ms.
 _PENALIZE = (
     _PRELUDE
     + """
 local now = now_us()
 local interval, tolerance = gcra()
 push_back(now + tonumber(ARGV[3]), now, tolerance)
+if ARGV[4] ~= '0' then
+  local slack = (tonumber(redis.call('GET', KEYS[4])) or 0) + tonumber(ARGV[4])
+  slack = math.min(slack, tonumber(ARGV[5]))
+  redis.call('SET', KEYS[4], string.format('%.0f', slack), 'PX', ARGV[6])
+end
 return 1
 """
 )
 
-# KEYS: tat, learned, hold. ARGV: rate, burst, limit or '', remaining or '', learned_ttl_ms.
+# KEYS: tat, learned, hold, slack. ARGV: rate, burst, limit or '', remaining or '',
+# learned_ttl_ms.
 _OBSERVE = (
     _PRELUDE
     + """
@@ -145,6 +213,24 @@ end
 return 1
 """
 )
+
+# KEYS: sent log, learned, slack. ARGV: calls per window, window_us, member.
+_ADMIT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local count = tonumber(ARGV[1])
+local learned = tonumber(redis.call('GET', KEYS[2]))
+if learned and learned >= 1 and learned < count then count = math.floor(learned) end
+local window = tonumber(ARGV[2]) + (tonumber(redis.call('GET', KEYS[3])) or 0)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%.0f', now - window))
+if redis.call('ZCARD', KEYS[1]) < count then
+  redis.call('ZADD', KEYS[1], string.format('%.0f', now), ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], math.floor(window / 1000) + 1000)
+  return {1, 0, now}
+end
+local oldest = tonumber(redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')[2])
+return {0, oldest + window - now, now}
+"""
 
 # KEYS: block. ARGV: until_us. A block is only ever extended, never shortened.
 _BLOCK_HOST = """
@@ -203,7 +289,8 @@ class Permit:
 
     ``granted`` means ``slot_at`` (Redis epoch seconds) is held for this caller: call now when
     ``delay_s`` is 0, else re-queue with a countdown of ``delay_s`` and present ``slot_at``
-    again. Not granted means nothing is held and ``delay_s`` is the estimated wait.
+    again. Not granted means nothing is held and ``delay_s`` is the estimated wait; with a
+    priority, it is the caller's return time from its priority's line (``slot_at``).
     """
 
     granted: bool
@@ -230,7 +317,10 @@ class RateGovernor:
         *,
         namespace: str = "zw:rl",
         burst: int = 1,
+        spread_s: float = 0.0,
     ) -> None:
+        if not 0 <= spread_s < 1:
+            raise ValueError("spread_s must be in [0, 1)")
         for category, rate in limits.items():
             if isinstance(rate, bool) or not isinstance(rate, int | float) or rate <= 0:
                 raise ValueError(f"the rate for {category!r} must be a number above 0")
@@ -240,6 +330,8 @@ class RateGovernor:
         self.limits = dict(limits)
         self.namespace = namespace
         self.burst = burst
+        self.spread_s = spread_s
+        self._admit = client.register_script(_ADMIT)
         self._reserve = client.register_script(_RESERVE)
         self._penalize = client.register_script(_PENALIZE)
         self._observe = client.register_script(_OBSERVE)
@@ -249,41 +341,91 @@ class RateGovernor:
 
     @classmethod
     def from_url(
-        cls, url: str, limits: Mapping[str, float], *, namespace: str = "zw:rl", burst: int = 1
+        cls,
+        url: str,
+        limits: Mapping[str, float],
+        *,
+        namespace: str = "zw:rl",
+        burst: int = 1,
+        spread_s: float = 0.0,
     ) -> RateGovernor:
         """A governor on a new client for ``url``; timeouts stop a dead Redis hanging a task."""
         client = redis_client.connect(url, socket_connect_timeout=5.0, socket_timeout=5.0)
-        return cls(client, limits, namespace=namespace, burst=burst)
+        return cls(client, limits, namespace=namespace, burst=burst, spread_s=spread_s)
 
     def reserve(
-        self, category: str, *, max_ahead_s: float = 30.0, slot_at: float | None = None
+        self,
+        category: str,
+        *,
+        max_ahead_s: float = 30.0,
+        slot_at: float | None = None,
+        priority: str | None = None,
     ) -> Permit:
         """Reserve the category's next free slot, unless it is more than ``max_ahead_s`` away.
 
         Pass ``slot_at`` from an earlier granted Permit to use that slot: it is honoured
         (``delay_s`` is what is left of the wait) while it is at most :data:`USE_WITHIN_S`
-        late and no penalty came after it; otherwise a new slot is reserved.
+        late and no penalty came after it; otherwise a new slot is reserved. A ``priority``
+        bounds how far ahead (:data:`AHEAD_S`) and, when refused, gives a return time from
+        its line (see Priorities above).
         """
         held = "" if slot_at is None else str(round(slot_at * _US))
+        if priority is not None and priority not in AHEAD_S:
+            raise ValueError(f"unknown priority {priority!r}; known: {sorted(AHEAD_S)}")
+        ahead = AHEAD_S.get(priority or "high")
+        if ahead is not None:
+            max_ahead_s = min(max_ahead_s, ahead)
+        line = self._key("line", category, priority or "none")  # read only with a priority
         granted, delay_us, slot_us = self._run(
             self._reserve,
-            self._category_keys(category),
-            [self.limits[category], self.burst, round(max_ahead_s * _US), held, _USE_WITHIN_US],
+            [*self._category_keys(category), line],
+            [
+                self._paced(category),
+                self.burst,
+                round(max_ahead_s * _US),
+                held,
+                _USE_WITHIN_US,
+                "0" if priority is None else "1",
+            ],
         )
         return Permit(bool(granted), delay_us / _US, slot_us / _US, category)
 
-    def penalize(self, category: str, seconds: float) -> None:
+    def admit(self, category: str) -> Permit:
+        """Just before a call: granted while fewer than the category's rate of calls were
+        admitted in the last ``1 + spread_s`` seconds (and then counted); otherwise
+        ``delay_s`` says when the oldest of them leaves that window; ``slot_at`` is when it
+        was asked (Redis's clock). See Pacing above."""
+        count = max(1, math.floor(self.limits[self._check(category)]))
+        window_us = round((1 + self.spread_s) * _US)
+        member = secrets.token_hex(8)
+        granted, delay_us, now_us = self._run(
+            self._admit,
+            [self._key(part, category) for part in ("sent", "learned", "slack")],
+            [count, window_us, member],
+        )  # fmt: skip
+        return Permit(bool(granted), delay_us / _US, now_us / _US, category)
+
+    def penalize(self, category: str, seconds: float, *, widen: bool = False) -> None:
         """Zoom answered 429 anyway: no slot in the category before ``seconds`` from now.
 
         Slots already reserved before that time are dropped when presented, so the whole
-        fleet waits. A shorter penalty never shortens a longer one.
+        fleet waits. A shorter penalty never shortens a longer one. ``widen`` (a per-second
+        429 the pacing should have prevented) adds :data:`SLACK_STEP_S` to the spread, up to
+        :data:`SLACK_MAX_S`, for :data:`SLACK_TTL_S` after the last such 429 (see Pacing).
         """
         if seconds < 0:
             raise ValueError("seconds must not be negative")
         self._run(
             self._penalize,
             self._category_keys(category),
-            [self.limits[category], self.burst, round(seconds * _US)],
+            [
+                self._paced(category),
+                self.burst,
+                round(seconds * _US),
+                round(SLACK_STEP_S * _US) if widen else 0,
+                round(SLACK_MAX_S * _US),
+                SLACK_TTL_S * 1000,
+            ],
         )
 
     def observe(self, category: str, *, limit: int | None, remaining: int | None) -> None:
@@ -298,7 +440,7 @@ class RateGovernor:
             self._observe,
             self._category_keys(category),
             [
-                self.limits[category],
+                self._paced(category),
                 self.burst,
                 "" if limit is None else limit,
                 "" if remaining is None else remaining,
@@ -357,6 +499,7 @@ class RateGovernor:
             category: max(0, int(value or 0) - now) / _US
             for category, value in zip(self.limits, values, strict=True)
         }
+
     def count_meeting_update(self, meeting_id: int, limit: int) -> datetime | None:
         """Count one update of the meeting in its sliding 24 hours; or, when ``limit`` are
         counted there already, count nothing and return when the oldest leaves the window."""
@@ -369,6 +512,10 @@ class RateGovernor:
         with _translated():
             return script(keys=keys, args=args, client=self.client)
 
+    def _paced(self, category: str) -> float:
+        # The schedule's rate: the category's, over 1 + spread_s seconds (see Pacing).
+        return self.limits[self._check(category)] / (1 + self.spread_s)
+
     def _check(self, category: str) -> str:
         if category not in self.limits:
             raise ValueError(f"unknown rate category {category!r}; known: {sorted(self.limits)}")
@@ -376,7 +523,7 @@ class RateGovernor:
 
     def _category_keys(self, category: str) -> list[str]:
         self._check(category)
-        return [self._key(part, category) for part in ("tat", "learned", "hold")]
+        return [self._key(part, category) for part in ("tat", "learned", "hold", "slack")]
 
     def _key(self, *parts: str) -> str:
         return ":".join((self.namespace, *parts))

@@ -79,6 +79,8 @@ class Claim:
     age: timedelta = timedelta()
     # The task to tell of the job's final status (worker.outbox), if the producer named one.
     on_done: str | None = None
+    # high, normal or bulk (worker.priorities): the job's place at the rate governor.
+    priority: str = "normal"
 
 
 class CreateState(enum.StrEnum):
@@ -116,6 +118,7 @@ def claim_of(row: Any, token: str) -> Claim:
         maybe_sent=bool(row.was_maybe_sent),
         failing_for=row.failing_for,
         age=row.age,
+        priority=row.priority,
     )
 
 

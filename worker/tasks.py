@@ -30,6 +30,7 @@ from worker import (
     meetings,
     metrics,
     outbox,
+    priorities,
     relay,
     retention,
     webhook_events,
@@ -101,6 +102,7 @@ def create_meeting(
     job_id: str | None = None,
     topic: str | None = None,
     slot_at: float | None = None,
+    priority: str | None = None,
     **unknown: Any,
 ) -> None:
     """Create a Zoom meeting for a job (sent by ``worker.jobs`` or by name).
@@ -108,9 +110,15 @@ def create_meeting(
     Unknown arguments are accepted here so that such a message is recorded as a failed job
     saying why, instead of failing before any of our code runs and being acknowledged."""
     if job_id is None:
-        kwargs = {"user_id": user_id, "meeting": meeting, "idempotency_key": idempotency_key}
+        kwargs = {
+            "user_id": user_id,
+            "meeting": meeting,
+            "idempotency_key": idempotency_key,
+            "priority": priority,
+        }
         job_id = _recorded(self, jobs.CREATE, kwargs, sorted(unknown))
-    _run(self, job_id, {"job_id": job_id, "user_id": user_id, "topic": topic}, slot_at)
+    retry_kwargs = {"job_id": job_id, "user_id": user_id, "topic": topic, "priority": priority}
+    _run(self, job_id, retry_kwargs, slot_at)
 
 
 @app.task(name="meetings.delete", bind=True, max_retries=None)
@@ -122,6 +130,7 @@ def delete_meeting(
     idempotency_key: str | None = None,
     job_id: str | None = None,
     slot_at: float | None = None,
+    priority: str | None = None,
     **unknown: Any,
 ) -> None:
     """Delete a Zoom meeting this service created (sent by ``worker.jobs`` or by name).
@@ -132,9 +141,11 @@ def delete_meeting(
             "meeting_id": meeting_id,
             "occurrence_id": occurrence_id,
             "idempotency_key": idempotency_key,
+            "priority": priority,
         }
         job_id = _recorded(self, jobs.DELETE, kwargs, sorted(unknown))
-    _run(self, job_id, {"job_id": job_id, "meeting_id": meeting_id}, slot_at)
+    retry_kwargs = {"job_id": job_id, "meeting_id": meeting_id, "priority": priority}
+    _run(self, job_id, retry_kwargs, slot_at)
 
 
 @app.task(name="meetings.update", bind=True, max_retries=None)
@@ -147,6 +158,7 @@ def update_meeting(
     idempotency_key: str | None = None,
     job_id: str | None = None,
     slot_at: float | None = None,
+    priority: str | None = None,
     **unknown: Any,
 ) -> None:
     """Update a Zoom meeting this service created (sent by ``worker.jobs`` or by name); a
@@ -159,10 +171,12 @@ def update_meeting(
             "changes": changes,
             "occurrence_id": occurrence_id,
             "idempotency_key": idempotency_key,
+            "priority": priority,
         }
         job_id = _recorded(self, jobs.UPDATE, kwargs, sorted(unknown))
         return  # recording it dispatched it by id, to run in its turn
-    _run(self, job_id, {"job_id": job_id, "meeting_id": meeting_id}, slot_at)
+    retry_kwargs = {"job_id": job_id, "meeting_id": meeting_id, "priority": priority}
+    _run(self, job_id, retry_kwargs, slot_at)
 
 
 @app.task(name=SWEEP_TASK, ignore_result=True)
@@ -223,9 +237,15 @@ def _run(
     if work.counters is not None:
         work.counters.observe(fleet_counters.JOB_DURATION, time.monotonic() - started)
     if reschedule is not None:
+        # The job's own priority (a task sent by name may have named none): its queue.
+        retry_kwargs = {**retry_kwargs, "priority": claim.priority}
         if reschedule.slot_at is not None:
-            retry_kwargs = {**retry_kwargs, "slot_at": reschedule.slot_at}
-        raise task.retry(countdown=reschedule.countdown_s, kwargs=retry_kwargs)
+            retry_kwargs["slot_at"] = reschedule.slot_at
+        raise task.retry(
+            countdown=reschedule.countdown_s,
+            kwargs=retry_kwargs,
+            queue=priorities.queue_of(claim.priority),
+        )
 
 
 def _recorded(task: Task[Any, Any], kind: str, kwargs: dict[str, Any], unknown: list[str]) -> str:

@@ -42,9 +42,14 @@ Permit = Callable[[str, str | None, int | None], None]
 
 
 def patch(
-    job: ledger.Claim, client: zoom.ZoomClient, work: ledger.Ledger, permit: Permit
+    job: ledger.Claim,
+    client: zoom.ZoomClient,
+    work: ledger.Ledger,
+    permit: Permit,
+    admit: Callable[[str], None],
 ) -> Outcome:
-    """Send the update job's PATCH; its outcome (a failure raises, for ``decide``)."""
+    """Send the update job's PATCH; its outcome (a failure raises, for ``decide``). ``admit``
+    is the gate's last word before the request leaves (``Gate.admit``)."""
     meeting_id = job.meeting_id
     assert meeting_id is not None and job.body is not None, "an update names a meeting"
     if work.gone(meeting_id, job.occurrence_id):
@@ -53,6 +58,7 @@ def patch(
         return Failed(f"meeting {meeting_id} is gone from Zoom; nothing to update")
     permit("update", job.user_id, meeting_id)
     work.fence(job)
+    admit("update")  # last, so the call leaves as the pacing admits it
     try:
         client.update_meeting(meeting_id, job.body, occurrence_id=job.occurrence_id)
     except errors.MeetingNotFound:

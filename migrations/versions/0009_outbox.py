@@ -6,7 +6,7 @@
   ``zoom_worker_outbox`` when rows are added, delivered at commit (the relay listens).
 
 Revision ID: 0009
-Revises: 0007
+Revises: 0008
 Create Date: 2026-12-03 10:00:00
 """
 

@@ -46,7 +46,8 @@ daily counts (``account_rate_limits``: account id -> caps, else ``rate_limits``)
 401 code 124: the "ownership transferred" state that only a secret rotation ends),
 ``missing_scopes``. Meetings ``missing_users``, ``legacy_not_found_code``, ``list_agenda_cut``
 ("code_points" or "utf16": how the list counts the 250 characters of agenda it shows). Rate limits
-``rate_limits`` (per category, calls accepted in any sliding 1 s window), ``rate_limit_headers``,
+``rate_limits`` (per category, calls accepted per second), ``rate_window`` ("sliding": in any
+1 s span, the default; "fixed": in each wall-clock second), ``rate_limit_headers``,
 ``categories`` and ``create_category`` (operation -> category; an explicit
 ``categories["create"]`` wins over ``create_category``), ``daily_create_limit`` and
 ``daily_limit_style`` ("429", or "400" with code 300 as in an older spec),

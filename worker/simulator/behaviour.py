@@ -156,6 +156,14 @@ class Simulator:
                 **self.webhooks.counts(),
             }
 
+    def accepted_calls(self, category: str, account_id: str | None = None) -> list[float]:
+        """When each call the category's rate limit accepted arrived (epoch seconds), in
+        order, for the account (the configured one by default): the pace as Zoom saw it (the
+        benchmarks)."""
+        with self._lock:
+            rates = self._rates_of(account_id or self._config.account_id)
+            return list(rates.accepted[category])
+
     def meetings(self) -> list[dict[str, Any]]:
         """Every meeting ever made, in creation order, with ``deleted``; never ``start_url``."""
         with self._lock:

@@ -63,6 +63,9 @@ class SimulatorConfig:
     # How the list call counts the 250 characters of agenda it shows.
     list_agenda_cut: Literal["code_points", "utf16"] = "code_points"
     rate_limits: dict[str, int] | None = None
+    # How the per-second limits count: "sliding" (any 1 s span) or "fixed" (each wall-clock
+    # second from :00.000); Zoom does not document which it uses.
+    rate_window: Literal["sliding", "fixed"] = "sliding"
     rate_limit_headers: bool = True
     create_category: str = "light"
     categories: dict[str, str] = field(default_factory=_default_categories)

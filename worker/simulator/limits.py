@@ -1,5 +1,6 @@
-"""Zoom's rate limits: per category in a sliding 1 s window, creates and updates per user per
-UTC day, and updates per meeting in a sliding 24 hours."""
+"""Zoom's rate limits: per category per second (a sliding 1 s window, or fixed wall-clock
+seconds: ``SimulatorConfig.rate_window``), creates and updates per user per UTC day, and
+updates per meeting in a sliding 24 hours."""
 
 from __future__ import annotations
 
@@ -33,7 +34,12 @@ class RateWindows:
 
     def __init__(self) -> None:
         self._windows: dict[str, deque[float]] = {c: deque() for c in RATE_CATEGORIES}
+        # Calls accepted in the current wall-clock second, per category: (second, count).
+        self._fixed: dict[str, tuple[int, int]] = dict.fromkeys(RATE_CATEGORIES, (0, 0))
+        # The peak of calls in any sliding second, whatever the window model.
         self.max_qps: dict[str, int] = dict.fromkeys(RATE_CATEGORIES, 0)
+        # When each accepted call arrived (epoch seconds), per category: what Zoom saw.
+        self.accepted: dict[str, list[float]] = {c: [] for c in RATE_CATEGORIES}
         self._daily: dict[str, int] = {}
         self._daily_date: date | None = None
         self._updates: dict[str, deque[datetime]] = {}
@@ -41,14 +47,18 @@ class RateWindows:
     def take_slot(
         self, category: str, cfg: SimulatorConfig, limits: dict[str, int] | None
     ) -> Reply | None:
-        """Accept a call into the category's sliding 1 s window under the account's
-        ``limits``, or answer 429."""
+        """Accept a call into the category's 1 s window (sliding or fixed) under the
+        account's ``limits``, or answer 429."""
         window = self._windows[category]
-        now = time.monotonic()
+        now, wall = time.monotonic(), time.time()
         while window and window[0] <= now - 1.0:
             window.popleft()
+        second, in_second = self._fixed[category]
+        if second != int(wall):
+            second, in_second = int(wall), 0
+        used = len(window) if cfg.rate_window == "sliding" else in_second
         limit = (limits or {}).get(category)
-        if limit is not None and len(window) >= limit:
+        if limit is not None and used >= limit:
             headers = {}
             if cfg.rate_limit_headers:
                 headers = {
@@ -59,7 +69,9 @@ class RateWindows:
                 }
             return error_reply(429, 429, PER_SECOND_MESSAGE, headers)
         window.append(now)
+        self._fixed[category] = (second, in_second + 1)
         self.max_qps[category] = max(self.max_qps[category], len(window))
+        self.accepted[category].append(wall)
         return None
 
     def take_meeting_update(

@@ -8,8 +8,8 @@ the registered OAuth apps.
   secret or refresh token, a secret version and a status. The unique (account_id, client_id)
   becomes unique (name, account_id, client_id), and a registered name is unique by itself.
 
-Revision ID: 0012
-Revises: 0007 (re-chained by the lead at merge)
+Revision ID: 0010
+Revises: 0009
 Create Date: 2026-12-03 10:00:00
 """
 
@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0012"
+revision: str = "0010"
 down_revision: str | None = "0009"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
