@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 import pytest
 import redis
-from conftest import WorkerProcess
+from conftest import JOB_QUEUE, WorkerProcess
 from sqlalchemy import func, select
 
 from worker import aio, db, errors, jobs, outbox
@@ -70,7 +70,7 @@ def test_aio_create_meeting__same_key_other_body__conflict_nothing_stored(
     run(work)
 
     assert _count(JobRow) == 1 and _count(OutboxMessage) == 1
-    assert broker.llen("celery") == 0  # an async producer never publishes: the relay does
+    assert broker.llen(JOB_QUEUE) == 0  # an async producer never publishes: the relay does
 
 
 def test_aio_create_meeting__invalid_body__refused_naming_the_field() -> None:

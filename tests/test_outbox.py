@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import receivers
 import redis
-from conftest import RECEIVER_URL, ROOT, WorkerProcess, flushed_redis, wait_for
+from conftest import JOB_QUEUE, RECEIVER_URL, ROOT, WorkerProcess, flushed_redis, wait_for
 from sqlalchemy import func, select, text
 
 from worker import celery_app, db, errors, jobs, ledger, outbox, relay, tasks
@@ -36,10 +36,11 @@ def _body(n: int) -> dict[str, Any]:
     return {**BODY, "topic": f"Standup {n}"}
 
 
-def _queued(broker: redis.Redis) -> list[tuple[str, dict[str, Any]]]:
-    """(task, kwargs) of the messages waiting on the default queue, oldest first."""
+def _queued(broker: redis.Redis, queue: str = JOB_QUEUE) -> list[tuple[str, dict[str, Any]]]:
+    """(task, kwargs) of the messages waiting on ``queue`` (the normal priority's jobs, or
+    Celery's default queue for the on_done notifications), oldest first."""
     found = []
-    for raw in reversed(broker.lrange("celery", 0, -1)):
+    for raw in reversed(broker.lrange(queue, 0, -1)):
         envelope = json.loads(raw)
         _args, kwargs, _embed = json.loads(base64.b64decode(envelope["body"]))
         found.append((envelope["headers"]["task"], kwargs))
@@ -251,10 +252,10 @@ def test_send_pending__broker_refuses__kept_then_sent_with_the_same_id(
 
     with pytest.raises(ConnectionError):
         outbox.send_pending(sessions, refuse)
-    broker.delete("celery")
+    assert _queued(broker, "celery") == []
     assert outbox.send_pending(sessions, celery_app.send_many) == 1
 
-    [(task, kwargs)] = _queued(broker)
+    [(task, kwargs)] = _queued(broker, "celery")
     [notification] = _notifications()
     assert task == ON_DONE and kwargs["notification_id"] == str(notification.id)
     assert notification.sent_at is not None
