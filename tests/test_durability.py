@@ -268,9 +268,11 @@ def _kill_a_busy_child(worker: WorkerProcess) -> int:
 def test_durability__task_process_and_whole_worker_killed__all_succeed_once(
     fleet: Callable[..., Fleet], sim_client: SimulatorClient, broker_kind: str
 ) -> None:
-    # Each call holds its process 0.2 s: the pool is busy, and the run lasts long enough
-    # for both kills to land while most jobs are still to do.
-    sim_client.configure(latency_s=0.2)
+    # Each call holds its process 0.5 s: the pool is busy (a kill finds a process mid-task),
+    # and the run lasts long enough for both kills to land while most jobs are still to do,
+    # however fast the pipeline around the call has become (at 0.2 s, 170 jobs were done
+    # within the 4 s the first kill took to find a busy process).
+    sim_client.configure(latency_s=0.5)
     run = fleet(3, 3, 2)
     w1, w2, _w3 = run.workers
     started = time.monotonic()
