@@ -71,7 +71,12 @@ class SentinelSet:
         return True
 
     def failover(self) -> int:
-        """Sentinel promotes the replica; returns the new master's port once it says so."""
+        """Sentinel promotes the replica; returns the new master's port once it says so.
+
+        The Sentinels are shared by a module's tests: after an earlier failover the old master
+        has just been turned into a replica, and Sentinel refuses to promote one that is not in
+        sync yet (``-failover-abort-no-good-slave``), so wait for it first."""
+        wait_for(self.replica_in_sync, timeout=30, what="a replica in sync to promote")
         old = self.current_master_port()
         with self.sentinel() as client:
             client.execute_command("SENTINEL", "FAILOVER", MASTER_NAME)
