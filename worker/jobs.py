@@ -305,10 +305,8 @@ def record_received(
                     opts,
                     now=datetime.now(UTC),
                 )
-                [(job_id, created)] = admission.insert_many([row], get_settings())
-                if created:
-                    enqueue.publish([row])  # its turn may wait: its first message was this one
-                return job_id
+                # Its turn may wait: this message was its first, so it is dispatched by id.
+                return enqueue.record_and_publish([row])[0]
             else:
                 row = job_requests.new_delete(
                     kwargs.get("meeting_id"),
