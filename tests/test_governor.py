@@ -133,7 +133,11 @@ def test_circuit__fresh_tokens_refused__jobs_wait_then_resume_after_rotation(
         f"rotation; {stats['token_requests']} token requests in all"
     )
     assert refused["token_requests"] <= 2, "an open circuit makes no more token requests"
-    assert refused["api_401"] <= 8, "at most one 401 per process"
+    # 8 pool processes, each with one call in flight when the token is refused: that call may
+    # see two 401s (the shared token, then its one renewal, which a racing process may have
+    # fetched rather than this one), and no call is made once the circuit is open.
+    processes = 2 * 4
+    assert refused["api_401"] <= 2 * processes, "at most one renewal and one retry per call"
     assert stats["meetings_created"] == 30
     assert all(j.status in FINAL_STATUSES and j.attempts == 1 for j in jobs.jobs_for(ids))
     logs = "".join(w.log() for w in workers)
