@@ -224,6 +224,23 @@ def test_intake__by_name_unknown_argument__failed_job_naming_it(
     assert "unknown arguments" in (job.error or "") and "meting" in (job.error or "")
 
 
+def test_intake__by_name_with_on_done__the_job_names_its_receiver(env: dict[str, str]) -> None:
+    kwargs = {"user_id": "host@example.com", "meeting": BODY, "on_done": "app.tasks.done"}
+
+    job_id = jobs.record_received(jobs.CREATE, kwargs, "task-on-done")
+
+    claim = ledger.Ledger.from_settings(get_settings(), celery_app.send).claim(job_id)
+    assert claim is not None and claim.on_done == "app.tasks.done"
+
+
+def test_intake__by_name_bad_on_done__failed_job_naming_it(env: dict[str, str]) -> None:
+    kwargs = {"user_id": "host@example.com", "meeting": BODY, "on_done": "not a task name"}
+
+    job = _job(jobs.record_received(jobs.CREATE, kwargs, "task-bad-on-done"))
+
+    assert job.status == models.FAILED and "on_done" in (job.error or "")
+
+
 def test_intake__by_name_redelivered__one_job(env: dict[str, str]) -> None:
     kwargs = {"user_id": "host@example.com", "meeting": BODY}
 

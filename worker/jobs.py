@@ -291,7 +291,9 @@ def record_received(
                 raise errors.InvalidMeeting(
                     "kwargs", f"unknown arguments for this task: {', '.join(unknown)}"
                 )
-            opts = job_requests.options(priority=kwargs.get("priority"))
+            opts = job_requests.options(
+                priority=kwargs.get("priority"), on_done=kwargs.get("on_done")
+            )
             if kind == CREATE:
                 row = job_requests.new_create(
                     kwargs.get("user_id"), kwargs.get("meeting"), key, opts

@@ -103,6 +103,7 @@ def create_meeting(
     topic: str | None = None,
     slot_at: float | None = None,
     priority: str | None = None,
+    on_done: str | None = None,
     **unknown: Any,
 ) -> None:
     """Create a Zoom meeting for a job (sent by ``worker.jobs`` or by name).
@@ -115,6 +116,7 @@ def create_meeting(
             "meeting": meeting,
             "idempotency_key": idempotency_key,
             "priority": priority,
+            "on_done": on_done,
         }
         job_id = _recorded(self, jobs.CREATE, kwargs, sorted(unknown))
     retry_kwargs = {"job_id": job_id, "user_id": user_id, "topic": topic, "priority": priority}
@@ -131,6 +133,7 @@ def delete_meeting(
     job_id: str | None = None,
     slot_at: float | None = None,
     priority: str | None = None,
+    on_done: str | None = None,
     **unknown: Any,
 ) -> None:
     """Delete a Zoom meeting this service created (sent by ``worker.jobs`` or by name).
@@ -142,6 +145,7 @@ def delete_meeting(
             "occurrence_id": occurrence_id,
             "idempotency_key": idempotency_key,
             "priority": priority,
+            "on_done": on_done,
         }
         job_id = _recorded(self, jobs.DELETE, kwargs, sorted(unknown))
     retry_kwargs = {"job_id": job_id, "meeting_id": meeting_id, "priority": priority}
@@ -159,6 +163,7 @@ def update_meeting(
     job_id: str | None = None,
     slot_at: float | None = None,
     priority: str | None = None,
+    on_done: str | None = None,
     **unknown: Any,
 ) -> None:
     """Update a Zoom meeting this service created (sent by ``worker.jobs`` or by name); a
@@ -172,6 +177,7 @@ def update_meeting(
             "occurrence_id": occurrence_id,
             "idempotency_key": idempotency_key,
             "priority": priority,
+            "on_done": on_done,
         }
         job_id = _recorded(self, jobs.UPDATE, kwargs, sorted(unknown))
         return  # recording it dispatched it by id, to run in its turn
