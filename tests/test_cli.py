@@ -50,6 +50,24 @@ def test_job_json__queued_job__prints_one_object(env: dict[str, str]) -> None:
     assert fields["created_at"].endswith("+00:00")
 
 
+def test_create__priority_high__the_job_is_high(env: dict[str, str]) -> None:
+    result = _invoke(
+        "create", "host@example.com", "--topic", "Standup", "--start-time",
+        "2030-01-07T10:00:00Z", "--duration", "30", "--priority", "high",
+    )  # fmt: skip
+
+    assert result.exit_code == 0, result.output
+    job = jobs.get_job(result.stdout.strip())
+    assert job is not None and job.priority == "high"
+
+
+def test_create__unknown_priority__exit_2_naming_the_option(env: dict[str, str]) -> None:
+    result = _invoke("create", "host@example.com", "--topic", "Standup", "--priority", "urgent")
+
+    assert result.exit_code == 2
+    assert "--priority" in result.output and jobs.count_by_status() == {}
+
+
 def test_job__unknown_id__exits_1_naming_it(env: dict[str, str]) -> None:
     unknown = uuid.uuid4()
 

@@ -31,6 +31,7 @@ from worker import (
     jobs,
     models,
     outage,
+    priorities,
     retention,
     schema,
     simulator,
@@ -112,8 +113,19 @@ def migrate() -> None:
     help="A JSON file with Zoom's create-meeting body; the options above override it.",
 )
 @click.option("--idempotency-key", help="The same key always returns the same job.")
+@click.option(
+    "--priority",
+    type=click.Choice(priorities.PRIORITIES),
+    default=priorities.NORMAL,
+    show_default=True,
+    help="Which queue the job waits in (high for a person waiting, bulk for a backfill).",
+)
 def create(
-    user_id: str, body: Path | None, idempotency_key: str | None, **fields: str | int | None
+    user_id: str,
+    body: Path | None,
+    idempotency_key: str | None,
+    priority: str,
+    **fields: str | int | None,
 ) -> None:
     """Queue a job that creates a meeting for USER_ID (a Zoom user id or email); prints its id."""
     meeting: dict[str, Any] = {}
@@ -126,7 +138,10 @@ def create(
             raise errors.InvalidMeeting("body", f"{body} must hold a JSON object")
         meeting.update(loaded)
     meeting.update({name: value for name, value in fields.items() if value is not None})
-    click.echo(str(jobs.create_meeting(user_id, meeting, idempotency_key=idempotency_key)))
+    job_id = jobs.create_meeting(
+        user_id, meeting, idempotency_key=idempotency_key, priority=priority
+    )
+    click.echo(str(job_id))
 
 
 @cli.command()
@@ -136,15 +151,23 @@ def create(
 )
 @click.option("--occurrence-id", help="Delete one occurrence of a recurring meeting.")
 @click.option("--idempotency-key", help="The same key always returns the same job.")
+@click.option(
+    "--priority",
+    type=click.Choice(priorities.PRIORITIES),
+    default=priorities.NORMAL,
+    show_default=True,
+    help="Which queue the job waits in (high for a person waiting, bulk for a backfill).",
+)
 def delete(
     meeting_id: int | None,
     create_job: str | None,
     occurrence_id: str | None,
     idempotency_key: str | None,
+    priority: str,
 ) -> None:
     """Queue a job that deletes MEETING_ID (only meetings this service created); prints its id."""
     job_id = jobs.delete_meeting(
-        meeting_id, occurrence_id, idempotency_key, create_job_id=create_job
+        meeting_id, occurrence_id, idempotency_key, create_job_id=create_job, priority=priority
     )
     click.echo(str(job_id))
 
@@ -162,17 +185,28 @@ def delete(
 )
 @click.option("--occurrence", "occurrence_id", help="Update one occurrence of a series.")
 @click.option("--idempotency-key", help="The same key always returns the same job.")
+@click.option(
+    "--priority",
+    type=click.Choice(priorities.PRIORITIES),
+    default=priorities.NORMAL,
+    show_default=True,
+    help="Which queue the job waits in (high for a person waiting, bulk for a backfill).",
+)
 def update_command(
     meeting_id: int,
     assignments: tuple[str, ...],
     occurrence_id: str | None,
     idempotency_key: str | None,
+    priority: str,
 ) -> None:
     """Queue a job that updates MEETING_ID (only meetings this service created); prints its id.
 
     Updates of one meeting are applied in the order they were queued."""
     changes = parse_assignments(assignments)
-    click.echo(str(jobs.update_meeting(meeting_id, changes, occurrence_id, idempotency_key)))
+    job_id = jobs.update_meeting(
+        meeting_id, changes, occurrence_id, idempotency_key, priority=priority
+    )
+    click.echo(str(job_id))
 
 
 def parse_assignments(assignments: tuple[str, ...]) -> dict[str, Any]:
