@@ -243,13 +243,16 @@ def store_many(session: Session, events: Sequence[Event]) -> list[int | None]:
         rows.setdefault(event.digest, _row(event))
     if not rows:
         return []
+    # Sorted: two groups holding the same events (a delivery and Zoom's retry, in two
+    # processes) wait on each other's digests in one order, never in a deadlock.
+    ordered = [rows[digest] for digest in sorted(rows)]
     statement = (
         insert(EventRow)
         .on_conflict_do_nothing(index_elements=[EventRow.digest])
         .returning(EventRow.digest, EventRow.id)
     )
     # An executemany with RETURNING: SQLAlchemy sends it as one multi-row INSERT.
-    result = session.execute(statement, list(rows.values()))
+    result = session.execute(statement, ordered)
     stored: dict[str, int] = {digest: row_id for digest, row_id in result}
     ids: list[int | None] = []
     for event in events:
