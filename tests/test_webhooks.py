@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy
+import sqlalchemy.orm
 import uvicorn
 from click.testing import CliRunner
 from conftest import WorkerProcess, wait_for
@@ -373,6 +374,53 @@ def test_webhooks__burst_of_concurrent_requests__n_rows_in_fewer_than_n_transact
     assert counted.inserts == counted.commits
     assert 1 <= len(sent) < n // 4  # one apply task per commit at most, not one per event
     assert len(webhook_events.apply_pending(db.sessions(get_settings()))) == n
+
+
+def test_webhooks__database_down__every_request_of_the_group_answered_503(sent: Sent) -> None:
+    # Zoom retries only 5xx answers: an event that could not be stored must not get a 200.
+    down = sqlalchemy.create_engine(
+        "postgresql+psycopg://postgres@127.0.0.1:1/nowhere", connect_args={"connect_timeout": 2}
+    )
+    app = webhooks.create_app(_intake(sent, sessions=sqlalchemy.orm.sessionmaker(down)), PATH)
+    bodies = [_body("meeting.started", 100 + i) for i in range(5)]
+
+    async def burst() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://zoom") as http:
+            return await asyncio.gather(
+                *(http.post(PATH, content=b, headers=_headers(b)) for b in bodies)
+            )
+
+    try:
+        answers = asyncio.run(burst())
+    finally:
+        down.dispose()
+    assert [a.status_code for a in answers] == [503] * 5
+    assert sent == [] and _events() == []
+
+
+def test_webhook_events__two_appliers_at_once__each_event_applied_once_newest_topic_wins() -> None:
+    for i in range(3):
+        _ours(MEETING_ID + i)
+    sessions = db.sessions(get_settings())
+    with sessions() as session, session.begin():
+        for i in range(300):
+            body = json.loads(_body("meeting.updated", 10 + i, topic=f"T{i}"))
+            body["payload"]["object"]["id"] = MEETING_ID + i % 4  # the 4th is not ours
+            webhook_events.store(session, webhook_events.Event.parse(body))
+    results: list[list[webhook_events.Effect]] = []
+    appliers = [
+        threading.Thread(target=lambda: results.append(webhook_events.apply_pending(sessions, 20)))
+        for _ in range(2)
+    ]
+    for applier in appliers:
+        applier.start()
+    for applier in appliers:
+        applier.join(timeout=60)
+    assert sum(len(r) for r in results) == 300
+    assert all(e.applied_at is not None for e in _events())
+    assert sum(e.effect == "foreign" for e in _events()) == 75
+    assert [_ledger(MEETING_ID + i).topic for i in range(3)] == ["T296", "T297", "T298"]
 
 
 # -- end to end: the simulator sends, a real worker applies, the cleanup makes no call ---------
