@@ -109,7 +109,8 @@ def verified(
 
 @dataclass
 class Intake:
-    """What the endpoint needs, built once: the secrets, the database and the task sender."""
+    """What the endpoint needs, built once: the secrets, the database (written in groups by
+    ``writer``) and the task sender (one apply task per commit at most: ``publisher``)."""
 
     secrets: SecretBook
     sessions: sessionmaker[Session]
