@@ -287,14 +287,15 @@ def apply(sessions: sessionmaker[Session], event_id: int) -> Effect | None:
 
 
 def apply_pending(
-    sessions: sessionmaker[Session], batch: int = 200, most: int = 2000
+    sessions: sessionmaker[Session], batch: int = 50, most: int = 2000
 ) -> list[Effect]:
     """Apply the events not applied yet, in arrival order, ``batch`` per transaction, until
     none is left that no other applier holds (or ``most`` were applied); their effects.
 
     Each transaction takes its events ``FOR UPDATE SKIP LOCKED`` (two appliers never share
     one) and then their meetings' rows ``FOR UPDATE`` in ``meeting_id`` order (two appliers
-    never wait on each other in a cycle)."""
+    never wait on each other in a cycle). A small ``batch`` keeps those meeting rows locked
+    briefly (a few tens of ms): an update job or ``update_meeting`` waits on them meanwhile."""
     effects: list[Effect] = []
     while len(effects) < most:
         with sessions() as session, session.begin():
