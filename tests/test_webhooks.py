@@ -268,6 +268,17 @@ def test_webhooks__deleted_then_older_started__stays_deleted(client: AppClient, 
     assert _ledger().state == models.DELETED
 
 
+def test_webhooks__ended_then_older_started_in_one_batch__started_is_stale(
+    client: AppClient, sent: Sent
+) -> None:
+    # One apply transaction: the second event must see what the first one did.
+    _ours()
+    for body in (_body("meeting.ended", 50, type=2), _body("meeting.started", 40)):
+        assert _post(client, body).status_code == 200
+    assert _apply_all(sent) == [webhook_events.Effect.ENDED, webhook_events.Effect.STALE]
+    assert _ledger().state == models.ENDED
+
+
 def test_webhooks__foreign_meeting__stored_and_ignored(client: AppClient, sent: Sent) -> None:
     _post(client, _body("meeting.deleted", 10))  # MEETING_ID is not in the ledger
     assert _apply_all(sent) == [webhook_events.Effect.FOREIGN]

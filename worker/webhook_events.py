@@ -73,6 +73,8 @@ class Effect(enum.StrEnum):
     IGNORED = "ignored"  # an event this service does not act on
 
 
+# The events decide() compares with the newest state event applied (the others never are stale).
+STATE_EVENTS = frozenset({DELETED, PERMANENTLY_DELETED, STARTED, ENDED, RECOVERED})
 # Effects that say where a meeting stands; a later state event older than these is stale.
 ORDERED = frozenset({Effect.DELETED, Effect.STARTED, Effect.ENDED, Effect.RECOVERED})
 # The fields of meeting.updated's object that the ledger keeps.
@@ -341,10 +343,12 @@ def _apply_row(session: Session, row: EventRow, meeting: MeetingRow | None) -> E
     if meeting is None:
         change = Change(Effect.FOREIGN)  # decide's first case, without reading the ledger
     else:
-        newer = frozenset[str]()
+        newer, newest = frozenset[str](), None
         if event.event == UPDATED:
             newer = _newer_fields(session, row) | _set_since(meeting, row.event_ts)
-        change = decide(event, _state(meeting), _newest_ts(session, row.meeting_id), newer)
+        elif event.event in STATE_EVENTS and not event.occurrence_ids:
+            newest = _newest_ts(session, row.meeting_id)  # only these are ever stale
+        change = decide(event, _state(meeting), newest, newer)
     if change.values and meeting is not None:
         for name, value in change.values.items():
             setattr(meeting, name, value)
@@ -352,7 +356,8 @@ def _apply_row(session: Session, row: EventRow, meeting: MeetingRow | None) -> E
             meeting.deleted_at = func.now()  # the database's clock, as the ledger writes it
     row.applied_at = datetime.now(UTC)
     row.effect = change.effect.value
-    session.flush()  # the next event of this meeting reads what this one did
+    # No flush here: the session's autoflush writes this before the next query that could
+    # read it (the next event of this meeting), and the commit writes the rest in one go.
     log.info(
         "webhook.applied event_id=%s event=%s meeting_id=%s effect=%s",
         row.id,
