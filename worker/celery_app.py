@@ -47,6 +47,8 @@ from worker.config import Settings, get_settings
 SWEEP_TASK = "jobs.sweep"
 CLEANUP_TASK = "meetings.cleanup_stale"
 PRUNE_TASK = "retention.prune"
+# Applies the stored webhook events not applied yet (worker.webhook_events.apply_pending).
+WEBHOOKS_APPLY_TASK = "webhooks.apply_pending"
 JOB_TASKS = ("meetings.create", "meetings.delete")
 # Transport operations per message in a publish batch: the message, and its task-sent event.
 OPERATIONS_PER_MESSAGE = 2
@@ -124,6 +126,13 @@ def celery_config(settings: Settings) -> dict[str, Any]:
                 "task": CLEANUP_TASK,
                 "schedule": timedelta(minutes=settings.CLEANUP_INTERVAL_MINUTES),
                 "options": {"expires": settings.CLEANUP_INTERVAL_MINUTES * 60},
+            },
+            # Zoom's events stored but not applied: their task was lost (a crash between the
+            # endpoint's commit and its publish, a broker down).
+            "apply-webhook-events": {
+                "task": WEBHOOKS_APPLY_TASK,
+                "schedule": timedelta(seconds=settings.SWEEP_INTERVAL_SECONDS),
+                "options": {"expires": settings.SWEEP_INTERVAL_SECONDS},
             },
             # Finished jobs, token requests and spent idempotency keys (worker.retention).
             "prune-old-rows": {

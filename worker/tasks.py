@@ -35,7 +35,7 @@ from worker import (
     retention,
     webhook_events,
 )
-from worker.celery_app import CLEANUP_TASK, PRUNE_TASK, SWEEP_TASK, app
+from worker.celery_app import CLEANUP_TASK, PRUNE_TASK, SWEEP_TASK, WEBHOOKS_APPLY_TASK, app
 from worker.config import get_settings
 from worker.outcomes import HoldReason
 
@@ -212,10 +212,22 @@ def cleanup_stale() -> dict[str, Any]:
     return dataclasses.asdict(report)
 
 
+@app.task(name=WEBHOOKS_APPLY_TASK, bind=True, max_retries=None, ignore_result=True)
+def apply_webhook_events(self: Task[Any, Any], /) -> int:
+    """Apply the stored Zoom events not applied yet, in arrival order (queued by the
+    endpoint after its commits, and by beat as a sweep); another applier's events are left
+    to it. While PostgreSQL is unreachable it is retried; the rows wait meanwhile."""
+    try:
+        return len(webhook_events.apply_pending(db.sessions(get_settings())))
+    except sqlalchemy.exc.OperationalError as exc:  # a deadlock too: nothing was applied
+        countdown = min(get_settings().RETRY_BACKOFF_MAX, 2.0 ** min(self.request.retries, 8))
+        raise self.retry(countdown=countdown) from exc
+
+
 @app.task(name="webhooks.apply", bind=True, max_retries=None, ignore_result=True)
 def apply_webhook_event(self: Task[Any, Any], /, event_id: int) -> None:
-    """Apply one stored Zoom event to the ledger (worker.webhook_events); applying it again
-    is a no-op. While PostgreSQL is unreachable it is retried; the row waits meanwhile."""
+    """Apply one stored Zoom event (the messages of earlier versions, one per event; the
+    endpoint now queues ``webhooks.apply_pending``); applying it again is a no-op."""
     try:
         webhook_events.apply(db.sessions(get_settings()), event_id)
     except sqlalchemy.exc.OperationalError as exc:

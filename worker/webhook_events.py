@@ -2,16 +2,18 @@
 
 Protocol
 --------
-1. **Store.** :func:`store` inserts the event into ``webhook_events`` before Zoom is answered,
-   keyed by :attr:`Event.digest` (``INSERT ... ON CONFLICT DO NOTHING``): Zoom's body has no
+1. **Store.** :func:`store_many` inserts events into ``webhook_events`` before Zoom is
+   answered, keyed by :attr:`Event.digest`, in one multi-row ``INSERT ... ON CONFLICT DO
+   NOTHING`` (the endpoint's group commit: :mod:`worker.group_commit`): Zoom's body has no
    event id and Zoom delivers some events twice, so a second delivery of one event stores
    nothing and changes nothing. The row is the durable record of the event.
-2. **Apply.** :func:`apply` (the ``webhooks.apply`` task, and the intake's sweep of rows left
-   unapplied) takes the event row ``FOR UPDATE SKIP LOCKED`` while ``applied_at`` is NULL and
-   the ledger's meeting row ``FOR UPDATE``, decides with :func:`decide` (a pure function of
-   the event, the meeting row and the newest event applied to that meeting), writes the
-   meeting and stamps the event with ``applied_at`` and its :class:`Effect`, in one
-   transaction. Applying twice is a no-op; two appliers never apply one event twice.
+2. **Apply.** :func:`apply_pending` (the ``webhooks.apply_pending`` task, queued after the
+   endpoint's commits and run by beat as a sweep) takes unapplied event rows in arrival
+   order ``FOR UPDATE SKIP LOCKED`` and their meetings' rows ``FOR UPDATE``, decides each
+   with :func:`decide` (a pure function of the event, the meeting row and the newest event
+   applied to that meeting), writes the meeting and stamps the event with ``applied_at`` and
+   its :class:`Effect`, one transaction per batch. Applying twice is a no-op; two appliers
+   never apply one event twice.
 3. **Never backwards.** Zoom's events arrive out of order. A state event (deleted, started,
    ended) older (``event_ts``) than the newest state event applied to its meeting changes
    nothing (``stale``). ``meeting.updated`` carries only the fields that changed, so an older
@@ -31,12 +33,12 @@ import enum
 import hashlib
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -71,6 +73,8 @@ class Effect(enum.StrEnum):
     IGNORED = "ignored"  # an event this service does not act on
 
 
+# The events decide() compares with the newest state event applied (the others never are stale).
+STATE_EVENTS = frozenset({DELETED, PERMANENTLY_DELETED, STARTED, ENDED, RECOVERED})
 # Effects that say where a meeting stands; a later state event older than these is stale.
 ORDERED = frozenset({Effect.DELETED, Effect.STARTED, Effect.ENDED, Effect.RECOVERED})
 # The fields of meeting.updated's object that the ledger keeps.
@@ -229,26 +233,50 @@ def _utc(text: str) -> datetime:
 
 def store(session: Session, event: Event) -> int | None:
     """Insert ``event`` unless it was stored before; its row id, or None for a duplicate."""
+    return store_many(session, [event])[0]
+
+
+def store_many(session: Session, events: Sequence[Event]) -> list[int | None]:
+    """Insert ``events`` in ONE multi-row ``INSERT ... ON CONFLICT DO NOTHING`` (the caller
+    commits once): for each, its new row id, or None for a duplicate (stored before, or
+    earlier in ``events``)."""
+    rows: dict[str, dict[str, Any]] = {}
+    for event in events:
+        rows.setdefault(event.digest, _row(event))
+    if not rows:
+        return []
+    # Sorted: two groups holding the same events (a delivery and Zoom's retry, in two
+    # processes) wait on each other's digests in one order, never in a deadlock.
+    ordered = [rows[digest] for digest in sorted(rows)]
     statement = (
         insert(EventRow)
-        .values(
-            digest=event.digest,
-            event=event.event,
-            event_ts=event.event_ts,
-            account_id=event.account_id,
-            meeting_id=event.meeting_id,
-            occurrence_ids=list(event.occurrence_ids) or None,
-            payload=dict(event.body),
-        )
         .on_conflict_do_nothing(index_elements=[EventRow.digest])
-        .returning(EventRow.id)
+        .returning(EventRow.digest, EventRow.id)
     )
-    return session.execute(statement).scalar_one_or_none()
+    # An executemany with RETURNING: SQLAlchemy sends it as one multi-row INSERT.
+    result = session.execute(statement, ordered)
+    stored: dict[str, int] = {digest: row_id for digest, row_id in result}
+    ids: list[int | None] = []
+    for event in events:
+        ids.append(stored.pop(event.digest, None))  # a second copy in one group: None
+    return ids
+
+
+def _row(event: Event) -> dict[str, Any]:
+    return {
+        "digest": event.digest,
+        "event": event.event,
+        "event_ts": event.event_ts,
+        "account_id": event.account_id,
+        "meeting_id": event.meeting_id,
+        "occurrence_ids": list(event.occurrence_ids) or None,
+        "payload": dict(event.body),
+    }
 
 
 def apply(sessions: sessionmaker[Session], event_id: int) -> Effect | None:
     """Apply one stored event to the ledger; its effect, or None when it was already applied
-    (or another applier holds it now)."""
+    (or another applier holds it now). (The ``webhooks.apply`` task of earlier versions.)"""
     with sessions() as session, session.begin():
         row = session.execute(
             select(EventRow)
@@ -257,28 +285,82 @@ def apply(sessions: sessionmaker[Session], event_id: int) -> Effect | None:
         ).scalar_one_or_none()
         if row is None:
             return None
-        event = Event.parse(row.payload)
-        meeting = None
-        if row.meeting_id is not None:
-            meeting = session.execute(
-                select(MeetingRow).where(MeetingRow.meeting_id == row.meeting_id).with_for_update()
-            ).scalar_one_or_none()
-        newer = frozenset[str]()
+        return _apply_rows(session, [row])[0]
+
+
+def apply_pending(
+    sessions: sessionmaker[Session], batch: int = 50, most: int = 2000
+) -> list[Effect]:
+    """Apply the events not applied yet, in arrival order, ``batch`` per transaction, until
+    none is left that no other applier holds (or ``most`` were applied); their effects.
+
+    Each transaction takes its events ``FOR UPDATE SKIP LOCKED`` (two appliers never share
+    one) and then their meetings' rows ``FOR UPDATE`` in ``meeting_id`` order (two appliers
+    never wait on each other in a cycle). A small ``batch`` keeps those meeting rows locked
+    briefly (a few tens of ms): an update job or ``update_meeting`` waits on them meanwhile."""
+    effects: list[Effect] = []
+    while len(effects) < most:
+        with sessions() as session, session.begin():
+            rows = list(
+                session.execute(
+                    select(EventRow)
+                    .where(EventRow.applied_at.is_(None))
+                    .order_by(EventRow.received_at, EventRow.id)
+                    .limit(min(batch, most - len(effects)))
+                    .with_for_update(skip_locked=True)
+                ).scalars()
+            )
+            if not rows:
+                break
+            effects += _apply_rows(session, rows)
+    return effects
+
+
+def _apply_rows(session: Session, rows: Sequence[EventRow]) -> list[Effect]:
+    """Apply locked, unapplied event rows in their order, in the caller's transaction."""
+    meeting_ids = sorted({r.meeting_id for r in rows if r.meeting_id is not None})
+    meetings: dict[int, MeetingRow] = {}
+    if meeting_ids:
+        meetings = {
+            m.meeting_id: m
+            for m in session.execute(
+                select(MeetingRow)
+                .where(MeetingRow.meeting_id.in_(meeting_ids))
+                .order_by(MeetingRow.meeting_id)
+                .with_for_update()
+                .execution_options(populate_existing=True)
+            ).scalars()
+        }
+    effects = []
+    for row in rows:
+        meeting = meetings.get(row.meeting_id) if row.meeting_id is not None else None
+        effects.append(_apply_row(session, row, meeting))
+    return effects
+
+
+def _apply_row(session: Session, row: EventRow, meeting: MeetingRow | None) -> Effect:
+    event = Event.parse(row.payload)
+    if meeting is None:
+        change = Change(Effect.FOREIGN)  # decide's first case, without reading the ledger
+    else:
+        newer, newest = frozenset[str](), None
         if event.event == UPDATED:
             newer = _newer_fields(session, row) | _set_since(meeting, row.event_ts)
-        change = decide(event, _state(meeting), _newest_ts(session, row.meeting_id), newer)
-        if change.values and meeting is not None:
-            values = dict(change.values)
-            if values.get("state") == models.DELETED:
-                values["deleted_at"] = func.now()
-            session.execute(
-                update(MeetingRow).where(MeetingRow.meeting_id == meeting.meeting_id).values(values)
-            )
-        row.applied_at = datetime.now(UTC)
-        row.effect = change.effect.value
+        elif event.event in STATE_EVENTS and not event.occurrence_ids:
+            newest = _newest_ts(session, row.meeting_id)  # only these are ever stale
+        change = decide(event, _state(meeting), newest, newer)
+    if change.values and meeting is not None:
+        for name, value in change.values.items():
+            setattr(meeting, name, value)
+        if change.values.get("state") == models.DELETED:
+            meeting.deleted_at = func.now()  # the database's clock, as the ledger writes it
+    row.applied_at = datetime.now(UTC)
+    row.effect = change.effect.value
+    # No flush here: the session's autoflush writes this before the next query that could
+    # read it (the next event of this meeting), and the commit writes the rest in one go.
     log.info(
         "webhook.applied event_id=%s event=%s meeting_id=%s effect=%s",
-        event_id,
+        row.id,
         event.event,
         event.meeting_id,
         change.effect.value,
@@ -325,22 +407,6 @@ def _newer_fields(session: Session, row: EventRow) -> frozenset[str]:
         obj = payload.get("payload", {}).get("object", {})
         fields |= {k for k in SCHEDULE_FIELDS if k in obj}
     return frozenset(fields)
-
-
-def pending(sessions: sessionmaker[Session], older_than: timedelta, limit: int = 500) -> list[int]:
-    """Ids of events stored more than ``older_than`` ago and not applied yet (a lost task)."""
-    with sessions() as session:
-        return list(
-            session.execute(
-                select(EventRow.id)
-                .where(
-                    EventRow.applied_at.is_(None),
-                    EventRow.received_at < func.now() - older_than,
-                )
-                .order_by(EventRow.received_at)
-                .limit(limit)
-            ).scalars()
-        )
 
 
 def is_gone(session: Session, meeting_id: int, occurrence_id: str | None) -> bool:

@@ -16,11 +16,15 @@ to the endpoint path (``ZOOM_WEBHOOK_PATH``) with two headers:
   like any event, and ``plainToken`` must be URL-safe characters: otherwise anyone could ask
   for the HMAC of ``"v0:{timestamp}:{body}"``, a valid signature of a forged event.
 - A body over :data:`MAX_BODY_BYTES` is 413, one that is not a JSON object 400.
-- A verified event is stored once (:func:`worker.webhook_events.store`) and answered 200 at
-  once; the ``webhooks.apply`` Celery task applies it after the answer has gone. Zoom retries
-  only answers >= 500, so a database that cannot store the event answers 503.
-- Rows a lost task left unapplied are applied by this process's sweep every
-  ``SWEEP_INTERVAL_SECONDS``.
+- A verified event is stored once and answered 200 as soon as it is committed: the requests
+  that arrive together are stored in one multi-row INSERT and one commit (group commit,
+  :mod:`worker.group_commit`; :func:`worker.webhook_events.store_many`). Zoom retries only
+  answers >= 500, so a database that cannot store the event answers 503.
+- After the answers, one ``webhooks.apply_pending`` task is queued for all the events
+  committed since the last one (at most one per ``publish_interval_s``, never per request);
+  it applies them in arrival order. Beat queues the same task every
+  ``SWEEP_INTERVAL_SECONDS``, so an event whose task was lost (a crash between the commit
+  and the publish, a broker down) is still applied.
 
 The secret is looked up by ``payload.account_id`` (:class:`SecretBook`), so a second app's
 secret is one more entry, not a rewrite. Nothing secret is logged: no header, no body, no token.
@@ -28,17 +32,14 @@ secret is one more entry, not a rewrite. Nothing secret is logged: no header, no
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hashlib
 import hmac
 import json
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
 from typing import Any
 
 from pydantic import SecretStr
@@ -46,24 +47,22 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from worker import webhook_events
+from worker import group_commit, webhook_events
+from worker.celery_app import WEBHOOKS_APPLY_TASK
 from worker.config import Settings
 
 log = logging.getLogger(__name__)
 
-APPLY_TASK = "webhooks.apply"
+APPLY_TASK = WEBHOOKS_APPLY_TASK
 MAX_BODY_BYTES = 64 * 1024  # Zoom's meeting events are a few KiB
 # Zoom's plainToken is URL-safe base64 (e.g. "qgg8vlvZRS6UYooatFL8Aw"); never a "v0:..." message.
 PLAIN_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,256}")
 TIMESTAMP_HEADER = "x-zm-request-timestamp"
 SIGNATURE_HEADER = "x-zm-signature"
-# An event not applied this long after it was stored lost its task: the sweep applies it.
-SWEEP_AFTER = timedelta(seconds=30)
 
 
 @dataclass(frozen=True)
@@ -110,30 +109,35 @@ def verified(
 
 @dataclass
 class Intake:
-    """What the endpoint needs, built once: the secrets, the database and the task sender."""
+    """What the endpoint needs, built once: the secrets, the database (written in groups by
+    ``writer``) and the task sender (one apply task per commit at most: ``publisher``)."""
 
     secrets: SecretBook
     sessions: sessionmaker[Session]
     send: Callable[[str, dict[str, Any]], None]
     max_age_s: float = 300.0
-    sweep_interval_s: float = 30.0
     clock: Callable[[], float] = time.time
+    # One apply task per this many seconds at most, however many events were committed.
+    publish_interval_s: float = 0.05
+    writer: group_commit.GroupCommit[webhook_events.Event, int | None] = field(init=False)
+    publisher: group_commit.Debounce = field(init=False)
 
-    def store(self, event: webhook_events.Event) -> int | None:
+    def __post_init__(self) -> None:
+        self.writer = group_commit.GroupCommit(self.store_group)
+        self.publisher = group_commit.Debounce(self.notify, self.publish_interval_s)
+
+    def store_group(self, events: Sequence[webhook_events.Event]) -> list[int | None]:
+        """Store ``events`` in one transaction; each one's row id, None for a duplicate."""
         with self.sessions() as session, session.begin():
-            return webhook_events.store(session, event)
+            return webhook_events.store_many(session, events)
 
-    def notify(self, event_id: int) -> None:
-        """Queue the event's application; a broker that fails leaves it to the sweep."""
+    def notify(self) -> None:
+        """Queue the application of what is stored; a broker that fails leaves it to the
+        sweep (beat queues the same task every ``SWEEP_INTERVAL_SECONDS``)."""
         try:
-            self.send(APPLY_TASK, {"event_id": event_id})
-        except Exception as exc:  # the row is stored: the sweep applies it
-            log.warning("webhook.not_queued event_id=%s %s", event_id, type(exc).__name__)
-
-    def sweep(self) -> int:
-        """Apply the events whose task was lost; how many were applied."""
-        ids = webhook_events.pending(self.sessions, SWEEP_AFTER)
-        return sum(webhook_events.apply(self.sessions, i) is not None for i in ids)
+            self.send(APPLY_TASK, {})
+        except Exception as exc:  # the rows are stored: the sweep applies them
+            log.warning("webhook.not_queued %s", type(exc).__name__)
 
 
 def create_app(intake: Intake, path: str = "/zoom/webhooks") -> Starlette:
@@ -161,15 +165,7 @@ def create_app(intake: Intake, path: str = "/zoom/webhooks") -> Starlette:
             return _validation(secret, payload)
         return await _event(intake, parsed)
 
-    @contextlib.asynccontextmanager
-    async def lifespan(_: Starlette) -> AsyncIterator[None]:
-        sweeper = asyncio.create_task(_sweep_forever(intake))
-        try:
-            yield
-        finally:
-            sweeper.cancel()
-
-    return Starlette(routes=[Route(path, receive, methods=["POST"])], lifespan=lifespan)
+    return Starlette(routes=[Route(path, receive, methods=["POST"])])
 
 
 async def _read_body(request: Request) -> bytes | None:
@@ -200,7 +196,7 @@ async def _event(intake: Intake, parsed: Mapping[str, Any]) -> Response:
     except ValueError as exc:
         return _error(400, str(exc))
     try:
-        event_id = await run_in_threadpool(intake.store, event)
+        event_id = await intake.writer.submit(event)
     except SQLAlchemyError as exc:
         # 5xx: Zoom delivers it again later (at about +5, +20 and +60 minutes).
         log.error("webhook.not_stored event=%s %s", event.event, type(exc).__name__)
@@ -211,19 +207,8 @@ async def _event(intake: Intake, parsed: Mapping[str, Any]) -> Response:
     log.info(
         "webhook.stored event_id=%s event=%s meeting_id=%s", event_id, event.event, event.meeting_id
     )
-    return JSONResponse({"stored": True}, background=BackgroundTask(intake.notify, event_id))
-
-
-async def _sweep_forever(intake: Intake) -> None:
-    while True:
-        await asyncio.sleep(intake.sweep_interval_s)
-        try:
-            applied = await run_in_threadpool(intake.sweep)
-        except SQLAlchemyError as exc:
-            log.warning("webhook.sweep_failed %s", type(exc).__name__)
-            continue
-        if applied:
-            log.warning("webhook.swept applied=%d events whose task was lost", applied)
+    # After the answer has gone: the apply task covering this commit (shared, debounced).
+    return JSONResponse({"stored": True}, background=BackgroundTask(intake.publisher.request))
 
 
 def _error(status: int, message: str) -> Response:
@@ -268,6 +253,5 @@ def _app(settings: Settings, send: Callable[[str, dict[str, Any]], None]) -> Sta
         sessions=db.sessions(settings),
         send=send,
         max_age_s=settings.ZOOM_WEBHOOK_MAX_AGE,
-        sweep_interval_s=settings.SWEEP_INTERVAL_SECONDS,
     )
     return create_app(intake, settings.ZOOM_WEBHOOK_PATH)
