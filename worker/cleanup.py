@@ -157,10 +157,13 @@ class _Claimed:
     until: datetime  # this run's claim: outcomes are recorded only while it is still there
     end: datetime | None = None  # scheduled_end, the keyset of the pages
     orphan: bool = False  # deleted whatever its schedule: nobody holds its join URL
+    # The credential that created it: the only one Zoom is asked and told about it with.
+    account: str = models.DEFAULT_CREDENTIAL
 
 
 class _Run:
     def __init__(self, runtime: meetings.Runtime, time_budget_s: float | None) -> None:
+        self.runtime = runtime
         self.client, self.gate, self.settings = runtime.client, runtime.gate, runtime.settings
         self.sessions = db.sessions(runtime.settings)
         self.deadline = None if time_budget_s is None else time.monotonic() + time_budget_s
@@ -192,11 +195,21 @@ class _Run:
             update(m)
             .where(m.meeting_id.in_(due.with_for_update(skip_locked=True).scalar_subquery()))
             .values(cleanup_claimed_until=now + CLAIM_FOR)
-            .returning(m.scheduled_end, m.meeting_id, m.cleanup_attempts, m.cleanup_claimed_until)
+            .returning(
+                m.scheduled_end,
+                m.meeting_id,
+                m.cleanup_attempts,
+                m.cleanup_claimed_until,
+                m.account,
+            )
         )
         with self.sessions() as session, session.begin():
             rows = sorted(session.execute(statement).all())
-        return [_Claimed(mid, n, until, end) for end, mid, n, until in rows if until]
+        return [
+            _Claimed(mid, n, until, end, account=account)
+            for end, mid, n, until, account in rows
+            if until
+        ]
 
     def _work(self, page: list[_Claimed]) -> int:
         """Delete each claimed meeting in turn; on the way out release what is left."""
@@ -225,8 +238,18 @@ class _Run:
 
     # -- one delete and what Zoom's answer means -------------------------------------------
 
+    def _use(self, account: str) -> None:
+        """Call Zoom with ``account``'s client and gate: a meeting is only ever asked about
+        and deleted through the credential that created it."""
+        found = self.runtime.account(account)
+        self.client, self.gate = found.client, found.gate
+
     def _settle(self, row: _Claimed) -> bool:
         """Ask Zoom, then delete the meeting only if it has ended; True when it is gone."""
+        try:
+            self._use(row.account)
+        except errors.InvalidCredential as exc:
+            return self._refused(row, f"its credential is gone: {exc}", None)
         if not row.orphan:
             outcome = self._ask_zoom(row)
             if outcome is not None:
@@ -333,8 +356,12 @@ class _Run:
 
     def orphan_pass(self) -> None:
         candidates = orphans.candidates(self.sessions, ORPHAN_WINDOW, ORPHAN_HOSTS_PER_RUN)
-        for host, lost in candidates.items():
+        for (account, host), lost in candidates.items():
             self._check_budget()
+            try:
+                self._use(account)
+            except errors.InvalidCredential:
+                continue  # its credential was removed: nothing can list the host's meetings
             for meeting, job in self._find(host, lost):
                 self.counts["orphans_found"] += 1
                 log.warning("cleanup.orphan_found meeting_id=%s job_id=%s", meeting.id, job.job_id)
@@ -362,6 +389,7 @@ class _Run:
         add = insert(m).values(
             meeting_id=meeting.id,
             job_id=job.job_id,
+            account=job.account,
             user_id=host,
             topic=(meeting.topic or "")[:200] or None,
             duration_min=meeting.duration,
@@ -382,4 +410,6 @@ class _Run:
             session.execute(add.on_conflict_do_nothing(index_elements=[m.meeting_id]))
             claimed = session.execute(claim).one_or_none()
         until = claimed[1] if claimed else None
-        return _Claimed(meeting.id, claimed[0], until, orphan=True) if claimed and until else None
+        if not claimed or not until:
+            return None
+        return _Claimed(meeting.id, claimed[0], until, orphan=True, account=job.account)

@@ -37,8 +37,20 @@ from typing import Any
 
 import sqlalchemy.exc
 
-from worker import db, errors, fleet_counters, gate, ledger, marker, outage, updates, zoom
+from worker import (
+    db,
+    errors,
+    fleet_counters,
+    gate,
+    ledger,
+    marker,
+    outage,
+    updates,
+    zoom,
+)
+from worker.accounts import Account, Accounts
 from worker.config import Settings
+from worker.models import DEFAULT_CREDENTIAL
 from worker.outcomes import Failed, Hold, HoldReason, Outcome, Reschedule, Retry, Succeeded
 from worker.token_store import TokenStore
 
@@ -64,6 +76,19 @@ class Runtime:
     ledger: ledger.Ledger
     outage: outage.Breaker = field(default_factory=outage.NoBreaker)
     counters: fleet_counters.FleetCounters | None = None  # job durations, when set
+    # The registered credentials' stores, clients and gates (None: the environment's only).
+    accounts: Accounts | None = None
+
+    def account(self, name: str) -> Account:
+        """What a job of credential ``name`` calls Zoom with; InvalidCredential (field
+        ``account``) when no such credential is registered."""
+        if name == DEFAULT_CREDENTIAL:
+            # This runtime's own (a test may have replaced its gate or client).
+            account_id = self.settings.ZOOM_ACCOUNT_ID or ""
+            return Account(name, account_id, self.store, self.client, self.gate)
+        if self.accounts is None:
+            raise errors.InvalidCredential("account", f"no credential is named {name!r}")
+        return self.accounts.get(name)
 
     @classmethod
     def from_settings(
@@ -71,23 +96,34 @@ class Runtime:
     ) -> Runtime:
         """The token store, Zoom client, gate and ledger for these settings; ``send`` puts a
         task on the broker (``worker.celery_app.send``)."""
-        store = TokenStore(settings, db.sessions(settings))
+        sessions = db.sessions(settings)
+        store = TokenStore(settings, sessions)
         counters = fleet_counters.FleetCounters.from_url(
             settings.redis_url, create_category=settings.ZOOM_CREATE_CATEGORY
         )
-        client = zoom.ZoomClient(
-            settings.ZOOM_API_URL,
-            zoom.ZoomAuth(store),
-            timeout_s=settings.ZOOM_HTTP_TIMEOUT,
-            on_request=counters.on_request,
-            on_response=counters.on_response,
-        )
+
+        def client_of(source: zoom.TokenSource) -> zoom.ZoomClient:
+            return zoom.ZoomClient(
+                settings.ZOOM_API_URL,
+                zoom.ZoomAuth(source),
+                timeout_s=settings.ZOOM_HTTP_TIMEOUT,
+                on_request=counters.on_request,
+                on_response=counters.on_response,
+            )
+
+        client = client_of(store)
         permits: Gate = OpenGate()
+        governor_client = None
         if settings.RATE_GOVERNOR:
-            permits = gate.FleetGate.from_settings(settings)
+            fleet_gate = gate.FleetGate.from_settings(settings)
+            permits, governor_client = fleet_gate, fleet_gate.governor.client
+        default = Account(
+            DEFAULT_CREDENTIAL, settings.ZOOM_ACCOUNT_ID or "", store, client, permits
+        )
+        registered = Accounts(settings, sessions, default, client_of, governor_client)
         work = ledger.Ledger.from_settings(settings, send)
         breaker = outage.OutageBreaker.from_settings(settings)
-        return cls(settings, client, permits, store, work, breaker, counters)
+        return cls(settings, client, permits, store, work, breaker, counters, registered)
 
 
 def run(job: ledger.Claim, runtime: Runtime, *, slot_at: float | None = None) -> Reschedule | None:
@@ -113,7 +149,7 @@ def run(job: ledger.Claim, runtime: Runtime, *, slot_at: float | None = None) ->
             exc, job, runtime.settings, sent=attempt.create_sent, reconciled=attempt.reconciled
         )
         if isinstance(exc, errors.RateLimited):
-            _tell_gate(runtime.gate, job, exc)
+            _tell_gate(attempt.gate, job, exc)
     _log_outcome(job, outcome)
     return runtime.ledger.reschedule(job, outcome)
 
@@ -122,14 +158,33 @@ class _Attempt:
     def __init__(self, job: ledger.Claim, runtime: Runtime, slot_at: float | None) -> None:
         self.job = job
         self.slot_at = slot_at
-        self.client = runtime.client
-        self.store = runtime.store
-        self.gate = runtime.gate
+        self.runtime = runtime
+        self._account: Account | None = None
         self.ledger = runtime.ledger
         self.settings = runtime.settings
         self.create_sent = False
         self.reconciled = False
         self.called = False  # a Zoom call was let through the gate
+
+    # The job's credential is looked up on first use, inside run()'s decisions: a credential
+    # removed since the job was enqueued fails the job there, saying so.
+    @property
+    def account(self) -> Account:
+        if self._account is None:
+            self._account = self.runtime.account(self.job.account)
+        return self._account
+
+    @property
+    def client(self) -> zoom.ZoomClient:
+        return self.account.client
+
+    @property
+    def store(self) -> TokenStore:
+        return self.account.store
+
+    @property
+    def gate(self) -> Gate:
+        return self.account.gate
 
     def create(self) -> Outcome:
         job = self.job
@@ -393,6 +448,8 @@ GOVERNOR_WAIT_S = 10.0
 # Order matters: subclasses before their bases.
 _RULES: list[tuple[type[Exception] | tuple[type[Exception], ...], _Rule]] = [
     (errors.InvalidMeeting, lambda c: c.fail(f"invalid job: {c.exc}")),
+    # The job's credential was removed from the registry after the job was enqueued.
+    (errors.InvalidCredential, lambda c: c.fail(f"invalid job: {c.exc}")),
     (errors.OutcomeUnknown, lambda c: Failed(c.exc.reason, maybe_sent=True)),
     (
         errors.Deferred,
