@@ -21,9 +21,12 @@ Protocol
    :data:`IN_PROGRESS_RETRY`; a 5xx or other 4xx (or an answer without a readable end) ->
    ``last_error``, tried next run. A meeting refused :data:`MAX_ATTEMPTS` times is given up:
    ``ended``, the reason in ``last_error``.
-5. Every call passes ``runtime.gate``; a slot under :data:`MAX_WAIT_S` away is waited for
-   in-process. A farther one, a 429, an open circuit, Zoom unreachable or the time budget
-   stops the run: unworked claims are released and the next scheduled run goes on.
+5. Every call is made through the credential that created the meeting (``meetings.account``:
+   its client, token and gate, :mod:`worker.accounts`); a slot under :data:`MAX_WAIT_S` away
+   is waited for in-process. A farther one, a 429, an open circuit or Zoom unreachable stops
+   that credential: its meetings of the page are released while the others' are worked, then
+   the run ends; the time budget stops the run at once. Unworked claims are released and the
+   next scheduled run goes on.
 6. Orphans: a create whose reply was lost and whose job then failed may have made a meeting
    the ledger never heard of. The recent (:data:`ORPHAN_WINDOW`) such jobs of at most
    :data:`ORPHAN_HOSTS_PER_RUN` hosts (:func:`worker.orphans.candidates`) are searched for
@@ -150,6 +153,11 @@ class _Stop(Exception):
     """Ends the run early; ``str(exc)`` says why."""
 
 
+class _AccountStop(_Stop):
+    """One credential cannot call Zoom now (no permit, refused, unreachable): the rest of the
+    page goes on with the other credentials' meetings, then the run ends."""
+
+
 @dataclass(frozen=True)
 class _Claimed:
     meeting_id: int
@@ -212,17 +220,28 @@ class _Run:
         ]
 
     def _work(self, page: list[_Claimed]) -> int:
-        """Delete each claimed meeting in turn; on the way out release what is left."""
+        """Delete each claimed meeting in turn; on the way out release what is left. A
+        credential that cannot call Zoom has its meetings of the page released while the
+        others' are worked, then the run ends (one account's trouble holds only its own)."""
         gone = 0
+        stopped: dict[str, _AccountStop] = {}
         for index, row in enumerate(page):
             try:
                 self._check_budget()
+                if row.account in stopped:
+                    self.counts["deferred"] += self._release([row])
+                    continue
                 gone += self._settle(row)
+            except _AccountStop as stop:
+                stopped[row.account] = stop
+                self.counts["deferred"] += self._release([row])
             except BaseException as exc:
                 released = self._release(page[index:])
                 if isinstance(exc, _Stop):
                     self.counts["deferred"] += released
                 raise
+        if stopped:
+            raise next(iter(stopped.values()))
         return gone
 
     def _check_budget(self) -> None:
@@ -344,13 +363,13 @@ class _Run:
                 self.gate.before_call(operation, None, exc.slot_at)
             self.gate.admit(operation)
         except errors.ZoomWorkerError as exc:
-            raise _Stop(f"no {operation} permit: {exc}") from exc
+            raise _AccountStop(f"no {operation} permit: {exc}") from exc
 
-    def _call_failed(self, operation: str, exc: errors.ZoomWorkerError) -> _Stop:
+    def _call_failed(self, operation: str, exc: errors.ZoomWorkerError) -> _AccountStop:
         if isinstance(exc, errors.RateLimited):
             self.gate.rate_limited(operation, exc, None)
         text = exc.describe() if isinstance(exc, errors.ZoomError) else str(exc)
-        return _Stop(f"Zoom could not be called ({operation}): {text}")
+        return _AccountStop(f"Zoom could not be called ({operation}): {text}")
 
     # -- orphans of failed creates ---------------------------------------------------------
 
