@@ -5,8 +5,8 @@ rate governor (one per Zoom account), the cleanup asking Zoom through the meetin
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -23,7 +23,6 @@ from worker import (
     jobs,
     meetings,
     models,
-    token_store,
 )
 from worker.cli import cli
 from worker.config import get_settings
