@@ -31,26 +31,15 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy.exc
 
-from worker import (
-    db,
-    errors,
-    fleet_counters,
-    gate,
-    ledger,
-    marker,
-    outage,
-    updates,
-    zoom,
-)
-from worker.accounts import Account, Accounts
+from worker import errors, gate, ledger, marker, outage, runtime, updates, zoom
+from worker.accounts import Account
 from worker.config import Settings
-from worker.models import DEFAULT_CREDENTIAL
 from worker.outcomes import Failed, Hold, HoldReason, Outcome, Reschedule, Retry, Succeeded
 from worker.token_store import TokenStore
 
@@ -60,70 +49,11 @@ log = logging.getLogger(__name__)
 CREATE_WAIT = timedelta(seconds=2)
 
 
-# The gate's protocol and the open gate live in worker.gate; these names stay for callers.
+# The gate's protocol and the open gate live in worker.gate, the Runtime in worker.runtime;
+# these names stay for callers.
 Gate = gate.Gate
 OpenGate = gate.OpenGate
-
-
-@dataclass(frozen=True)
-class Runtime:
-    """What the work needs in a worker process, built once per process from Settings."""
-
-    settings: Settings
-    client: zoom.ZoomClient
-    gate: Gate
-    store: TokenStore
-    ledger: ledger.Ledger
-    outage: outage.Breaker = field(default_factory=outage.NoBreaker)
-    counters: fleet_counters.FleetCounters | None = None  # job durations, when set
-    # The registered credentials' stores, clients and gates (None: the environment's only).
-    accounts: Accounts | None = None
-
-    def account(self, name: str) -> Account:
-        """What a job of credential ``name`` calls Zoom with; InvalidCredential (field
-        ``account``) when no such credential is registered."""
-        if name == DEFAULT_CREDENTIAL:
-            # This runtime's own (a test may have replaced its gate or client).
-            account_id = self.settings.ZOOM_ACCOUNT_ID or ""
-            return Account(name, account_id, self.store, self.client, self.gate)
-        if self.accounts is None:
-            raise errors.InvalidCredential("account", f"no credential is named {name!r}")
-        return self.accounts.get(name)
-
-    @classmethod
-    def from_settings(
-        cls, settings: Settings, *, send: Callable[[str, dict[str, Any]], None]
-    ) -> Runtime:
-        """The token store, Zoom client, gate and ledger for these settings; ``send`` puts a
-        task on the broker (``worker.celery_app.send``)."""
-        sessions = db.sessions(settings)
-        store = TokenStore(settings, sessions)
-        counters = fleet_counters.FleetCounters.from_url(
-            settings.redis_url, create_category=settings.ZOOM_CREATE_CATEGORY
-        )
-
-        def client_of(source: zoom.TokenSource) -> zoom.ZoomClient:
-            return zoom.ZoomClient(
-                settings.ZOOM_API_URL,
-                zoom.ZoomAuth(source),
-                timeout_s=settings.ZOOM_HTTP_TIMEOUT,
-                on_request=counters.on_request,
-                on_response=counters.on_response,
-            )
-
-        client = client_of(store)
-        permits: Gate = OpenGate()
-        governor_client = None
-        if settings.RATE_GOVERNOR:
-            fleet_gate = gate.FleetGate.from_settings(settings)
-            permits, governor_client = fleet_gate, fleet_gate.governor.client
-        default = Account(
-            DEFAULT_CREDENTIAL, settings.ZOOM_ACCOUNT_ID or "", store, client, permits
-        )
-        registered = Accounts(settings, sessions, default, client_of, governor_client)
-        work = ledger.Ledger.from_settings(settings, send)
-        breaker = outage.OutageBreaker.from_settings(settings)
-        return cls(settings, client, permits, store, work, breaker, counters, registered)
+Runtime = runtime.Runtime
 
 
 def run(job: ledger.Claim, runtime: Runtime, *, slot_at: float | None = None) -> Reschedule | None:
