@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select, update
 
 from worker import (
@@ -20,8 +22,10 @@ from worker import (
     credentials,
     db,
     errors,
+    fleet_counters,
     jobs,
     meetings,
+    metrics,
     models,
 )
 from worker.cli import cli
@@ -297,3 +301,71 @@ def test_credential_limits__plan_and_explicit_caps__size_its_governor(
         "heavy": 40 * headroom,
     }
     assert gate.governor.namespace == accounts.namespace_of("gamma-acc", settings) != "zw:rl"
+
+
+# -- metrics ---------------------------------------------------------------------------------
+
+
+def test_metrics__held_jobs_and_usability_by_account__labels_bounded_by_the_registry(
+    registered: dict[str, str],
+) -> None:
+    acme = [jobs.create_meeting(HOST, BODY, account="acme") for _ in range(2)]
+    ghost = jobs.create_meeting(HOST, BODY, account="beta")
+    with db.sessions(get_settings())() as session, session.begin():
+        held = {"status": models.WAITING, "held_for": "credentials"}
+        session.execute(update(JobRow).where(JobRow.id.in_(acme)).values(**held))
+        # A job whose credential was removed since: its name is not a label value.
+        session.execute(update(JobRow).where(JobRow.id == ghost).values(account="gone", **held))
+        session.execute(
+            update(models.Credential)
+            .where(models.Credential.name == "beta")
+            .values(circuit_state="open")
+        )
+    counters = fleet_counters.FleetCounters.from_url(get_settings().redis_url)
+    registry = CollectorRegistry()
+    registry.register(metrics.FleetCollector(get_settings(), counters, None, cache_s=0))
+
+    text = generate_latest(registry).decode()
+
+    found = {
+        (sample.name, sample.labels.get("account")): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name.startswith("zoom_worker_account_")
+    }
+    assert found == {
+        ("zoom_worker_account_jobs_held", "default"): 0,
+        ("zoom_worker_account_jobs_held", "acme"): 2,
+        ("zoom_worker_account_jobs_held", "acme-eu"): 0,
+        ("zoom_worker_account_jobs_held", "beta"): 0,
+        ("zoom_worker_account_usable", "acme"): 1,
+        ("zoom_worker_account_usable", "acme-eu"): 1,
+        ("zoom_worker_account_usable", "beta"): 0,
+    }
+    counters.client.close()
+
+
+# -- doctor ----------------------------------------------------------------------------------
+
+
+def test_doctor__registered_credentials__disabled_listed_refused_s2s_fails_naming_it(
+    registered: dict[str, str],
+) -> None:
+    credentials.disable("acme-eu")
+    listed = CliRunner().invoke(cli, ["doctor"])
+    with db.sessions(get_settings())() as session, session.begin():
+        session.execute(
+            update(models.Credential)
+            .where(models.Credential.name == "beta")
+            .values(circuit_state="open", circuit_reason="Zoom refused the credential")
+        )
+
+    refused = CliRunner().invoke(cli, ["doctor"])
+
+    assert listed.exit_code == 0, listed.output
+    assert "OK   registered credentials: 3 registered, 2 usable; acme-eu disabled" in listed.output
+    assert refused.exit_code == 1
+    assert "FAIL registered credentials: Zoom refuses beta: Zoom refused the credential" in (
+        refused.output
+    )
+    assert "beta-secret" not in refused.output + listed.output
