@@ -184,6 +184,7 @@ def test_create__runs_with_its_own_credential__meeting_recorded_under_it(
     job = _run(runtime, jobs.create_meeting(HOST, BODY, account="acme"))
 
     assert job.status == "succeeded", job.error
+    assert job.account == "acme"
     with db.sessions(get_settings())() as session:
         meeting = session.get(MeetingRow, job.meeting_id)
     assert meeting is not None and meeting.account == "acme"
