@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 
 from worker import (
     accounts,
@@ -27,6 +27,7 @@ from worker import (
     meetings,
     metrics,
     models,
+    retention,
 )
 from worker.cli import cli
 from worker.config import get_settings
@@ -370,3 +371,36 @@ def test_doctor__registered_credentials__disabled_listed_refused_s2s_fails_namin
         refused.output
     )
     assert "beta-secret" not in refused.output + listed.output
+
+
+# -- retention ---------------------------------------------------------------------------------
+
+
+def test_prune__same_key_in_two_accounts__only_the_expired_accounts_key_pruned(
+    registered: dict[str, str],
+) -> None:
+    old = jobs.create_meeting(HOST, BODY, idempotency_key="booking-9", account="acme")
+    recent = jobs.create_meeting(HOST, BODY, idempotency_key="booking-9", account="beta")
+    with db.sessions(get_settings())() as session, session.begin():
+        # Both jobs were pruned already (JOB_RETENTION_DAYS shorter than IDEMPOTENCY_KEY_DAYS);
+        # acme's key is past IDEMPOTENCY_KEY_DAYS, beta's is a day old.
+        session.execute(delete(JobRow))
+        session.execute(
+            update(IdempotencyKey)
+            .where(IdempotencyKey.account == "acme")
+            .values(created_at=func.now() - timedelta(days=100))
+        )
+        session.execute(
+            update(IdempotencyKey)
+            .where(IdempotencyKey.account == "beta")
+            .values(created_at=func.now() - timedelta(days=1))
+        )
+
+    report = retention.prune(get_settings())
+
+    assert report.idempotency_keys == 1
+    with db.sessions(get_settings())() as session:
+        left = session.execute(select(IdempotencyKey.account, IdempotencyKey.job_id)).all()
+    assert left == [("beta", recent)]
+    assert jobs.create_meeting(HOST, BODY, "booking-9", account="beta") == recent
+    assert jobs.create_meeting(HOST, BODY, "booking-9", account="acme") != old
