@@ -4,10 +4,11 @@ rate governor (one per Zoom account), the cleanup asking Zoom through the meetin
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from click.testing import CliRunner
@@ -17,6 +18,7 @@ from sqlalchemy import delete, func, select, update
 
 from worker import (
     accounts,
+    aio,
     celery_app,
     cleanup,
     credentials,
@@ -36,6 +38,7 @@ from worker.models import Job as JobRow
 from worker.models import Meeting as MeetingRow
 from worker.simulator import SimulatorClient
 
+T = TypeVar("T")
 KEY = "test-encryption-key-0123456789abcdef"
 HOST = "host@example.com"
 BODY = {"topic": "Standup", "type": 2, "start_time": "2030-01-01T10:00:00Z", "duration": 30}
@@ -404,3 +407,27 @@ def test_prune__same_key_in_two_accounts__only_the_expired_accounts_key_pruned(
     assert left == [("beta", recent)]
     assert jobs.create_meeting(HOST, BODY, "booking-9", account="beta") == recent
     assert jobs.create_meeting(HOST, BODY, "booking-9", account="acme") != old
+
+
+# -- the asyncio twins -----------------------------------------------------------------------
+
+
+def _run_async(work: Callable[[], Awaitable[T]]) -> T:
+    async def main() -> T:
+        try:
+            return await work()
+        finally:
+            await aio.dispose()
+
+    return asyncio.run(main())
+
+
+def test_aio__account_named__recorded_under_it_unknown_refused(registered: dict[str, str]) -> None:
+    job_id = _run_async(lambda: aio.create_meeting(HOST, BODY, "k-1", account="acme"))
+    again = _run_async(lambda: aio.create_meeting(HOST, BODY, "k-1", account="beta"))
+    with pytest.raises(errors.AccountRefused):
+        _run_async(lambda: aio.create_meetings([{"user_id": HOST, "meeting": BODY}], account="x"))
+
+    job = jobs.get_job(job_id)
+    assert job is not None and job.account == "acme" and again != job_id
+    assert _count(JobRow) == 2
