@@ -14,6 +14,11 @@ IdempotencyConflict. A failed job keeps its key, and :func:`retry_job` runs it a
 are honoured for ``IDEMPOTENCY_KEY_DAYS``, even after the job itself was pruned
 (:mod:`worker.retention`): then the key returns the pruned job's id, never a second job.
 
+Every producer call takes ``account=``: the credential the job runs under (a name of the
+registry, :mod:`worker.credentials`; None: ``default``, the environment's). An unknown or
+disabled one raises AccountRefused and nothing is stored; idempotency keys are per account,
+and a meeting is only updated or deleted through the account that created it.
+
 Every producer call takes ``session=`` (write the job in the caller's transaction; the relay
 queues it after the commit, :mod:`worker.enqueue`) and ``on_done=`` (a Celery task told of
 each outcome, :mod:`worker.outbox`). :mod:`worker.aio` has the asyncio twins.
