@@ -5,8 +5,16 @@ another account (``acme``) and a user's connection to a registered OAuth app (``
 whose every refresh spends a rotating refresh token). ``--processes`` spawned processes ask
 for all three tokens at once, ``--rounds`` times; before each round every stored token is
 dropped (as if it had expired). The ideal is one token request per credential per round, and
-no refused grant (a refresh token spent twice would be one). Jobs are not scoped by account
-yet (the next slice of issue 17), so this measures the token layer alone.
+no refused grant (a refresh token spent twice would be one). That is the token layer alone.
+
+Then jobs scoped by account (unless ``--no-jobs``): a fleet (``--workers`` x
+``--concurrency``) runs creates for two S2S accounts side by side, ``alpha`` capped by Zoom
+(the simulator) at ``--cap-a`` calls/s and ``bravo`` at ``--cap-b``, each credential told its
+caps (``credentials add --rate-limits``), for about ``--seconds`` at each cap. Every pool
+process needs both accounts' tokens at once when the jobs arrive (a storm per account): the
+ideal is one token request per account. How near each account gets to its cap is its steady
+rate at Zoom's side (the creates Zoom accepted for that account, after the first 10%, per
+second) and its peak in any one second; 429s should be none.
 """
 
 from __future__ import annotations
@@ -20,8 +28,8 @@ from typing import Any
 from rich.console import Console
 from sqlalchemy import text
 
-from bench import harness, report
-from worker import credentials, db, errors, simulator, token_store
+from bench import harness, report, workload
+from worker import credentials, db, errors, jobs, simulator, token_store
 from worker.config import get_settings
 
 NAME = "accounts"
@@ -37,6 +45,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     # "jobs" so that `bench all --scale` scales it like the others' job counts.
     parser.add_argument("--processes", dest="jobs", type=int, default=12)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--no-jobs", action="store_true", help="the token storms only")
+    parser.add_argument("--cap-a", type=int, default=5, help="alpha's calls/s at Zoom (5)")
+    parser.add_argument("--cap-b", type=int, default=20, help="bravo's calls/s at Zoom (20)")
+    parser.add_argument("--seconds", type=float, default=20.0, help="jobs per account: cap x this")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--concurrency", type=int, default=8, help="processes per worker")
 
 
 def _child(env: dict[str, str], ready: Any, rounds: list[Any], out: Any) -> None:
@@ -80,7 +94,10 @@ def run(args: argparse.Namespace, out: Console) -> dict[str, Any]:
     )
     rows.append(["processes that got no token", str(failures), "-", "0"])
     rows.append(["wall time", f"{wall_s:.1f}s", "-", "-"])
-    return {
+    scoped = None if args.no_jobs else _scoped_jobs(args, out)
+    if scoped is not None:
+        rows += scoped.pop("rows")
+    result: dict[str, Any] = {
         "name": NAME,
         "title": f"Accounts: {args.jobs} processes need 3 credentials' tokens at once, "
         f"{args.rounds} times",
@@ -98,6 +115,109 @@ def run(args: argparse.Namespace, out: Console) -> dict[str, Any]:
             )
         ],
     }
+    if scoped is not None:
+        result["ours_scoped_jobs"] = scoped
+        result["panels"].append(
+            report.panel(
+                "steady rate at Zoom's side, share of each account's cap",
+                "% of cap",
+                {
+                    name: 100 * side["steady_per_s"] / side["cap"]
+                    for name, side in scoped["accounts"].items()
+                },
+                {"cap": 100.0},
+                fmt="{:.0f}%",
+            )
+        )
+    return result
+
+
+def _scoped_jobs(args: argparse.Namespace, out: Console) -> dict[str, Any]:
+    """Creates of two accounts with their own caps, side by side (see the module)."""
+    caps = {"alpha": args.cap_a, "bravo": args.cap_b}
+    clients = {f"{n}-client": {"account_id": f"{n}-acc", "client_secret": f"{n}-s"} for n in caps}
+    config = simulator.SimulatorConfig(
+        s2s_clients=clients,
+        account_rate_limits={
+            f"{name}-acc": dict.fromkeys(simulator.RATE_CATEGORIES, cap)
+            for name, cap in caps.items()
+        },
+    )
+    fleet = harness.Fleet(args.workers, args.concurrency)
+    counts = {name: max(1, round(cap * args.seconds)) for name, cap in caps.items()}
+    out.print(f"[bold]accounts[/]: jobs of {counts} side by side at caps {caps}, {fleet}")
+    with harness.service(config, fleet, out, TOKEN_ENCRYPTION_KEY=KEY) as svc:
+        for name, cap in caps.items():
+            limits = ",".join(f"{c}={cap}" for c in simulator.RATE_CATEGORIES)
+            credentials.add_s2s(
+                name,
+                account_id=f"{name}-acc",
+                client_id=f"{name}-client",
+                client_secret=f"{name}-s",
+                rate_limits=limits,
+            )
+        svc.warm_up(0)
+        started = time.time()
+        for name, count in counts.items():
+            requests = [
+                {
+                    "user_id": workload.host(n),
+                    "meeting": workload.new_body(n),
+                    "idempotency_key": f"bench-{svc.run_id}-{name}-{n}",
+                }
+                for n in range(count)
+            ]
+            jobs.create_meetings(requests, account=name)
+        done, waited_s = svc.wait_final(sum(counts.values()), 60 + 3 * args.seconds)
+        stats = svc.stats()
+        category = config.category_for("create")
+        arrivals = {
+            name: [
+                t for t in svc.sim.simulator.accepted_calls(category, f"{name}-acc") if t >= started
+            ]
+            for name in caps
+        }
+    sides: dict[str, Any] = {}
+    for name, cap in caps.items():
+        seen = sorted(arrivals[name])
+        skip = len(seen) // 10
+        span = seen[-1] - seen[skip] if len(seen) > skip + 1 else 0.0
+        sides[name] = {
+            "cap": cap,
+            "jobs": counts[name],
+            "tokens": stats["tokens_by_client"].get(f"{name}-client", 0),
+            "steady_per_s": (len(seen) - 1 - skip) / span if span else 0.0,
+            "peak_any_second": _peak_any_second(seen),
+        }
+    rows = [
+        [
+            f"{name}: steady rate / peak in any 1 s at Zoom (cap {side['cap']}/s)",
+            f"{side['steady_per_s']:.1f}/s ({side['steady_per_s'] / side['cap']:.0%}) / "
+            f"{side['peak_any_second']}",
+            "-",
+            f"{side['cap']}/s",
+        ]
+        for name, side in sides.items()
+    ]
+    rows += [
+        [f"{name}: token requests while its jobs ran", str(side["tokens"]), "-", "1"]
+        for name, side in sides.items()
+    ]
+    rows.append(["429s (both accounts)", str(stats["api_429"]), "-", "0"])
+    rows.append(
+        ["jobs final / time", f"{done} of {sum(counts.values())} in {waited_s:.1f}s", "-", "-"]
+    )
+    return {"accounts": sides, "api_429": stats["api_429"], "rows": rows}
+
+
+def _peak_any_second(arrivals: list[float]) -> int:
+    """The most calls accepted within any one second (a sliding window over arrivals)."""
+    peak, first = 0, 0
+    for last, moment in enumerate(arrivals):
+        while moment - arrivals[first] >= 1.0:
+            first += 1
+        peak = max(peak, last - first + 1)
+    return peak
 
 
 def _register(sim: simulator.RunningSimulator) -> None:

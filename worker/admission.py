@@ -21,14 +21,14 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, func, select, update
+from sqlalchemy import Connection, func, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
-from worker import db, errors, models, outbox
+from worker import db, errors, job_requests, models, outbox
 from worker.config import Settings
 from worker.ledger import CREATE, DELETE, UPDATE
-from worker.models import IdempotencyKey
+from worker.models import DEFAULT_CREDENTIAL, IdempotencyKey
 from worker.models import Job as JobRow
 from worker.models import Meeting as MeetingRow
 
@@ -70,51 +70,66 @@ def insert_rows(
     now = session.scalar(select(func.now()))
     assert now is not None
     lease = timedelta(seconds=settings.JOB_LEASE_SECONDS)
+    for row in rows:
+        row.account = row.account or DEFAULT_CREDENTIAL
+    # An unknown or disabled credential is refused before anything is written.
+    job_requests.check_accounts(
+        session, {row.account for row in rows if row.status != models.FAILED}
+    )
     # A rejected message's failed row waits for nothing and holds up nothing.
     _take_update_turns(
         session, [row for row in rows if row.kind == UPDATE and row.status != models.FAILED]
     )
-    first: dict[str, JobRow] = {}
+    # Keys are per credential: (account, key) names one job.
+    first: dict[tuple[str, str], JobRow] = {}
     for row in rows:
         if row.idempotency_key is not None:
-            first.setdefault(row.idempotency_key, row)
-    taken: set[str] = set()
+            first.setdefault((row.account, row.idempotency_key), row)
+    taken: set[tuple[str, str]] = set()
     if first:
-        claimed = session.scalars(
+        claimed = session.execute(
             pg_insert(IdempotencyKey)
             .values(
                 [
                     {
+                        "account": account,
                         "key": key,
                         "kind": row.kind,
                         "request_digest": row.request_digest,
                         "job_id": row.id,
                         "created_at": now,
                     }
-                    for key, row in first.items()
+                    for (account, key), row in first.items()
                 ]
             )
-            .on_conflict_do_nothing(index_elements=[IdempotencyKey.key])
-            .returning(IdempotencyKey.key)
+            .on_conflict_do_nothing(index_elements=[IdempotencyKey.account, IdempotencyKey.key])
+            .returning(IdempotencyKey.account, IdempotencyKey.key)
         )
-        taken = set(first) - set(claimed)
-    known = {
-        key.key: key
-        for key in session.scalars(select(IdempotencyKey).where(IdempotencyKey.key.in_(taken)))
-    }
+        taken = set(first) - {(account, key) for account, key in claimed}
+    known: dict[tuple[str, str], IdempotencyKey] = {}
+    if taken:
+        known = {
+            (found.account, found.key): found
+            for found in session.scalars(
+                select(IdempotencyKey).where(
+                    tuple_(IdempotencyKey.account, IdempotencyKey.key).in_(taken)
+                )
+            )
+        }
     admitted: list[tuple[uuid.UUID, bool]] = []
     new: list[dict[str, Any]] = []
     for row in rows:
-        key = row.idempotency_key
-        if key is None or (key not in taken and first[key] is row):
+        scoped = None if row.idempotency_key is None else (row.account, row.idempotency_key)
+        if scoped is None or (scoped not in taken and first[scoped] is row):
             new.append(_values(row, now + lease))
             admitted.append((row.id, True))
             continue
-        if key in taken:
-            owner, kind, digest = known[key].job_id, known[key].kind, known[key].request_digest
+        if scoped in taken:
+            owner, kind = known[scoped].job_id, known[scoped].kind
+            digest = known[scoped].request_digest
         else:  # named twice in this batch
-            owner, kind, digest = first[key].id, first[key].kind, first[key].request_digest
-        _check_same_request(key, owner, kind, digest, row)
+            owner, kind, digest = first[scoped].id, first[scoped].kind, first[scoped].request_digest
+        _check_same_request(scoped[1], owner, kind, digest, row)
         admitted.append((owner, False))
     if new:
         session.execute(pg_insert(JobRow), new)
@@ -130,7 +145,13 @@ def _take_update_turns(session: Session | Connection, rows: Sequence[JobRow]) ->
     if not rows:
         return
     found = session.execute(
-        select(MeetingRow.meeting_id, MeetingRow.user_id, MeetingRow.state, MeetingRow.update_seq)
+        select(
+            MeetingRow.meeting_id,
+            MeetingRow.user_id,
+            MeetingRow.state,
+            MeetingRow.update_seq,
+            MeetingRow.account,
+        )
         .where(MeetingRow.meeting_id.in_({row.meeting_id for row in rows}))
         .order_by(MeetingRow.meeting_id)
         .with_for_update()
@@ -150,6 +171,7 @@ def _take_update_turns(session: Session | Connection, rows: Sequence[JobRow]) ->
             raise errors.InvalidMeeting(
                 "meeting_id", f"meeting {row.meeting_id} is gone from Zoom (deleted)"
             )
+        job_requests.check_same_account(row.meeting_id, meeting.account, row.account)
         row.user_id = meeting.user_id
         row.seq = last_seq[row.meeting_id] = last_seq.get(row.meeting_id, meeting.update_seq) + 1
     for meeting_id, seq in last_seq.items():

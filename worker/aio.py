@@ -84,9 +84,10 @@ async def create_meeting(
     on_done: str | None = None,
     session: AsyncTransaction | None = None,
     priority: str = priorities.DEFAULT,
+    account: str | None = None,
 ) -> uuid.UUID:
     """:func:`worker.jobs.create_meeting`: the job is recorded, and the relay queues it."""
-    opts = job_requests.options(on_done=on_done, priority=priority)
+    opts = job_requests.options(on_done=on_done, priority=priority, account=account)
     rows = [job_requests.new_create(user_id, meeting, idempotency_key, opts)]
     return (await _write(session, lambda transaction: enqueue.record_in(transaction, rows)))[0]
 
@@ -100,10 +101,11 @@ async def delete_meeting(
     on_done: str | None = None,
     session: AsyncTransaction | None = None,
     priority: str = priorities.DEFAULT,
+    account: str | None = None,
 ) -> uuid.UUID:
     """:func:`worker.jobs.delete_meeting`: the job is recorded, and the relay queues it."""
     request = job_requests.delete_request(meeting_id, occurrence_id, idempotency_key, create_job_id)
-    opts = job_requests.options(on_done=on_done, priority=priority)
+    opts = job_requests.options(on_done=on_done, priority=priority, account=account)
 
     def write(transaction: Session | Connection) -> list[uuid.UUID]:
         return enqueue.record_in(transaction, [job_requests.delete_row(transaction, request, opts)])
@@ -120,9 +122,10 @@ async def update_meeting(
     on_done: str | None = None,
     session: AsyncTransaction | None = None,
     priority: str = priorities.DEFAULT,
+    account: str | None = None,
 ) -> uuid.UUID:
     """:func:`worker.jobs.update_meeting`: the job is recorded, and the relay queues it."""
-    opts = job_requests.options(on_done=on_done, priority=priority)
+    opts = job_requests.options(on_done=on_done, priority=priority, account=account)
     row = job_requests.new_update(
         meeting_id, changes, occurrence_id, idempotency_key, opts, now=datetime.now(UTC)
     )
@@ -135,9 +138,11 @@ async def create_meetings(
     on_done: str | None = None,
     session: AsyncTransaction | None = None,
     priority: str = priorities.DEFAULT,
+    account: str | None = None,
 ) -> list[uuid.UUID]:
     """:func:`worker.jobs.create_meetings`: all validated first, recorded in one transaction."""
-    rows = bulk.create_rows(requests, job_requests.options(on_done=on_done, priority=priority))
+    opts = job_requests.options(on_done=on_done, priority=priority, account=account)
+    rows = bulk.create_rows(requests, opts)
     return await _write(session, lambda transaction: enqueue.record_in(transaction, rows))
 
 
@@ -147,10 +152,11 @@ async def delete_meetings(
     on_done: str | None = None,
     session: AsyncTransaction | None = None,
     priority: str = priorities.DEFAULT,
+    account: str | None = None,
 ) -> list[uuid.UUID]:
     """:func:`worker.jobs.delete_meetings`: all checked first, recorded in one transaction."""
     checked = bulk.checked_deletes(requests)
-    opts = job_requests.options(on_done=on_done, priority=priority)
+    opts = job_requests.options(on_done=on_done, priority=priority, account=account)
 
     def write(transaction: Session | Connection) -> list[uuid.UUID]:
         return enqueue.record_in(transaction, bulk.delete_rows(transaction, checked, opts))

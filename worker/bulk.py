@@ -41,12 +41,15 @@ def create_meetings(
     on_done: str | None = None,
     session: Transaction | None = None,
     priority: str = priorities.DEFAULT,
+    account: str | None = None,
 ) -> list[uuid.UUID]:
     """Record and queue a create job per ``{"user_id", "meeting", "idempotency_key"?}``;
     returns their job ids in order (a reused key gives its earlier job's id, as
-    :func:`worker.jobs.create_meeting` does). ``on_done``, ``session`` and ``priority`` work
-    as there; a request's own ``"priority"`` overrides the batch's."""
-    rows = create_rows(requests, job_requests.options(on_done=on_done, priority=priority))
+    :func:`worker.jobs.create_meeting` does). ``on_done``, ``session``, ``priority`` and
+    ``account`` work as there; a request's own ``"priority"`` overrides the batch's. Every
+    job of a batch runs under the batch's ``account``."""
+    opts = job_requests.options(on_done=on_done, priority=priority, account=account)
+    rows = create_rows(requests, opts)
     return enqueue.enqueue(rows, session)
 
 
@@ -56,12 +59,14 @@ def delete_meetings(
     on_done: str | None = None,
     session: Transaction | None = None,
     priority: str = priorities.DEFAULT,
+    account: str | None = None,
 ) -> list[uuid.UUID]:
     """Record and queue a delete job per ``{"meeting_id"}`` or ``{"create_job_id"}`` (with
     ``occurrence_id``, ``idempotency_key`` and ``priority`` optional); returns their job ids
-    in order. Each is checked as :func:`worker.jobs.delete_meeting` checks one."""
+    in order. Each is checked as :func:`worker.jobs.delete_meeting` checks one, ``account``
+    included."""
     checked = checked_deletes(requests)
-    opts = job_requests.options(on_done=on_done, priority=priority)
+    opts = job_requests.options(on_done=on_done, priority=priority, account=account)
     if session is not None:
         return enqueue.enqueue(delete_rows(session, checked, opts), session)
     with db.unavailable_as_infrastructure(), db.sessions(get_settings())() as reader:

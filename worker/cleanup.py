@@ -21,9 +21,12 @@ Protocol
    :data:`IN_PROGRESS_RETRY`; a 5xx or other 4xx (or an answer without a readable end) ->
    ``last_error``, tried next run. A meeting refused :data:`MAX_ATTEMPTS` times is given up:
    ``ended``, the reason in ``last_error``.
-5. Every call passes ``runtime.gate``; a slot under :data:`MAX_WAIT_S` away is waited for
-   in-process. A farther one, a 429, an open circuit, Zoom unreachable or the time budget
-   stops the run: unworked claims are released and the next scheduled run goes on.
+5. Every call is made through the credential that created the meeting (``meetings.account``:
+   its client, token and gate, :mod:`worker.accounts`); a slot under :data:`MAX_WAIT_S` away
+   is waited for in-process. A farther one, a 429, an open circuit or Zoom unreachable stops
+   that credential: its meetings of the page are released while the others' are worked, then
+   the run ends; the time budget stops the run at once. Unworked claims are released and the
+   next scheduled run goes on.
 6. Orphans: a create whose reply was lost and whose job then failed may have made a meeting
    the ledger never heard of. The recent (:data:`ORPHAN_WINDOW`) such jobs of at most
    :data:`ORPHAN_HOSTS_PER_RUN` hosts (:func:`worker.orphans.candidates`) are searched for
@@ -150,6 +153,11 @@ class _Stop(Exception):
     """Ends the run early; ``str(exc)`` says why."""
 
 
+class _AccountStop(_Stop):
+    """One credential cannot call Zoom now (no permit, refused, unreachable): the rest of the
+    page goes on with the other credentials' meetings, then the run ends."""
+
+
 @dataclass(frozen=True)
 class _Claimed:
     meeting_id: int
@@ -157,10 +165,13 @@ class _Claimed:
     until: datetime  # this run's claim: outcomes are recorded only while it is still there
     end: datetime | None = None  # scheduled_end, the keyset of the pages
     orphan: bool = False  # deleted whatever its schedule: nobody holds its join URL
+    # The credential that created it: the only one Zoom is asked and told about it with.
+    account: str = models.DEFAULT_CREDENTIAL
 
 
 class _Run:
     def __init__(self, runtime: meetings.Runtime, time_budget_s: float | None) -> None:
+        self.runtime = runtime
         self.client, self.gate, self.settings = runtime.client, runtime.gate, runtime.settings
         self.sessions = db.sessions(runtime.settings)
         self.deadline = None if time_budget_s is None else time.monotonic() + time_budget_s
@@ -192,24 +203,45 @@ class _Run:
             update(m)
             .where(m.meeting_id.in_(due.with_for_update(skip_locked=True).scalar_subquery()))
             .values(cleanup_claimed_until=now + CLAIM_FOR)
-            .returning(m.scheduled_end, m.meeting_id, m.cleanup_attempts, m.cleanup_claimed_until)
+            .returning(
+                m.scheduled_end,
+                m.meeting_id,
+                m.cleanup_attempts,
+                m.cleanup_claimed_until,
+                m.account,
+            )
         )
         with self.sessions() as session, session.begin():
             rows = sorted(session.execute(statement).all())
-        return [_Claimed(mid, n, until, end) for end, mid, n, until in rows if until]
+        return [
+            _Claimed(mid, n, until, end, account=account)
+            for end, mid, n, until, account in rows
+            if until
+        ]
 
     def _work(self, page: list[_Claimed]) -> int:
-        """Delete each claimed meeting in turn; on the way out release what is left."""
+        """Delete each claimed meeting in turn; on the way out release what is left. A
+        credential that cannot call Zoom has its meetings of the page released while the
+        others' are worked, then the run ends (one account's trouble holds only its own)."""
         gone = 0
+        stopped: dict[str, _AccountStop] = {}
         for index, row in enumerate(page):
             try:
                 self._check_budget()
+                if row.account in stopped:
+                    self.counts["deferred"] += self._release([row])
+                    continue
                 gone += self._settle(row)
+            except _AccountStop as stop:
+                stopped[row.account] = stop
+                self.counts["deferred"] += self._release([row])
             except BaseException as exc:
                 released = self._release(page[index:])
                 if isinstance(exc, _Stop):
                     self.counts["deferred"] += released
                 raise
+        if stopped:
+            raise next(iter(stopped.values()))
         return gone
 
     def _check_budget(self) -> None:
@@ -225,8 +257,18 @@ class _Run:
 
     # -- one delete and what Zoom's answer means -------------------------------------------
 
+    def _use(self, account: str) -> None:
+        """Call Zoom with ``account``'s client and gate: a meeting is only ever asked about
+        and deleted through the credential that created it."""
+        found = self.runtime.account(account)
+        self.client, self.gate = found.client, found.gate
+
     def _settle(self, row: _Claimed) -> bool:
         """Ask Zoom, then delete the meeting only if it has ended; True when it is gone."""
+        try:
+            self._use(row.account)
+        except errors.InvalidCredential as exc:
+            return self._refused(row, f"its credential is gone: {exc}", None)
         if not row.orphan:
             outcome = self._ask_zoom(row)
             if outcome is not None:
@@ -321,20 +363,24 @@ class _Run:
                 self.gate.before_call(operation, None, exc.slot_at)
             self.gate.admit(operation)
         except errors.ZoomWorkerError as exc:
-            raise _Stop(f"no {operation} permit: {exc}") from exc
+            raise _AccountStop(f"no {operation} permit: {exc}") from exc
 
-    def _call_failed(self, operation: str, exc: errors.ZoomWorkerError) -> _Stop:
+    def _call_failed(self, operation: str, exc: errors.ZoomWorkerError) -> _AccountStop:
         if isinstance(exc, errors.RateLimited):
             self.gate.rate_limited(operation, exc, None)
         text = exc.describe() if isinstance(exc, errors.ZoomError) else str(exc)
-        return _Stop(f"Zoom could not be called ({operation}): {text}")
+        return _AccountStop(f"Zoom could not be called ({operation}): {text}")
 
     # -- orphans of failed creates ---------------------------------------------------------
 
     def orphan_pass(self) -> None:
         candidates = orphans.candidates(self.sessions, ORPHAN_WINDOW, ORPHAN_HOSTS_PER_RUN)
-        for host, lost in candidates.items():
+        for (account, host), lost in candidates.items():
             self._check_budget()
+            try:
+                self._use(account)
+            except errors.InvalidCredential:
+                continue  # its credential was removed: nothing can list the host's meetings
             for meeting, job in self._find(host, lost):
                 self.counts["orphans_found"] += 1
                 log.warning("cleanup.orphan_found meeting_id=%s job_id=%s", meeting.id, job.job_id)
@@ -362,6 +408,7 @@ class _Run:
         add = insert(m).values(
             meeting_id=meeting.id,
             job_id=job.job_id,
+            account=job.account,
             user_id=host,
             topic=(meeting.topic or "")[:200] or None,
             duration_min=meeting.duration,
@@ -382,4 +429,6 @@ class _Run:
             session.execute(add.on_conflict_do_nothing(index_elements=[m.meeting_id]))
             claimed = session.execute(claim).one_or_none()
         until = claimed[1] if claimed else None
-        return _Claimed(meeting.id, claimed[0], until, orphan=True) if claimed and until else None
+        if not claimed or not until:
+            return None
+        return _Claimed(meeting.id, claimed[0], until, orphan=True, account=job.account)

@@ -120,11 +120,17 @@ def migrate() -> None:
     show_default=True,
     help="Which queue the job waits in (high for a person waiting, bulk for a backfill).",
 )
+@click.option(
+    "--account",
+    help="The credential the job runs under (zoom-worker credentials list); default: the "
+    "environment's.",
+)
 def create(
     user_id: str,
     body: Path | None,
     idempotency_key: str | None,
     priority: str,
+    account: str | None,
     **fields: str | int | None,
 ) -> None:
     """Queue a job that creates a meeting for USER_ID (a Zoom user id or email); prints its id."""
@@ -139,7 +145,7 @@ def create(
         meeting.update(loaded)
     meeting.update({name: value for name, value in fields.items() if value is not None})
     job_id = jobs.create_meeting(
-        user_id, meeting, idempotency_key=idempotency_key, priority=priority
+        user_id, meeting, idempotency_key=idempotency_key, priority=priority, account=account
     )
     click.echo(str(job_id))
 
@@ -158,16 +164,28 @@ def create(
     show_default=True,
     help="Which queue the job waits in (high for a person waiting, bulk for a backfill).",
 )
+@click.option(
+    "--account",
+    help="The credential the job runs under (zoom-worker credentials list); default: the "
+    "environment's.",
+)
 def delete(
     meeting_id: int | None,
     create_job: str | None,
     occurrence_id: str | None,
     idempotency_key: str | None,
     priority: str,
+    account: str | None,
 ) -> None:
-    """Queue a job that deletes MEETING_ID (only meetings this service created); prints its id."""
+    """Queue a job that deletes MEETING_ID (only meetings this service created, through the
+    credential that created it); prints its id."""
     job_id = jobs.delete_meeting(
-        meeting_id, occurrence_id, idempotency_key, create_job_id=create_job, priority=priority
+        meeting_id,
+        occurrence_id,
+        idempotency_key,
+        create_job_id=create_job,
+        priority=priority,
+        account=account,
     )
     click.echo(str(job_id))
 
@@ -192,19 +210,25 @@ def delete(
     show_default=True,
     help="Which queue the job waits in (high for a person waiting, bulk for a backfill).",
 )
+@click.option(
+    "--account",
+    help="The credential the job runs under (zoom-worker credentials list); default: the "
+    "environment's.",
+)
 def update_command(
     meeting_id: int,
     assignments: tuple[str, ...],
     occurrence_id: str | None,
     idempotency_key: str | None,
     priority: str,
+    account: str | None,
 ) -> None:
     """Queue a job that updates MEETING_ID (only meetings this service created); prints its id.
 
     Updates of one meeting are applied in the order they were queued."""
     changes = parse_assignments(assignments)
     job_id = jobs.update_meeting(
-        meeting_id, changes, occurrence_id, idempotency_key, priority=priority
+        meeting_id, changes, occurrence_id, idempotency_key, priority=priority, account=account
     )
     click.echo(str(job_id))
 

@@ -66,9 +66,17 @@ def _show(info: credentials.CredentialInfo) -> None:
             ("app", show_text(info.app)),
             ("status", info.status),
             ("reason", show_text(info.status_reason)),
+            ("limits", _limits_text(info)),
             ("created", show_text(info.created_at)),
         ]
     )
+
+
+def _limits_text(info: credentials.CredentialInfo) -> str:
+    if info.plan is None and info.rate_limits is None:
+        return "the settings' (ZOOM_PLAN, ZOOM_RATE_LIMITS)"
+    parts = [f"plan {info.plan}" if info.plan else "", info.rate_limits or ""]
+    return ", ".join(part for part in parts if part)
 
 
 def _registry() -> credentials.Registry:
@@ -85,20 +93,37 @@ def credentials_group() -> None:
 @click.option("--account-id", required=True)
 @click.option("--client-id", required=True)
 @_client_secret_options
+@click.option(
+    "--plan",
+    type=click.Choice(["free", "pro", "business"]),
+    help="The Zoom account's plan: sizes its per-second limits (default: ZOOM_PLAN).",
+)
+@click.option(
+    "--rate-limits",
+    help="Per-second caps overriding the plan's, e.g. light=30,medium=20,heavy=10.",
+)
 def add(
     name: str,
     account_id: str,
     client_id: str,
     client_secret_file: Path | None,
     client_secret_stdin: bool,
+    plan: str | None,
+    rate_limits: str | None,
 ) -> None:
     """Register the Server-to-Server app of a Zoom account under NAME."""
     secret = _secret("client_secret", client_secret_file, client_secret_stdin)
     assert secret is not None
     with _registry() as registry:
-        _show(
-            registry.add_s2s(name, account_id=account_id, client_id=client_id, client_secret=secret)
+        info = registry.add_s2s(
+            name,
+            account_id=account_id,
+            client_id=client_id,
+            client_secret=secret,
+            plan=plan,
+            rate_limits=rate_limits,
         )
+    _show(info)
 
 
 @credentials_group.command("add-user")

@@ -35,6 +35,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from worker import (
+    accounts,
     db,
     errors,
     oauth,
@@ -69,6 +70,9 @@ class CredentialInfo:
     status: str  # "active" | "disabled" | "needs_reauthorization"
     status_reason: str | None
     created_at: datetime | None
+    # The account's plan and explicit per-second caps (None: the settings', worker.accounts).
+    plan: str | None = None
+    rate_limits: str | None = None
 
 
 @dataclass(frozen=True)
@@ -132,15 +136,34 @@ class Registry:
     # -- S2S credentials --------------------------------------------------------------------
 
     def add_s2s(
-        self, name: str, *, account_id: str, client_id: str, client_secret: str
+        self,
+        name: str,
+        *,
+        account_id: str,
+        client_id: str,
+        client_secret: str,
+        plan: str | None = None,
+        rate_limits: str | None = None,
     ) -> CredentialInfo:
-        """Register a Server-to-Server app under ``name``; its secret is stored encrypted."""
+        """Register a Server-to-Server app under ``name``; its secret is stored encrypted.
+
+        ``plan`` (``free``, ``pro``, ``business``) and ``rate_limits``
+        (``light=30,medium=20,heavy=10``) size its account's per-second limits; without them
+        the settings' (``ZOOM_PLAN``, ``ZOOM_RATE_LIMITS``) apply (:mod:`worker.accounts`)."""
         oauth_apps.check_name(name)
         oauth_apps.check("account_id", account_id, oauth_apps.ID)
         oauth_apps.check("client_id", client_id, oauth_apps.ID)
         oauth_apps.check_secret("client_secret", client_secret)
+        check_limits(plan, rate_limits)
         with self._storing() as session:
-            row = Credential(name=name, kind=S2S, account_id=account_id, client_id=client_id)
+            row = Credential(
+                name=name,
+                kind=S2S,
+                account_id=account_id,
+                client_id=client_id,
+                plan=plan,
+                rate_limits=rate_limits or None,
+            )
             oauth_apps.insert(session, row)
             row.secret_ciphertext = self._cipher("credentials", row.id, "secret").encrypt(
                 client_secret
@@ -358,6 +381,19 @@ class Registry:
             yield session
 
 
+def check_limits(plan: str | None, rate_limits: str | None) -> None:
+    """Refuse (InvalidCredential naming the field) a bad plan or per-second limits."""
+    try:
+        accounts.limits_of(plan, None)
+    except ValueError as exc:
+        raise errors.InvalidCredential("plan", str(exc)) from None
+    if rate_limits:
+        try:
+            accounts.limits_of(None, rate_limits)
+        except ValueError as exc:
+            raise errors.InvalidCredential("rate_limits", str(exc)) from None
+
+
 def _new_secret_version(row: Credential) -> None:
     # A new secret: the circuit probes at once, and no token of the old one is kept.
     row.secret_version += 1
@@ -374,6 +410,8 @@ def _info(row: Credential, app: str | None) -> CredentialInfo:
         status=row.status,
         status_reason=row.status_reason,
         created_at=row.created_at,
+        plan=row.plan,
+        rate_limits=row.rate_limits,
     )
 
 
@@ -386,11 +424,24 @@ def from_settings() -> Registry:
     return Registry(settings, db.sessions(settings))
 
 
-def add_s2s(name: str, *, account_id: str, client_id: str, client_secret: str) -> CredentialInfo:
+def add_s2s(
+    name: str,
+    *,
+    account_id: str,
+    client_id: str,
+    client_secret: str,
+    plan: str | None = None,
+    rate_limits: str | None = None,
+) -> CredentialInfo:
     """Register a Server-to-Server app under ``name`` (see :meth:`Registry.add_s2s`)."""
     with from_settings() as r:
         return r.add_s2s(
-            name, account_id=account_id, client_id=client_id, client_secret=client_secret
+            name,
+            account_id=account_id,
+            client_id=client_id,
+            client_secret=client_secret,
+            plan=plan,
+            rate_limits=rate_limits,
         )
 
 

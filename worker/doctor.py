@@ -1,8 +1,11 @@
 """``zoom-worker doctor``: the checks an operator runs first, in order, each in words.
 
 Settings, database, migrations at head, the broker (through Celery's own connection, Redis
-or RabbitMQ) and the governor's Redis, credentials, a token through the shared store, and
-the API. A check whose prerequisite failed is skipped, naming it. Nothing shown
+or RabbitMQ) and the governor's Redis, credentials, a token through the shared store, the
+API, and each registered credential's state (from the registry, no call to Zoom): a
+Server-to-Server app Zoom refuses fails the check, since only an operator can rotate it; a
+user's connection that needs re-authorization or a disabled credential is listed, not failed
+(the customer or the operator chose it). A check whose prerequisite failed is skipped. Nothing shown
 holds a secret or a token.
 """
 
@@ -18,12 +21,14 @@ import redis
 from celery import Celery
 from rich.console import Console
 from rich.text import Text
+from sqlalchemy import select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from worker import celery_app, db, errors, redis_client, schema, zoom
 from worker.config import Settings, broker_kind, get_settings
-from worker.token_store import TokenStore
+from worker.models import ACTIVE, DEFAULT_CREDENTIAL, S2S, Credential
+from worker.token_store import CLOSED, TokenStore
 
 # A stopped database or broker must fail in seconds, not after the OS's TCP timeout.
 CONNECT_TIMEOUT_S = 3
@@ -167,6 +172,36 @@ class _Doctor:
             client.close()
         return f"{settings.ZOOM_API_URL} answered"
 
+    def registered(self) -> str:
+        """The registered credentials' state; "" when none is registered (nothing shown)."""
+        settings = self._settings()
+        names = db.sessions(settings)
+        with names() as session:
+            found = list(
+                session.scalars(
+                    select(Credential.name)
+                    .where(Credential.name != DEFAULT_CREDENTIAL)
+                    .order_by(Credential.name)
+                )
+            )
+        refused: list[str] = []
+        notes: list[str] = []
+        for name in found:
+            status = TokenStore(settings, names, http=self.http, credential=name).status()
+            if status.status != ACTIVE:
+                notes.append(f"{name} {status.status.replace('_', ' ')}")
+            elif status.circuit_state != CLOSED:
+                reason = status.circuit_reason or "refused"
+                text = f"{name}: {reason} (next probe {_when(status.next_probe_at)})"
+                (refused if status.kind == S2S else notes).append(text)
+        if not found:
+            return ""
+        if refused:
+            raise CheckFailed("Zoom refuses " + "; ".join(refused))
+        usable = len(found) - len(notes)
+        listed = f"; {', '.join(notes)}" if notes else ""
+        return f"{len(found)} registered, {usable} usable{listed}"
+
     def _settings(self) -> Settings:
         if self.settings is None:
             raise CheckFailed("skipped: the settings did not load")
@@ -193,10 +228,17 @@ def run_checks(out: Console) -> tuple[int, int]:
         ("credentials configured", doc.credentials, ("settings load",)),
         ("token fetched", doc.token, ("migrations at head", "credentials configured")),
         ("API reachable and authorized", doc.api, ("token fetched",)),
+        # Shown only when credentials are registered and the database could be read.
+        ("registered credentials", doc.registered, ("migrations at head",)),
     ]
+    optional = {"registered credentials"}
     failed: set[str] = set()
+    total = 0
     for name, check, needs in checks:
         missing = [need for need in needs if need in failed]
+        if missing and name in optional:
+            continue
+        total += 1
         try:
             if missing:
                 raise CheckFailed(f"skipped: {missing[0]} failed")
@@ -205,6 +247,9 @@ def run_checks(out: Console) -> tuple[int, int]:
             failed.add(name)
             out.print(Text.assemble(("FAIL", "bold red"), f" {name}: {exc}"))
         else:
+            if not found and name in optional:
+                total -= 1
+                continue
             out.print(Text.assemble(("OK", "bold green"), f"   {name}: {found}"))
     doc.http.close()
-    return len(failed), len(checks)
+    return len(failed), total

@@ -5,7 +5,9 @@
     ├── InvalidMeeting            a body Zoom would reject (names the field); a ValueError
     ├── IdempotencyConflict       a key reused with another body or host; a ValueError
     ├── InvalidCredential         bad input to the credential registry (names the field);
-    │                             a ValueError
+    │   │                         a ValueError
+    │   └── AccountRefused        a job names an unknown or disabled credential (``account``,
+    │                             ``status``): refused at enqueue, nothing stored
     ├── CredentialUnavailable     the named credential is disabled or needs the user to
     │                             authorize again (``status``, ``reason``)
     ├── InfrastructureError       our own infrastructure failed, never "bad credentials"
@@ -86,6 +88,16 @@ class InvalidCredential(ZoomWorkerError, ValueError):
         self.field = field
         self.message = message
         super().__init__(f"{field}: {message}")
+
+
+class AccountRefused(InvalidCredential):
+    """Raised at enqueue when a job's ``account=`` names no registered credential (``status``
+    ``unknown``) or a disabled one (``disabled``); ``account`` is the name. Nothing is stored."""
+
+    def __init__(self, account: str, status: str, message: str) -> None:
+        self.account = account
+        self.status = status
+        super().__init__("account", message)
 
 
 class CredentialUnavailable(ZoomWorkerError):

@@ -119,6 +119,11 @@ class FleetGate:
         )
         return cls(governor, settings)
 
+    @property
+    def governor(self) -> RateGovernor:
+        """The governor this gate asks (its Redis client serves other accounts' gates too)."""
+        return self._governor
+
     def before_call(
         self,
         operation: str,

@@ -17,9 +17,10 @@ from typing import Any
 from sqlalchemy import Connection, select
 from sqlalchemy.orm import Session
 
-from worker import errors, ledger, marker, meeting_body, priorities
+from worker import errors, ledger, marker, meeting_body, models, priorities
 from worker.ledger import CREATE, DELETE, UPDATE
 from worker.marker import RESERVED_AGENDA_CHARS
+from worker.models import DEFAULT_CREDENTIAL, Credential
 from worker.models import Job as JobRow
 from worker.models import Meeting as MeetingRow
 
@@ -28,6 +29,8 @@ OCCURRENCE_ID_MAX = 64
 # A Celery task name as Python spells a dotted path: "billing.tasks.meeting_ready".
 DOTTED_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+")
 ON_DONE_MAX = 255
+# The width of credentials.name, jobs.account and meetings.account.
+ACCOUNT_MAX = 100
 
 Reader = Session | Connection
 """What the checks read through: the caller's Session or Connection, or a session of ours."""
@@ -42,17 +45,22 @@ class Options:
     on_done: str | None = None
     # high, normal or bulk (worker.priorities): the job's queue and its place at the governor.
     priority: str = priorities.DEFAULT
+    # The credential the job runs under (worker.credentials); its idempotency keys are its own.
+    account: str = DEFAULT_CREDENTIAL
 
     def apply(self, row: JobRow) -> JobRow:
         row.on_done = self.on_done
         row.priority = self.priority
+        row.account = self.account
         return row
 
 
-def options(*, on_done: object = None, priority: object = None) -> Options:
-    """The producer's options, validated (InvalidMeeting names the field). The priority is
-    not part of the request an idempotency key promises: the same key with another priority
-    returns the same job."""
+def options(*, on_done: object = None, priority: object = None, account: object = None) -> Options:
+    """The producer's options, validated (InvalidMeeting names the field; AccountRefused a
+    malformed account name). The priority is not part of the request an idempotency key
+    promises: the same key with another priority returns the same job. The account scopes
+    the key: the same key in two accounts names two jobs. Whether the account exists is
+    checked when the job is admitted (:func:`worker.admission.insert_rows`)."""
     if on_done is not None and (
         not isinstance(on_done, str)
         or len(on_done) > ON_DONE_MAX
@@ -61,7 +69,54 @@ def options(*, on_done: object = None, priority: object = None) -> Options:
         raise errors.InvalidMeeting(
             "on_done", "must be a Celery task name such as 'billing.tasks.meeting_ready'"
         )
-    return Options(on_done=on_done, priority=priorities.checked(priority))
+    return Options(
+        on_done=on_done, priority=priorities.checked(priority), account=checked_account(account)
+    )
+
+
+def checked_account(account: object) -> str:
+    """The credential's name a job gives (``default`` when None), checked for shape only."""
+    if account is None:
+        return DEFAULT_CREDENTIAL
+    if not isinstance(account, str) or not 1 <= len(account) <= ACCOUNT_MAX:
+        raise errors.AccountRefused(
+            str(account)[:ACCOUNT_MAX],
+            "unknown",
+            f"must be a credential's name, a string of 1 to {ACCOUNT_MAX} characters",
+        )
+    return account
+
+
+def check_accounts(reader: Reader, names: set[str]) -> None:
+    """Refuse (AccountRefused, naming it) a registered credential that is unknown or disabled.
+
+    ``default`` (the environment's credential) is never refused here: a fleet without it
+    configured holds its jobs with the configuration error, as it always has. A connection
+    that needs re-authorization is accepted: its jobs wait with that reason until the user
+    authorizes again."""
+    names = names - {DEFAULT_CREDENTIAL}
+    if not names:
+        return
+    found = dict(
+        reader.execute(
+            select(Credential.name, Credential.status).where(Credential.name.in_(names))
+        ).all()
+    )
+    for name in sorted(names):
+        status = found.get(name)
+        if status is None:
+            raise errors.AccountRefused(
+                name,
+                "unknown",
+                f"no credential is named {name!r}: register it first "
+                "(zoom-worker credentials add, or register_user_authorization)",
+            )
+        if status == models.DISABLED:
+            raise errors.AccountRefused(
+                name,
+                "disabled",
+                f"credential {name!r} is disabled (zoom-worker credentials enable {name})",
+            )
 
 
 def request_digest(kind: str, request: Mapping[str, Any]) -> str:
@@ -137,9 +192,15 @@ def delete_row(reader: Reader, request: Mapping[str, Any], opts: Options = Optio
     occurrence_id, key = request.get("occurrence_id"), request.get("idempotency_key")
     if "meeting_id" in request:
         row = new_delete(request["meeting_id"], occurrence_id, key, opts)
-        check_created_here(reader, row.meeting_id)
+        check_created_here(reader, row.meeting_id, opts.account)
         return row
     create = create_job(reader, request["create_job_id"])
+    if create.account != opts.account:
+        raise errors.InvalidMeeting(
+            "create_job_id",
+            f"create job {create.id} runs under account {create.account!r}, not "
+            f"{opts.account!r}: a meeting is only deleted through the credential that created it",
+        )
     if create.meeting_id is None:
         row = new_delete(None, occurrence_id, key, opts, after_job_id=create.id)
     else:
@@ -197,19 +258,22 @@ def create_job(reader: Reader, job_id: uuid.UUID | str) -> CreateJob:
     except ValueError:
         raise errors.InvalidMeeting("create_job_id", "is not a job id") from None
     row = reader.execute(
-        select(JobRow.id, JobRow.meeting_id).where(JobRow.id == key, JobRow.kind == CREATE)
+        select(JobRow.id, JobRow.meeting_id, JobRow.account).where(
+            JobRow.id == key, JobRow.kind == CREATE
+        )
     ).one_or_none()
     if row is None:
         raise errors.InvalidMeeting("create_job_id", f"no create job {job_id}")
-    return CreateJob(row.id, row.meeting_id)
+    return CreateJob(row.id, row.meeting_id, row.account)
 
 
 @dataclass(frozen=True)
 class CreateJob:
-    """The create job a delete names: its id, and its meeting once it has one."""
+    """The create job a delete names: its id, its meeting once it has one, its credential."""
 
     id: uuid.UUID
     meeting_id: int | None
+    account: str = DEFAULT_CREDENTIAL
 
 
 def checked_key(value: object) -> str | None:
@@ -221,12 +285,27 @@ def checked_key(value: object) -> str | None:
     return value
 
 
-def check_created_here(reader: Reader, meeting_id: int | None) -> None:
-    """Refuse (InvalidMeeting) a meeting this service did not create: it never deletes one."""
-    found = reader.scalar(select(MeetingRow.meeting_id).where(MeetingRow.meeting_id == meeting_id))
+def check_created_here(
+    reader: Reader, meeting_id: int | None, account: str = DEFAULT_CREDENTIAL
+) -> None:
+    """Refuse (InvalidMeeting) a meeting this service did not create: it never deletes one;
+    and one created through another credential than ``account``."""
+    found = reader.scalar(select(MeetingRow.account).where(MeetingRow.meeting_id == meeting_id))
     if found is None:
         raise errors.InvalidMeeting(
             "meeting_id",
             f"meeting {meeting_id} was not created by zoom-worker, which never deletes "
             "meetings it did not create",
+        )
+    check_same_account(meeting_id, found, account)
+
+
+def check_same_account(meeting_id: int | None, owner: str, account: str) -> None:
+    """Refuse (InvalidMeeting, field ``account``) a job on a meeting made through another
+    credential: only the credential that created a meeting deletes or updates it."""
+    if owner != account:
+        raise errors.InvalidMeeting(
+            "account",
+            f"meeting {meeting_id} was created through account {owner!r}, not {account!r}: "
+            "it is only changed or deleted through the credential that created it",
         )

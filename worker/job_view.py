@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from worker.models import DEFAULT_CREDENTIAL
 from worker.models import Job as JobRow
 
 
@@ -35,6 +36,8 @@ class Job:
     updated_at: datetime
     finished_at: datetime | None
     next_attempt_at: datetime | None
+    # The credential the job runs under (worker.credentials; "default": the environment's).
+    account: str = DEFAULT_CREDENTIAL
 
     @classmethod
     def from_row(cls, row: JobRow) -> Job:

@@ -14,6 +14,11 @@ IdempotencyConflict. A failed job keeps its key, and :func:`retry_job` runs it a
 are honoured for ``IDEMPOTENCY_KEY_DAYS``, even after the job itself was pruned
 (:mod:`worker.retention`): then the key returns the pruned job's id, never a second job.
 
+Every producer call takes ``account=``: the credential the job runs under (a name of the
+registry, :mod:`worker.credentials`; None: ``default``, the environment's). An unknown or
+disabled one raises AccountRefused and nothing is stored; idempotency keys are per account,
+and a meeting is only updated or deleted through the account that created it.
+
 Every producer call takes ``session=`` (write the job in the caller's transaction; the relay
 queues it after the commit, :mod:`worker.enqueue`) and ``on_done=`` (a Celery task told of
 each outcome, :mod:`worker.outbox`). :mod:`worker.aio` has the asyncio twins.
@@ -82,8 +87,14 @@ def create_meeting(
     on_done: str | None = None,
     session: Transaction | None = None,
     priority: str = priorities.DEFAULT,
+    account: str | None = None,
 ) -> uuid.UUID:
     """Record a create job, then queue it; returns the job id.
+
+    ``account`` names the credential the job runs under (``worker.credentials``; None or
+    ``"default"``: the environment's). An unknown or disabled one raises AccountRefused
+    naming it, and nothing is stored or queued. Idempotency keys are per account: the same
+    key in two accounts names two jobs.
 
     ``priority`` is ``"high"``, ``"normal"`` or ``"bulk"`` (:mod:`worker.priorities`): the
     job's queue and its turn at the rate governor, high first.
@@ -100,7 +111,7 @@ def create_meeting(
     or queued here: once the caller commits, the relay queues it within moments; a rollback
     leaves no job (:mod:`worker.enqueue`).
     """
-    opts = job_requests.options(on_done=on_done, priority=priority)
+    opts = job_requests.options(on_done=on_done, priority=priority, account=account)
     row = job_requests.new_create(user_id, meeting, idempotency_key, opts)
     return enqueue.enqueue([row], session)[0]
 
@@ -114,18 +125,20 @@ def delete_meeting(
     on_done: str | None = None,
     session: Transaction | None = None,
     priority: str = priorities.DEFAULT,
+    account: str | None = None,
 ) -> uuid.UUID:
-    """Record a delete job, then queue it; returns the job id (``priority`` as for
-    :func:`create_meeting`).
+    """Record a delete job, then queue it; returns the job id (``priority`` and ``account``
+    as for :func:`create_meeting`).
 
-    Only a meeting this service created can be deleted (InvalidMeeting otherwise). Deleting a
+    Only a meeting this service created can be deleted (InvalidMeeting otherwise), and only
+    through the credential that created it (InvalidMeeting, field ``account``). Deleting a
     meeting that is already gone succeeds. Instead of ``meeting_id``, ``create_job_id`` names
     the create job whose meeting to delete: a create that has not run yet is cancelled, one
     that is running is waited for, so a delete and its create never race into an orphan.
     ``on_done`` and ``session`` work as for :func:`create_meeting`.
     """
     request = job_requests.delete_request(meeting_id, occurrence_id, idempotency_key, create_job_id)
-    opts = job_requests.options(on_done=on_done, priority=priority)
+    opts = job_requests.options(on_done=on_done, priority=priority, account=account)
     if session is not None:
         return enqueue.enqueue([job_requests.delete_row(session, request, opts)], session)[0]
     with db.unavailable_as_infrastructure(), db.sessions(get_settings())() as reader:
@@ -142,8 +155,11 @@ def update_meeting(
     on_done: str | None = None,
     session: Transaction | None = None,
     priority: str = priorities.DEFAULT,
+    account: str | None = None,
 ) -> uuid.UUID:
     """Record an update job (``PATCH /meetings/{meetingId}``), then queue it; returns its id.
+    ``account`` as for :func:`create_meeting`: the meeting's own credential (InvalidMeeting,
+    field ``account``, for another).
 
     ``changes`` is any part of Zoom's create-meeting body, checked by the same rules:
     unknown fields and a past ``start_time`` (Zoom would silently ignore it) raise
@@ -153,7 +169,7 @@ def update_meeting(
     ``occurrence_id`` the update changes one occurrence of a series. ``on_done`` and
     ``session`` work as for :func:`create_meeting`.
     """
-    opts = job_requests.options(on_done=on_done, priority=priority)
+    opts = job_requests.options(on_done=on_done, priority=priority, account=account)
     row = job_requests.new_update(
         meeting_id, changes, occurrence_id, idempotency_key, opts, now=datetime.now(UTC)
     )
@@ -280,7 +296,8 @@ def record_received(
     The task id stands in for a missing idempotency key, so a redelivered or retried message
     never becomes a second job. A message that can never be recorded as sent (an invalid
     body, an idempotency key reused for another request) is recorded as a failed job with
-    the reason, and so is one with ``unknown`` arguments (a typo such as ``meting``).
+    the reason, and so is one with ``unknown`` arguments (a typo such as ``meting``) or an
+    ``account`` that names no usable credential.
     Raises InfrastructureError while PostgreSQL cannot record anything: the
     caller must then keep the message (retry it), never acknowledge it as done.
     """
@@ -292,7 +309,9 @@ def record_received(
                     "kwargs", f"unknown arguments for this task: {', '.join(unknown)}"
                 )
             opts = job_requests.options(
-                priority=kwargs.get("priority"), on_done=kwargs.get("on_done")
+                priority=kwargs.get("priority"),
+                on_done=kwargs.get("on_done"),
+                account=kwargs.get("account"),
             )
             if kind == CREATE:
                 row = job_requests.new_create(
@@ -317,9 +336,14 @@ def record_received(
                     opts,
                 )
                 with db.sessions(get_settings())() as session:
-                    job_requests.check_created_here(session, row.meeting_id)
+                    job_requests.check_created_here(session, row.meeting_id, row.account)
             return admission.insert(row, get_settings())[0]
-        except (errors.InvalidMeeting, errors.IdempotencyConflict, sa_exc.DataError) as exc:
+        except (
+            errors.InvalidMeeting,
+            errors.InvalidCredential,
+            errors.IdempotencyConflict,
+            sa_exc.DataError,
+        ) as exc:
             reason = str(exc) if isinstance(exc, ValueError) else db.first_line(exc)
             log.warning("job.rejected task_id=%s %s", task_id, reason)
             return _record_rejected(kind, kwargs, task_id, key, reason)
@@ -332,6 +356,10 @@ def _record_rejected(
     another request, under its task id."""
     user = kwargs.get("user_id")
     digest = job_requests.request_digest(kind, {"rejected": dict(kwargs)})
+    try:
+        account = job_requests.checked_account(kwargs.get("account"))
+    except errors.InvalidCredential:
+        account = models.DEFAULT_CREDENTIAL
     for candidate in dict.fromkeys([_key_or_none(key), f"celery-task:{task_id}"]):
         if candidate is None:
             continue
@@ -339,6 +367,7 @@ def _record_rejected(
             id=uuid.uuid4(),
             kind=kind,
             status=models.FAILED,
+            account=account,
             idempotency_key=candidate,
             request_digest=digest,
             user_id=user if isinstance(user, str) and len(user) <= 256 else None,

@@ -40,7 +40,7 @@ from __future__ import annotations
 import logging
 import secrets
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeAlias, cast
 
@@ -99,6 +99,8 @@ _CLAIMED = (
     _JOBS.c.deliveries,
     _JOBS.c.on_done,
     _JOBS.c.priority,
+    # The credential the job runs under: its token store, client and gate (worker.accounts).
+    _JOBS.c.account,
 )
 
 
@@ -362,11 +364,12 @@ class Ledger:
                 JobRow.topic,
                 JobRow.meeting_id,
                 JobRow.priority,
+                JobRow.account,
             )
         )
         with self._sessions() as session, session.begin():
             rows = session.execute(statement).all()
-        for job_id, kind, status, user_id, topic, meeting_id, priority in rows:
+        for job_id, kind, status, user_id, topic, meeting_id, priority, account in rows:
             log.info("job.sweep_dispatch job_id=%s status=%s", job_id, status)
             dispatch(
                 job_id,
@@ -376,15 +379,33 @@ class Ledger:
                 meeting_id=meeting_id,
                 send=self._send,
                 priority=priority,
+                account=account,
             )
         return len(rows)
 
-    def release_held(self, why: HoldReason) -> int:
-        """Make every job held for ``why`` due now (the sweeper then dispatches it)."""
+    def held_accounts(self, why: HoldReason) -> set[str]:
+        """The credentials that have jobs held for ``why``."""
+        with self._sessions() as session:
+            return set(
+                session.scalars(
+                    select(JobRow.account)
+                    .where(JobRow.status == models.WAITING, JobRow.held_for == why.value)
+                    .distinct()
+                )
+            )
+
+    def release_held(self, why: HoldReason, accounts: Collection[str] | None = None) -> int:
+        """Make every job held for ``why`` due now (the sweeper then dispatches it); with
+        ``accounts``, only the jobs of those credentials (another's stay held)."""
+        where = [JobRow.status == models.WAITING, JobRow.held_for == why.value]
+        if accounts is not None:
+            if not accounts:
+                return 0
+            where.append(JobRow.account.in_(sorted(accounts)))
         with self._sessions() as session, session.begin():
             result = session.execute(
                 update(JobRow)
-                .where(JobRow.status == models.WAITING, JobRow.held_for == why.value)
+                .where(*where)
                 .values(next_attempt_at=func.now(), lease_expires_at=func.now())
             )
         released = int(result.rowcount)  # type: ignore[attr-defined]
@@ -405,13 +426,20 @@ def dispatch(
     meeting_id: int | None,
     send: Send,
     priority: str = priorities.DEFAULT,
+    account: str = models.DEFAULT_CREDENTIAL,
 ) -> None:
     """Put the job on the broker, in its priority's queue (the router reads ``priority``,
     :func:`worker.priorities.route`); a broker failure leaves it to the sweeper, nothing lost."""
     try:
         send(
             *message(
-                job_id, kind, user_id=user_id, topic=topic, meeting_id=meeting_id, priority=priority
+                job_id,
+                kind,
+                user_id=user_id,
+                topic=topic,
+                meeting_id=meeting_id,
+                priority=priority,
+                account=account,
             )
         )
     except Exception as exc:  # kombu raises many types; the ledger row is what counts
@@ -430,10 +458,15 @@ def message(
     topic: str | None,
     meeting_id: int | None,
     priority: str = priorities.DEFAULT,
+    account: str = models.DEFAULT_CREDENTIAL,
 ) -> tuple[str, dict[str, Any]]:
     """The task name and kwargs that put a job on the broker: the job id and what an operator
-    needs in Flower, never the body or a secret; ``priority`` routes it to its queue."""
+    needs in Flower, never the body or a secret; ``priority`` routes it to its queue. The
+    credential's name is shown when it is not the default (the worker reads the job's own
+    from the ledger at the claim, never from the message)."""
     kwargs: dict[str, Any] = {"job_id": str(job_id), "priority": priority}
+    if account != models.DEFAULT_CREDENTIAL:
+        kwargs["account"] = account
     if kind == CREATE:
         kwargs.update(user_id=user_id, topic=topic)
     else:
@@ -450,6 +483,7 @@ def message_of(row: JobRow) -> tuple[str, dict[str, Any]]:
         topic=row.topic,
         meeting_id=row.meeting_id,
         priority=row.priority or priorities.DEFAULT,
+        account=row.account or models.DEFAULT_CREDENTIAL,
     )
 
 
@@ -457,7 +491,7 @@ def wake_next_update(sessions: sessionmaker[Session], meeting_id: int, send: Sen
     """Dispatch the meeting's oldest unfinished update job, if any: its turn may have come."""
     with sessions() as session:
         following = session.execute(
-            select(JobRow.id, JobRow.priority)
+            select(JobRow.id, JobRow.priority, JobRow.account)
             .where(
                 JobRow.meeting_id == meeting_id,
                 JobRow.seq.is_not(None),
@@ -476,6 +510,7 @@ def wake_next_update(sessions: sessionmaker[Session], meeting_id: int, send: Sen
             meeting_id=meeting_id,
             send=send,
             priority=following.priority,
+            account=following.account,
         )
 
 
@@ -489,6 +524,7 @@ def dispatch_row(row: JobRow, send: Send) -> None:
         meeting_id=row.meeting_id,
         send=send,
         priority=row.priority or priorities.DEFAULT,
+        account=row.account or models.DEFAULT_CREDENTIAL,
     )
 
 

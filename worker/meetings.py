@@ -31,13 +31,14 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy.exc
 
-from worker import db, errors, fleet_counters, gate, ledger, marker, outage, updates, zoom
+from worker import errors, gate, ledger, marker, outage, runtime, updates, zoom
+from worker.accounts import Account
 from worker.config import Settings
 from worker.outcomes import Failed, Hold, HoldReason, Outcome, Reschedule, Retry, Succeeded
 from worker.token_store import TokenStore
@@ -48,46 +49,11 @@ log = logging.getLogger(__name__)
 CREATE_WAIT = timedelta(seconds=2)
 
 
-# The gate's protocol and the open gate live in worker.gate; these names stay for callers.
+# The gate's protocol and the open gate live in worker.gate, the Runtime in worker.runtime;
+# these names stay for callers.
 Gate = gate.Gate
 OpenGate = gate.OpenGate
-
-
-@dataclass(frozen=True)
-class Runtime:
-    """What the work needs in a worker process, built once per process from Settings."""
-
-    settings: Settings
-    client: zoom.ZoomClient
-    gate: Gate
-    store: TokenStore
-    ledger: ledger.Ledger
-    outage: outage.Breaker = field(default_factory=outage.NoBreaker)
-    counters: fleet_counters.FleetCounters | None = None  # job durations, when set
-
-    @classmethod
-    def from_settings(
-        cls, settings: Settings, *, send: Callable[[str, dict[str, Any]], None]
-    ) -> Runtime:
-        """The token store, Zoom client, gate and ledger for these settings; ``send`` puts a
-        task on the broker (``worker.celery_app.send``)."""
-        store = TokenStore(settings, db.sessions(settings))
-        counters = fleet_counters.FleetCounters.from_url(
-            settings.redis_url, create_category=settings.ZOOM_CREATE_CATEGORY
-        )
-        client = zoom.ZoomClient(
-            settings.ZOOM_API_URL,
-            zoom.ZoomAuth(store),
-            timeout_s=settings.ZOOM_HTTP_TIMEOUT,
-            on_request=counters.on_request,
-            on_response=counters.on_response,
-        )
-        permits: Gate = OpenGate()
-        if settings.RATE_GOVERNOR:
-            permits = gate.FleetGate.from_settings(settings)
-        work = ledger.Ledger.from_settings(settings, send)
-        breaker = outage.OutageBreaker.from_settings(settings)
-        return cls(settings, client, permits, store, work, breaker, counters)
+Runtime = runtime.Runtime
 
 
 def run(job: ledger.Claim, runtime: Runtime, *, slot_at: float | None = None) -> Reschedule | None:
@@ -113,7 +79,7 @@ def run(job: ledger.Claim, runtime: Runtime, *, slot_at: float | None = None) ->
             exc, job, runtime.settings, sent=attempt.create_sent, reconciled=attempt.reconciled
         )
         if isinstance(exc, errors.RateLimited):
-            _tell_gate(runtime.gate, job, exc)
+            _tell_gate(attempt.gate, job, exc)
     _log_outcome(job, outcome)
     return runtime.ledger.reschedule(job, outcome)
 
@@ -122,14 +88,33 @@ class _Attempt:
     def __init__(self, job: ledger.Claim, runtime: Runtime, slot_at: float | None) -> None:
         self.job = job
         self.slot_at = slot_at
-        self.client = runtime.client
-        self.store = runtime.store
-        self.gate = runtime.gate
+        self.runtime = runtime
+        self._account: Account | None = None
         self.ledger = runtime.ledger
         self.settings = runtime.settings
         self.create_sent = False
         self.reconciled = False
         self.called = False  # a Zoom call was let through the gate
+
+    # The job's credential is looked up on first use, inside run()'s decisions: a credential
+    # removed since the job was enqueued fails the job there, saying so.
+    @property
+    def account(self) -> Account:
+        if self._account is None:
+            self._account = self.runtime.account(self.job.account)
+        return self._account
+
+    @property
+    def client(self) -> zoom.ZoomClient:
+        return self.account.client
+
+    @property
+    def store(self) -> TokenStore:
+        return self.account.store
+
+    @property
+    def gate(self) -> Gate:
+        return self.account.gate
 
     def create(self) -> Outcome:
         job = self.job
@@ -393,6 +378,8 @@ GOVERNOR_WAIT_S = 10.0
 # Order matters: subclasses before their bases.
 _RULES: list[tuple[type[Exception] | tuple[type[Exception], ...], _Rule]] = [
     (errors.InvalidMeeting, lambda c: c.fail(f"invalid job: {c.exc}")),
+    # The job's credential was removed from the registry after the job was enqueued.
+    (errors.InvalidCredential, lambda c: c.fail(f"invalid job: {c.exc}")),
     (errors.OutcomeUnknown, lambda c: Failed(c.exc.reason, maybe_sent=True)),
     (
         errors.Deferred,

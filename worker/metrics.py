@@ -26,6 +26,9 @@ waiting job is the first entry of a partial index.
 - ``zoom_worker_governor_booked_seconds{category}``: how far ahead the governor reserved
   each category's calls; ``zoom_worker_governor_limit{category}``: the calls/s it plans for
 - ``zoom_worker_token_budget_per_hour``: ``ZOOM_TOKEN_BUDGET_PER_HOUR``, beside the requests
+- ``zoom_worker_account_jobs_held{account}``: unfinished jobs held, by credential, and
+  ``zoom_worker_account_usable{account}``: 1 while a registered credential is active and its
+  circuit closed (label values come from the registry, so they are bounded by it)
 - ``zoom_worker_metrics_source_up{source}``: 0 when the ``database`` or ``redis`` part of a
   scrape failed (those figures are then left out rather than reported as zeros)
 
@@ -40,6 +43,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, start_http_server
@@ -97,6 +101,14 @@ HELD_COUNTS = (
     .where(models.Job.status.in_(UNFINISHED), models.Job.held_for.is_not(None))
     .group_by(models.Job.held_for)
 )
+HELD_BY_ACCOUNT = (
+    select(models.Job.account, func.count())
+    .where(models.Job.status.in_(UNFINISHED), models.Job.held_for.is_not(None))
+    .group_by(models.Job.account)
+)
+REGISTERED = select(
+    models.Credential.name, models.Credential.status, models.Credential.circuit_state
+).where(models.Credential.name != models.DEFAULT_CREDENTIAL)
 HOST_DAILY_HOLDS = (
     select(models.Job.user_id, func.count())
     .where(models.Job.status.in_(UNFINISHED), models.Job.held_for == HoldReason.HOST_DAILY)
@@ -221,6 +233,8 @@ class FleetCollector(Collector):
             age = session.execute(OLDEST_PENDING_AGE).scalar()
             held = {str(reason): int(n) for reason, n in session.execute(HELD_COUNTS)}
             daily = list(session.execute(HOST_DAILY_HOLDS))
+            by_account = {str(name): int(n) for name, n in session.execute(HELD_BY_ACCOUNT)}
+            registered = list(session.execute(REGISTERED))
         jobs = GaugeMetricFamily("zoom_worker_jobs", "Jobs by status", labels=["status"])
         for status in sorted({*STATUSES, *counts}):
             jobs.add_metric([status], counts.get(status, 0))
@@ -242,6 +256,28 @@ class FleetCollector(Collector):
         for user_id, count in daily:
             hosts.add_metric([ratelimit.host_digest(user_id or "")[:12]], int(count))
         yield hosts
+        yield from _account_figures(by_account, registered)
+
+
+def _account_figures(held: dict[str, int], registered: list[Any]) -> Iterator[Metric]:
+    """Per credential: held jobs, and whether it is usable. Only names of the registry (and
+    ``default``) become label values."""
+    names = [models.DEFAULT_CREDENTIAL, *(row.name for row in registered)]
+    jobs_held = GaugeMetricFamily(
+        "zoom_worker_account_jobs_held", "Jobs held, by credential", labels=["account"]
+    )
+    for name in names:
+        jobs_held.add_metric([name], held.get(name, 0))
+    yield jobs_held
+    usable = GaugeMetricFamily(
+        "zoom_worker_account_usable",
+        "1 while a registered credential is active and Zoom accepts it",
+        labels=["account"],
+    )
+    for row in registered:
+        ok = row.status == models.ACTIVE and row.circuit_state == CLOSED
+        usable.add_metric([row.name], 1 if ok else 0)
+    yield usable
 
 
 def _token_figures(status: TokenStatus) -> Iterator[Metric]:

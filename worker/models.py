@@ -124,6 +124,10 @@ class Credential(Base):
     # Raised by every rotation or re-authorization: the circuit probes at once on a change.
     secret_version: Mapped[int] = mapped_column(Integer, server_default="1")
     status: Mapped[str] = mapped_column(String(24), server_default=ACTIVE)
+    # The Zoom plan of the credential's account and explicit per-second caps (the format of
+    # ZOOM_RATE_LIMITS), sizing its account's rate governor; NULL: the settings' (0012).
+    plan: Mapped[str | None] = mapped_column(String(16))
+    rate_limits: Mapped[str | None] = mapped_column(String(200))
     status_reason: Mapped[str | None] = mapped_column(Text)
     status_changed_at: Mapped[datetime | None] = mapped_column(_tz())
     created_at: Mapped[datetime] = mapped_column(_tz(), server_default=func.now())
@@ -174,12 +178,16 @@ class Job(Base):
         Index(None, "status", "lease_expires_at"),
         Index(None, "status", "next_attempt_at"),
         CheckConstraint("priority IN ('high', 'normal', 'bulk')", name="priority"),
+        # An idempotency key names one job per credential (0012).
+        UniqueConstraint("account", "idempotency_key"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
     kind: Mapped[str] = mapped_column(String(16))
     status: Mapped[str] = mapped_column(String(16), server_default=QUEUED)
-    idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+    # The credential the job runs under (worker.credentials): ``default`` is the environment's.
+    account: Mapped[str] = mapped_column(String(100), server_default=DEFAULT_CREDENTIAL)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
     # SHA-256 of the canonical request the key was first sent with (worker.jobs): the same
     # key with another request is an IdempotencyConflict. NULL for jobs recorded before 0004.
     request_digest: Mapped[str | None] = mapped_column(String(64))
@@ -236,6 +244,8 @@ class Meeting(Base):
 
     meeting_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     job_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
+    # The credential that created it: the only one it is updated, deleted or cleaned up through.
+    account: Mapped[str] = mapped_column(String(100), server_default=DEFAULT_CREDENTIAL)
     user_id: Mapped[str] = mapped_column(String(256))
     topic: Mapped[str | None] = mapped_column(String(200))
     start_time: Mapped[datetime | None] = mapped_column(_tz())
@@ -330,6 +340,10 @@ class IdempotencyKey(Base):
 
     __tablename__ = "idempotency_keys"
 
+    # Keys are per credential: the same key in two accounts names two jobs (0012).
+    account: Mapped[str] = mapped_column(
+        String(100), primary_key=True, server_default=DEFAULT_CREDENTIAL
+    )
     key: Mapped[str] = mapped_column(String(255), primary_key=True)
     kind: Mapped[str] = mapped_column(String(16))
     # NULL for a key whose job was recorded before request digests (0004): matched on kind.

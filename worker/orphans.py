@@ -29,13 +29,15 @@ class Lost:
     job_id: uuid.UUID
     wanted: marker.Wanted
     scheduled_end: datetime | None
+    # The credential the create ran under: the one its host's meetings are listed with.
+    account: str = models.DEFAULT_CREDENTIAL
 
 
 def candidates(
     sessions: sessionmaker[Session], window: timedelta, hosts_per_run: int
-) -> dict[str, list[Lost]]:
-    """The candidates of the ``hosts_per_run`` hosts with the newest, by the host whose
-    meetings list would show them (``schedule_for`` when the body names one)."""
+) -> dict[tuple[str, str], list[Lost]]:
+    """The candidates of the ``hosts_per_run`` hosts with the newest, by credential and the
+    host whose meetings list would show them (``schedule_for`` when the body names one)."""
     j, m = JobRow, MeetingRow
     finished = func.coalesce(j.finished_at, j.updated_at)
     known = select(m.meeting_id).where(m.job_id == j.id, m.state != models.LIVE).exists()
@@ -57,17 +59,17 @@ def candidates(
         .limit(hosts_per_run)
         .correlate(None)  # its own jobs, not the outer query's
     )
-    query = select(j.id, j.user_id, j.marker, j.body, j.created_at).where(
+    query = select(j.id, j.user_id, j.marker, j.body, j.created_at, j.account).where(
         *where, j.user_id.in_(hosts.scalar_subquery())
     )
     with sessions() as session, session.begin():
         rows = session.execute(query).all()
-    found: dict[str, list[Lost]] = {}
-    for job_id, user_id, job_marker, body, created_at in rows:
+    found: dict[tuple[str, str], list[Lost]] = {}
+    for job_id, user_id, job_marker, body, created_at, account in rows:
         assert user_id is not None and job_marker is not None  # the query asked for both
         if (body or {}).get("type") == marker.INSTANT:
             continue
         end = meeting_body.scheduled_end(body or {}, created_at=created_at)
-        lost = Lost(job_id, marker.Wanted.of(body, job_marker), end)
-        found.setdefault(marker.host_of(user_id, body), []).append(lost)
+        lost = Lost(job_id, marker.Wanted.of(body, job_marker), end, account)
+        found.setdefault((account, marker.host_of(user_id, body)), []).append(lost)
     return found

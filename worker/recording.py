@@ -37,6 +37,7 @@ _MEETINGS = cast(Table, MeetingRow.__table__)
 _MEETING_COLUMNS = (
     "meeting_id",
     "job_id",
+    "account",
     "user_id",
     "topic",
     "start_time",
@@ -81,6 +82,8 @@ class Claim:
     on_done: str | None = None
     # high, normal or bulk (worker.priorities): the job's place at the rate governor.
     priority: str = "normal"
+    # The credential the job runs under (read in the claim's RETURNING, worker.ledger).
+    account: str = models.DEFAULT_CREDENTIAL
 
 
 class CreateState(enum.StrEnum):
@@ -119,6 +122,7 @@ def claim_of(row: Any, token: str) -> Claim:
         failing_for=row.failing_for,
         age=row.age,
         priority=row.priority,
+        account=row.account,
     )
 
 
@@ -183,6 +187,7 @@ def record_created(conn: Connection, job: Claim, outcome: Succeeded) -> bool:
     meeting = {
         "meeting_id": outcome.meeting_id,
         "job_id": job.job_id,
+        "account": job.account,
         "user_id": job.user_id or "",
         "topic": body.get("topic") if isinstance(body.get("topic"), str) else None,
         "start_time": start,

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, delete, exists, func, select
+from sqlalchemy import ColumnElement, delete, exists, func, select, tuple_
 from sqlalchemy.orm import InstrumentedAttribute, aliased
 
 from worker import db, models
@@ -55,7 +55,10 @@ def prune(settings: Settings, *, dry_run: bool = False, batch: int = BATCH) -> P
         delete_job.after_job_id == Job.id,
         delete_job.status.not_in(models.FINAL_STATUSES),
     )
-    job_is_gone = ~exists().where(Job.idempotency_key == IdempotencyKey.key)
+    # Keys are per credential (0012): a key is pruned by (account, key), never another's.
+    job_is_gone = ~exists().where(
+        Job.account == IdempotencyKey.account, Job.idempotency_key == IdempotencyKey.key
+    )
     counts = [
         _prune(
             settings,
@@ -80,7 +83,7 @@ def prune(settings: Settings, *, dry_run: bool = False, batch: int = BATCH) -> P
         _prune(
             settings,
             IdempotencyKey,
-            IdempotencyKey.key,
+            (IdempotencyKey.account, IdempotencyKey.key),
             [IdempotencyKey.created_at < func.now() - key_days, job_is_gone],
             dry_run=dry_run,
             batch=batch,
@@ -115,7 +118,7 @@ def prune(settings: Settings, *, dry_run: bool = False, batch: int = BATCH) -> P
 def _prune(
     settings: Settings,
     table: type[models.Base],
-    key: InstrumentedAttribute[Any],
+    key: InstrumentedAttribute[Any] | tuple[InstrumentedAttribute[Any], ...],
     old: list[ColumnElement[bool]],
     *,
     dry_run: bool,
@@ -126,12 +129,15 @@ def _prune(
         with sessions() as session:
             return int(session.scalar(select(func.count()).select_from(table).where(*old)) or 0)
     total = 0
+    # A row is named by its key, or by several columns (a composite primary key).
+    columns = key if isinstance(key, tuple) else (key,)
+    named = tuple_(*columns) if isinstance(key, tuple) else key
     while True:
-        picked = select(key).where(*old).limit(batch).with_for_update(skip_locked=True)
+        picked = select(*columns).where(*old).limit(batch).with_for_update(skip_locked=True)
         with sessions() as session, session.begin():
             deleted = session.execute(
                 delete(table)
-                .where(key.in_(picked.scalar_subquery()))
+                .where(named.in_(picked if isinstance(key, tuple) else picked.scalar_subquery()))
                 .execution_options(synchronize_session=False)
             )
         count = int(deleted.rowcount)  # type: ignore[attr-defined]

@@ -104,6 +104,7 @@ def create_meeting(
     slot_at: float | None = None,
     priority: str | None = None,
     on_done: str | None = None,
+    account: str | None = None,
     **unknown: Any,
 ) -> None:
     """Create a Zoom meeting for a job (sent by ``worker.jobs`` or by name).
@@ -117,9 +118,12 @@ def create_meeting(
             "idempotency_key": idempotency_key,
             "priority": priority,
             "on_done": on_done,
+            "account": account,
         }
         job_id = _recorded(self, jobs.CREATE, kwargs, sorted(unknown))
     retry_kwargs = {"job_id": job_id, "user_id": user_id, "topic": topic, "priority": priority}
+    if account is not None:
+        retry_kwargs["account"] = account
     _run(self, job_id, retry_kwargs, slot_at)
 
 
@@ -134,6 +138,7 @@ def delete_meeting(
     slot_at: float | None = None,
     priority: str | None = None,
     on_done: str | None = None,
+    account: str | None = None,
     **unknown: Any,
 ) -> None:
     """Delete a Zoom meeting this service created (sent by ``worker.jobs`` or by name).
@@ -146,9 +151,12 @@ def delete_meeting(
             "idempotency_key": idempotency_key,
             "priority": priority,
             "on_done": on_done,
+            "account": account,
         }
         job_id = _recorded(self, jobs.DELETE, kwargs, sorted(unknown))
     retry_kwargs = {"job_id": job_id, "meeting_id": meeting_id, "priority": priority}
+    if account is not None:
+        retry_kwargs["account"] = account
     _run(self, job_id, retry_kwargs, slot_at)
 
 
@@ -164,6 +172,7 @@ def update_meeting(
     slot_at: float | None = None,
     priority: str | None = None,
     on_done: str | None = None,
+    account: str | None = None,
     **unknown: Any,
 ) -> None:
     """Update a Zoom meeting this service created (sent by ``worker.jobs`` or by name); a
@@ -178,10 +187,13 @@ def update_meeting(
             "idempotency_key": idempotency_key,
             "priority": priority,
             "on_done": on_done,
+            "account": account,
         }
         job_id = _recorded(self, jobs.UPDATE, kwargs, sorted(unknown))
         return  # recording it dispatched it by id, to run in its turn
     retry_kwargs = {"job_id": job_id, "meeting_id": meeting_id, "priority": priority}
+    if account is not None:
+        retry_kwargs["account"] = account
     _run(self, job_id, retry_kwargs, slot_at)
 
 
@@ -192,8 +204,10 @@ def sweep() -> int:
     (a rotated secret is noticed here within one sweep interval), and send what the outbox
     holds unsent (the relay's safety net, worker.outbox)."""
     work = runtime()
-    if work.store.probe_due():
-        work.ledger.release_held(HoldReason.CREDENTIALS)
+    held = work.ledger.held_accounts(HoldReason.CREDENTIALS)
+    if held:
+        # Each credential's own circuit: a refused account's jobs stay held, not the others'.
+        work.ledger.release_held(HoldReason.CREDENTIALS, _probe_due(work, held))
     swept = work.ledger.sweep()
     try:
         outbox.send_pending(db.sessions(get_settings()), celery_app.send_many)
@@ -240,6 +254,19 @@ def prune() -> dict[str, Any]:
     """Delete finished jobs, token requests and spent idempotency keys past their retention,
     in small batches (see worker.retention)."""
     return dataclasses.asdict(retention.prune(get_settings()))
+
+
+def _probe_due(work: meetings.Runtime, names: set[str]) -> set[str]:
+    """The credentials among ``names`` whose circuit is closed or due a probe (a credential
+    removed meanwhile is released too: its jobs then fail saying so)."""
+    due = set()
+    for name in names:
+        try:
+            if work.account(name).store.probe_due():
+                due.add(name)
+        except errors.InvalidCredential:
+            due.add(name)
+    return due
 
 
 def _run(
