@@ -277,11 +277,11 @@ def _pipeline(
         pools = [pid for pid in mains for pid in probes.pool_children(pid)]
         own_before = svc.own_statements
         window = _Window(mains + pools, args.idle, pg=True)
-        harness.pause(celery_app.app, fleet.workers)
+        harness.pause(celery_app.app, fleet.workers, harness.JOB_QUEUES)
         with probes.counting_commits() as producer_xacts:
             enqueue_s = svc.enqueue_many(args.jobs, args.producers)
         resumed = svc.db_now()
-        harness.resume(celery_app.app, fleet.workers)
+        harness.resume(celery_app.app, fleet.workers, harness.JOB_QUEUES)
         svc.wait_final(args.jobs, TIMEOUT_S)
         window.stop_work()
         rss = _rss(pools)
