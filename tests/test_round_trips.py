@@ -135,6 +135,9 @@ def test_fleet_counters__batched__the_call_and_the_job_duration_in_one_round_tri
     assert counters.snapshot() == {"api_calls": 1, "401": 0, "429": 0, "429_daily": 0, "5xx": 0}
     histogram = counters.histogram(fleet_counters.JOB_DURATION)
     assert histogram is not None and histogram[0][-1] == ("+Inf", 1.0)
+    # Buckets and sum only: the count is the +Inf bucket's cumulative total, never read apart.
+    stored = client.hgetall(f"{counters.prefix}hist:{fleet_counters.JOB_DURATION}")
+    assert set(stored) == {b"b2", b"sum"}  # 0.2 s: the bucket up to 0.25 s
     assert counters.answers()[("medium", "2xx")] == 1
 
 

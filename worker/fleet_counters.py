@@ -7,7 +7,8 @@ Keys, under a prefix (default ``zw:stats:``)::
                                                           class (2xx, 401, 429, 5xx, other)
     {p}hist:{name}                                        a histogram: hash of bucket counts
                                                           ``b0``..``bN`` (``bN`` = +Inf),
-                                                          ``sum`` and ``count``
+                                                          and ``sum`` (the count is ``bN``'s
+                                                          cumulative total)
 
 Histograms are ``zoom_latency`` (request sent to Zoom's answer's headers, each call) and
 ``job_duration`` (one attempt of a job, claim to recorded outcome). Each observation adds
@@ -195,7 +196,6 @@ class FleetCounters:
                         key = f"{self.prefix}hist:{name}"
                         pipe.hincrby(key, f"b{bisect.bisect_left(BUCKETS[name], seconds)}", 1)
                         pipe.hincrbyfloat(key, "sum", seconds)
-                        pipe.hincrby(key, "count", 1)
                 pipe.execute()
         except redis.RedisError as exc:
             self._paused_until = time.monotonic() + REDIS_PAUSE_S
