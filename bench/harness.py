@@ -73,7 +73,8 @@ UNCAPPED = "light=1000,medium=1000,heavy=1000"
 DAILY_LIMIT = 100_000
 POLL_S = 0.05
 FINAL = list(models.FINAL_STATUSES)
-QUEUE = "celery"  # Celery's default queue: the jobs' and the bare task's
+QUEUE = "celery"  # Celery's default queue: the bare task's
+JOB_QUEUES = priorities.QUEUES  # the pipeline's jobs, one queue per priority
 CONTROL_TIMEOUT_S = 10.0
 
 __all__ = ["DemoFailed", "Fleet", "Service", "machine", "service"]
@@ -302,19 +303,22 @@ def _settings_env(sim: simulator.RunningSimulator, overrides: dict[str, str]) ->
     }
 
 
-def pause(app: Celery, workers: int) -> None:
-    """Make ``workers`` celery workers stop taking jobs from the default queue (Celery's
-    remote control), so a benchmark can fill the queue first and time only the draining."""
-    _control(app.control.cancel_consumer, workers)
+def pause(app: Celery, workers: int, queues: tuple[str, ...] = (QUEUE,)) -> None:
+    """Make ``workers`` celery workers stop taking jobs from ``queues`` (Celery's remote
+    control), so a benchmark can fill them first and time only the draining. The pipeline's
+    jobs are on their priorities' queues (:data:`JOB_QUEUES`), not Celery's default one."""
+    for queue in queues:
+        _control(app.control.cancel_consumer, queue, workers)
 
 
-def resume(app: Celery, workers: int) -> None:
-    """Undo :func:`pause`: the workers take jobs again."""
-    _control(app.control.add_consumer, workers)
+def resume(app: Celery, workers: int, queues: tuple[str, ...] = (QUEUE,)) -> None:
+    """Undo :func:`pause`: the workers take jobs from ``queues`` again."""
+    for queue in queues:
+        _control(app.control.add_consumer, queue, workers)
 
 
-def _control(command: Any, workers: int) -> None:
-    replies = command(QUEUE, reply=True, timeout=CONTROL_TIMEOUT_S, limit=workers)
+def _control(command: Any, queue: str, workers: int) -> None:
+    replies = command(queue, reply=True, timeout=CONTROL_TIMEOUT_S, limit=workers)
     if len(replies or []) < workers:
         raise DemoFailed(f"{len(replies or [])} of {workers} workers answered {command.__name__}")
 

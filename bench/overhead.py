@@ -10,16 +10,32 @@ simulator, served from this process) answering at once and every rate limit lift
   message), then claim, governor permit, token, fence, call, outcome; ``CELERY_TASK_EVENTS=false``.
 - **pipeline, events on**: the same with Flower's task events (the default).
 
-Each side starts with a warm-up of two jobs per process (a deployed fleet is warm), then an
+Each side starts with a warm-up of :data:`WARMUP_PER_PROCESS` jobs per process (a deployed
+fleet is warm: psycopg prepares a statement on its 5th run on a connection, one more
+transaction, once), then an
 idle window that measures what the idle fleet does anyway, then the jobs from
-``--producers`` threads of this process. Per side: jobs per second (first enqueue to last
-create, see below), PostgreSQL transactions per job (``xact_commit + xact_rollback`` of the
-benchmark's database, read before and after the workers stopped, minus this process's own
-ledger polls and the idle rate), Redis commands per job (``INFO commandstats`` of the
-broker's and governor's server, minus the idle rate), worker CPU per job (``/proc/<pid>/stat``
-of the main and pool processes), and each pool process's peak RSS (``VmHWM``) and, at the
-end, its private memory (USS): RSS counts the shared libraries and the pages inherited from
-the worker's main process in every process; USS is what one more pool process costs.
+``--producers`` threads of this process, with the fleet paused (Celery's remote control
+cancels the consumers of the jobs' queues: the priorities' for the pipeline, Celery's default
+for the bare task), so the time measured is the fleet draining a full queue. Per side: jobs
+per second (see below), PostgreSQL transactions per job, Redis commands per job (``INFO
+commandstats`` of the broker's and governor's server, minus the idle rate; commands a Lua
+script runs count one each, so a script's round trip shows as several commands), worker CPU
+per job (``/proc/<pid>/stat`` of the main and pool processes, apart), and each pool process's
+peak RSS (``VmHWM``) and, at the end, its private memory (USS): RSS counts the shared
+libraries and the pages inherited from the worker's main process in every process; USS is
+what one more pool process costs.
+
+Transactions are PostgreSQL's own count (``xact_commit + xact_rollback`` of the benchmark's
+database in ``pg_stat_database``), read before the measured jobs and again after the workers
+stopped (a backend reports its counts lazily, at the latest when it exits), less: this
+process's own statements (the ledger polls, one autocommit transaction each), the idle
+fleet's rate over the span, and the producers' commits (counted apart: SQLAlchemy ``commit``
+events in this process, one per ``create_meeting``). What is left is what a create costs the
+workers, whoever runs it: the claim and the fence (one autocommit statement each) and the
+outcome (one transaction) in the pool process; a pool connection idle for over 5 s is pinged
+once (``worker.db``); and any backend that ``LISTEN``s (the outbox relay) runs a transaction
+for every ``NOTIFY`` in the database, which is why a job's outcome is announced only when
+someone waits for it (``jobs.awaited``, :mod:`worker.waiting`).
 
 The pipeline's span is its ledger's (first ``created_at`` to last ``finished_at``); the bare
 side's is from its first send until the simulator has counted the last create. The producers'
@@ -46,6 +62,8 @@ TARGET_XACTS_PER_JOB = 3.0
 TARGET_RSS_RATIO = 1.3
 TIMEOUT_S = 300.0
 STATS_FLUSH_S = 10.5
+# Jobs per pool process before the measured ones: each process's statements prepared.
+WARMUP_PER_PROCESS = 8
 SIDES = ("pipeline, events on", "pipeline, events off", "bare Celery")
 
 
@@ -56,7 +74,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--producers", type=int, default=4, help="threads enqueueing jobs")
     parser.add_argument("--idle", type=float, default=3.0, help="seconds of idle baseline")
     parser.add_argument(
-        "--warmup", type=int, default=None, help="jobs run first, unmeasured (two per process)"
+        "--warmup", type=int, default=None, help="jobs run first, unmeasured (eight per process)"
     )
     harness.add_broker_argument(parser)
     parser.add_argument(
@@ -66,7 +84,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, out: Console) -> dict[str, Any]:
     fleet = harness.Fleet(args.workers, args.concurrency)
-    warmup = 2 * fleet.processes if args.warmup is None else args.warmup
+    warmup = WARMUP_PER_PROCESS * fleet.processes if args.warmup is None else args.warmup
     load = {}
     sides: dict[str, dict[str, Any]] = {}
     for side in reversed(SIDES):
@@ -115,6 +133,8 @@ def _rows(
         row("  of which the producer's", "{:.2f}", "producer_xacts_per_job"),
         row("Redis commands per job", "{:.1f}", "redis_per_job"),
         row("worker CPU per job (mains + pool)", "{:.1f} ms", "worker_cpu_ms_per_job"),
+        row("  of which the main processes'", "{:.1f} ms", "main_cpu_ms_per_job"),
+        row("  of which the pool processes'", "{:.1f} ms", "pool_cpu_ms_per_job"),
         row("peak RSS per pool process (max)", "{:.0f} MB", "pool_rss_max_mb"),
         row("peak RSS per pool process (mean)", "{:.0f} MB", "pool_rss_mean_mb"),
         row("peak RSS / the bare task's", "{:.2f}x", "rss_ratio", f"<= {TARGET_RSS_RATIO}x"),
@@ -175,14 +195,14 @@ def _panels(sides: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
 class _Window:
     """Counters over a measured window, with what the idle fleet did removed."""
 
-    def __init__(self, pids: list[int], idle_s: float, pg: bool) -> None:
-        self.pids, self.pg = pids, pg
+    def __init__(self, mains: list[int], pools: list[int], idle_s: float, pg: bool) -> None:
+        self.mains, self.pools, self.pg = mains, pools, pg
         first = self._read()
         time.sleep(idle_s)
         self.before = self._read()
         elapsed = self.before["at"] - first["at"]
         self.idle = {key: (self.before[key] - first[key]) / elapsed for key in ("redis", "xacts")}
-        self.cpu_before = probes.cpu_seconds(pids)
+        self.cpu_before = probes.cpu_seconds(mains), probes.cpu_seconds(pools)
 
     def _read(self) -> dict[str, float]:
         return {
@@ -193,7 +213,8 @@ class _Window:
 
     def stop_work(self) -> None:
         """Call when the jobs are done, before the workers stop."""
-        self.cpu_s = probes.cpu_seconds(self.pids) - self.cpu_before
+        self.cpu_mains_s = probes.cpu_seconds(self.mains) - self.cpu_before[0]
+        self.cpu_pools_s = probes.cpu_seconds(self.pools) - self.cpu_before[1]
         self.after = self._read()
 
     def per_job(self, jobs: int, *, xacts_after: int = 0, own_xacts: int = 0) -> dict[str, float]:
@@ -204,7 +225,9 @@ class _Window:
             "redis_per_job": redis / jobs,
             "xacts_per_job": xacts / jobs if self.pg else 0.0,
             "xacts_idle_estimate": self.idle["xacts"] * span,
-            "worker_cpu_ms_per_job": 1000 * self.cpu_s / jobs,
+            "worker_cpu_ms_per_job": 1000 * (self.cpu_mains_s + self.cpu_pools_s) / jobs,
+            "main_cpu_ms_per_job": 1000 * self.cpu_mains_s / jobs,
+            "pool_cpu_ms_per_job": 1000 * self.cpu_pools_s / jobs,
         }
 
 
@@ -230,7 +253,7 @@ def _bare(
             producer.enqueue(warmup, args.producers)
             producer.wait_created(warmup, TIMEOUT_S)
             mains, pools = bare.pool_pids(processes)
-            window = _Window(mains + pools, args.idle, pg=False)
+            window = _Window(mains, pools, args.idle, pg=False)
             harness.pause(producer.app, fleet.workers)
             enqueue_s = producer.enqueue(args.jobs, args.producers)
             resumed = time.monotonic()
@@ -276,12 +299,12 @@ def _pipeline(
         mains = [item.process.pid for item in svc.workers()]
         pools = [pid for pid in mains for pid in probes.pool_children(pid)]
         own_before = svc.own_statements
-        window = _Window(mains + pools, args.idle, pg=True)
-        harness.pause(celery_app.app, fleet.workers)
+        window = _Window(mains, pools, args.idle, pg=True)
+        harness.pause(celery_app.app, fleet.workers, harness.JOB_QUEUES)
         with probes.counting_commits() as producer_xacts:
             enqueue_s = svc.enqueue_many(args.jobs, args.producers)
         resumed = svc.db_now()
-        harness.resume(celery_app.app, fleet.workers)
+        harness.resume(celery_app.app, fleet.workers, harness.JOB_QUEUES)
         svc.wait_final(args.jobs, TIMEOUT_S)
         window.stop_work()
         rss = _rss(pools)

@@ -9,13 +9,14 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+import psycopg
 import pytest
 import redis
 from click.testing import CliRunner
 from conftest import JOB_QUEUE, WorkerProcess, wait_for
 from sqlalchemy import func, select, text, update
 
-from worker import celery_app, db, errors, jobs, ledger, models, retention, tasks
+from worker import celery_app, db, errors, jobs, ledger, models, retention, tasks, waiting
 from worker.cli import cli
 from worker.config import get_settings
 from worker.models import IdempotencyKey, JobStatusCount, TokenRequest
@@ -270,6 +271,30 @@ def test_wait_for_job__not_finished_in_time__timeout_error() -> None:
         jobs.wait_for_job(job_id, timeout=0.2)
     with pytest.raises(errors.InvalidMeeting):
         jobs.wait_for_job(uuid.uuid4(), timeout=0.2)
+
+
+def test_wait_for_job__outcome_nobody_waits_for__notifies_no_listener() -> None:
+    # Every NOTIFY costs each listening backend (the outbox relay) a transaction: only an
+    # awaited job's outcome is announced. Notifications arrive in commit order, so the
+    # unawaited job's would come before the awaited one's.
+    unawaited, awaited = (jobs.create_meeting("host@example.com", _body(n)) for n in range(2))
+    with psycopg.connect(waiting.conninfo(get_settings()), autocommit=True) as listener:
+        listener.execute(f"LISTEN {waiting.CHANNEL}")
+        _made(unawaited, 85746065431)
+        waiter = threading.Thread(target=jobs.wait_for_job, args=(awaited,), kwargs={"timeout": 30})
+        waiter.start()
+        wait_for(lambda: _awaited(awaited), timeout=10)
+        _made(awaited, 85746065432)
+        heard = [note.payload for note in listener.notifies(timeout=10, stop_after=1)]
+        waiter.join(10)
+
+    assert heard == [str(awaited)]
+    assert not waiter.is_alive()
+
+
+def _awaited(job_id: uuid.UUID) -> bool:
+    with db.sessions(get_settings())() as session:
+        return bool(session.scalar(select(JobRow.awaited).where(JobRow.id == job_id)))
 
 
 # -- metrics: cancelled is counted like the other final statuses -----------------------------

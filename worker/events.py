@@ -59,6 +59,11 @@ def masked(value: Any) -> Any:
 def masked_reprs(args: Any, kwargs: Any) -> tuple[str, str]:
     """``argsrepr`` and ``kwargsrepr`` for these arguments: every dict masked, and a
     ``meeting`` argument masked whatever its type."""
+    if _plain(args, kwargs):
+        # Our own job messages (ids, names, numbers): nothing to mask, and repr() writes what
+        # saferepr() would, some twenty times faster (this runs in the worker's main process
+        # for every message it receives).
+        return repr(args), repr(kwargs)
     if isinstance(kwargs, dict):
         shown_kwargs = {
             name: MaskedBody(value) if name in BODY_ARGUMENTS else masked(value)
@@ -67,6 +72,31 @@ def masked_reprs(args: Any, kwargs: Any) -> tuple[str, str]:
     else:
         shown_kwargs = masked(kwargs)
     return saferepr(masked(args), REPR_MAXSIZE), saferepr(shown_kwargs, REPR_MAXSIZE)
+
+
+_PLAIN_SCALARS = (int, float, bool, type(None))
+# Characters saferepr() writes differently from repr() (it does not escape them).
+_UNSAFE = frozenset("\\'\"")
+
+
+def _plain(args: Any, kwargs: Any) -> bool:
+    """No arguments, and keyword arguments that are short plain scalars and printable text
+    without quotes or backslashes (so repr() and saferepr() agree), no ``meeting``."""
+    if args not in ((), []) or not isinstance(kwargs, dict) or BODY_ARGUMENTS & kwargs.keys():
+        return False
+    for name, value in kwargs.items():
+        if not isinstance(name, str) or not _plain_text(name):
+            return False
+        if isinstance(value, str):
+            if not _plain_text(value):
+                return False
+        elif not isinstance(value, _PLAIN_SCALARS):
+            return False
+    return len(repr(kwargs)) <= REPR_MAXSIZE
+
+
+def _plain_text(text: str) -> bool:
+    return text.isprintable() and _UNSAFE.isdisjoint(text)
 
 
 class MaskedRequest(Request):

@@ -7,23 +7,28 @@ Keys, under a prefix (default ``zw:stats:``)::
                                                           class (2xx, 401, 429, 5xx, other)
     {p}hist:{name}                                        a histogram: hash of bucket counts
                                                           ``b0``..``bN`` (``bN`` = +Inf),
-                                                          ``sum`` and ``count``
+                                                          and ``sum`` (the count is ``bN``'s
+                                                          cumulative total)
 
 Histograms are ``zoom_latency`` (request sent to Zoom's answer's headers, each call) and
 ``job_duration`` (one attempt of a job, claim to recorded outcome). Each observation adds
 one to the bucket it falls in, so any process on any host adds to the same figures; the
 reader makes the counts cumulative, as Prometheus has them.
 
-A Redis failure is logged and the count is lost: counting never breaks a call.
+A Redis failure is logged and the count is lost: counting never breaks a call. Within
+:meth:`FleetCounters.batched` (a job's attempt, :mod:`worker.tasks`) the writes wait and go
+in one round trip at its end: one per job, not one per answer and one per attempt.
 """
 
 from __future__ import annotations
 
 import bisect
+import contextlib
 import logging
 import re
+import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import httpx
@@ -75,6 +80,7 @@ class FleetCounters:
         self.prefix = prefix
         self._categories = {**gate.OPERATION_CATEGORIES, "create": create_category}
         self._paused_until = 0.0
+        self._held = threading.local()  # a batch's writes, per thread (see batched)
 
     @classmethod
     def from_url(
@@ -153,18 +159,43 @@ class FleetCounters:
             buckets.append(("+Inf" if bound == float("inf") else f"{bound:g}", running))
         return buckets, float(stored.get(b"sum", 0))
 
+    @contextlib.contextmanager
+    def batched(self) -> Iterator[None]:
+        """Hold this thread's writes meanwhile and send them in one round trip at the end,
+        also when the block raises (a task's retry); nested batches join the outer one."""
+        if getattr(self._held, "writes", None) is not None:
+            yield
+            return
+        writes: list[tuple[Sequence[str], dict[str, float]]] = []
+        self._held.writes = writes
+        try:
+            yield
+        finally:
+            self._held.writes = None
+            if writes:
+                self._send(writes)
+
     def _write(self, names: Sequence[str], observations: dict[str, float]) -> None:
+        held: list[tuple[Sequence[str], dict[str, float]]] | None = getattr(
+            self._held, "writes", None
+        )
+        if held is not None:
+            held.append((names, observations))
+            return
+        self._send([(names, observations)])
+
+    def _send(self, writes: Sequence[tuple[Sequence[str], dict[str, float]]]) -> None:
         if time.monotonic() < self._paused_until:
             return
         try:
             with self.client.pipeline(transaction=False) as pipe:
-                for name in names:
-                    pipe.incr(self.prefix + name)
-                for name, seconds in observations.items():
-                    key = f"{self.prefix}hist:{name}"
-                    pipe.hincrby(key, f"b{bisect.bisect_left(BUCKETS[name], seconds)}", 1)
-                    pipe.hincrbyfloat(key, "sum", seconds)
-                    pipe.hincrby(key, "count", 1)
+                for names, observations in writes:
+                    for name in names:
+                        pipe.incr(self.prefix + name)
+                    for name, seconds in observations.items():
+                        key = f"{self.prefix}hist:{name}"
+                        pipe.hincrby(key, f"b{bisect.bisect_left(BUCKETS[name], seconds)}", 1)
+                        pipe.hincrbyfloat(key, "sum", seconds)
                 pipe.execute()
         except redis.RedisError as exc:
             self._paused_until = time.monotonic() + REDIS_PAUSE_S

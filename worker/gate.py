@@ -137,18 +137,27 @@ class FleetGate:
 
         The caps are counted once the per-second permit is granted: the meeting's updates in
         24 hours (``ZOOM_MEETING_UPDATE_LIMIT``) first, then the host's creates and updates
-        today (``ZOOM_DAILY_CREATE_LIMIT``), so a call refused by one cap spends no other."""
+        today (``ZOOM_DAILY_CREATE_LIMIT``), so a call refused by one cap spends no other. A
+        create is one round trip to Redis here (:meth:`RateGovernor.permit`)."""
         host = user_id if operation in HOST_CAPPED else None
-        if host is not None:
-            until = self._governor.host_blocked_until(host)
-            if until is not None:
-                raise errors.DailyLimitReached(
-                    "the host's daily meeting create/update limit is reached", retry_at=until
-                )
         category = category_of(operation, self._settings)
-        permit = self._governor.reserve(
-            category, max_ahead_s=MAX_AHEAD_S, slot_at=slot_at, priority=priority
+        meeting_capped = operation == "update" and meeting_id is not None
+        # One round trip: the host's block, the slot and (unless a meeting's cap comes first)
+        # the host's count, taken only with a slot the call may use at once.
+        answer = self._governor.permit(
+            category,
+            host=host,
+            count_within_s=None if meeting_capped else PRECISION_WAIT_S,
+            max_ahead_s=MAX_AHEAD_S,
+            slot_at=slot_at,
+            priority=priority,
         )
+        if answer.blocked_until is not None:
+            raise errors.DailyLimitReached(
+                "the host's daily meeting create/update limit is reached",
+                retry_at=answer.blocked_until,
+            )
+        permit = answer.permit
         if not permit.granted or permit.delay_s > PRECISION_WAIT_S:
             # Without a slot, the delay is a return time from the priority's line: callers
             # refused together come back one slot interval apart.
@@ -160,7 +169,9 @@ class FleetGate:
             )
         if permit.delay_s > 0:
             time.sleep(permit.delay_s)
-        if operation == "update" and meeting_id is not None:
+        calls = answer.host_calls
+        if meeting_capped:
+            assert meeting_id is not None
             limit = self._settings.ZOOM_MEETING_UPDATE_LIMIT
             until = self._governor.count_meeting_update(meeting_id, limit)
             if until is not None:
@@ -169,16 +180,20 @@ class FleetGate:
                     f"(ZOOM_MEETING_UPDATE_LIMIT={limit})",
                     retry_at=until,
                 )
-        if host is not None:
-            calls = self._governor.count_host_call(host)
-            if calls > self._settings.ZOOM_DAILY_CREATE_LIMIT:
-                midnight = zoom.next_utc_midnight()
-                self._governor.block_host(host, midnight)
-                raise errors.DailyLimitReached(
-                    f"the host made {calls - 1} meeting creates/updates today "
-                    f"(ZOOM_DAILY_CREATE_LIMIT={self._settings.ZOOM_DAILY_CREATE_LIMIT})",
-                    retry_at=midnight,
-                )
+            if host is not None:
+                calls = self._governor.count_host_call(host)
+        if (
+            host is not None
+            and calls is not None
+            and calls > self._settings.ZOOM_DAILY_CREATE_LIMIT
+        ):
+            midnight = zoom.next_utc_midnight()
+            self._governor.block_host(host, midnight)
+            raise errors.DailyLimitReached(
+                f"the host made {calls - 1} meeting creates/updates today "
+                f"(ZOOM_DAILY_CREATE_LIMIT={self._settings.ZOOM_DAILY_CREATE_LIMIT})",
+                retry_at=midnight,
+            )
 
     def admit(self, operation: str) -> None:
         """Wait for the sliding log of calls made to admit this one (a caller late for its

@@ -29,8 +29,9 @@ A job is written to PostgreSQL before it is put on the broker. The broker messag
 
 Every lease is computed on the database's clock (``now()``), never a host's. Apart from the
 cleanup's stale-meeting states (:mod:`worker.cleanup`) and the state and schedule Zoom's
-events set (:mod:`worker.webhook_events`), this module is the only writer of
-``jobs`` and ``meetings``; :mod:`worker.jobs` is the producers' API on top. The module-level
+events set (:mod:`worker.webhook_events`), and the ``awaited`` mark a waiter sets
+(:mod:`worker.waiting`), this module is the only writer of ``jobs`` and ``meetings``;
+:mod:`worker.jobs` is the producers' API on top. The module-level
 functions (:func:`insert`, :func:`dispatch`, :func:`topic_of`, the marker) are what
 :mod:`worker.jobs` and :mod:`worker.cleanup` use without a :class:`Ledger`.
 """

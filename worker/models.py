@@ -218,6 +218,9 @@ class Job(Base):
     # A failed job gave up (a budget ran out), rather than Zoom refusing it: its create's
     # outcome may be unknown, so the cleanup looks for an orphan.
     gave_up: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    # Someone waits for this job's outcome (worker.waiting): only then does the trigger
+    # NOTIFY it, since every NOTIFY costs each listening backend a transaction (0014).
+    awaited: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
     # The first failed attempt, moved later by the time held since: the give-up budget
     # (JOB_GIVE_UP_AFTER) counts from here.
     first_failed_at: Mapped[datetime | None] = mapped_column(_tz())

@@ -151,31 +151,71 @@ end
 
 # KEYS: tat, learned, hold, slack, line. ARGV: rate, burst, max_ahead_us,
 # held slot_us or '', use_within_us, '1' to hand a refused caller a return time from the line.
-_RESERVE = (
+_RESERVE_FN = """
+local function reserve(now)
+  if ARGV[4] ~= '' then
+    local held = tonumber(ARGV[4])
+    local hold = tonumber(redis.call('GET', KEYS[3])) or 0
+    if held >= hold and now <= held + tonumber(ARGV[5]) then
+      return {1, math.max(held - now, 0), held}
+    end
+  end
+  local interval, tolerance = gcra()
+  local tat = math.max(tonumber(redis.call('GET', KEYS[1])) or now, now)
+  local slot = math.max(tat - tolerance, now)
+  local ahead = tonumber(ARGV[3])
+  if slot - now > ahead then
+    if ARGV[6] ~= '1' then return {0, slot - now, slot} end
+    -- come back when the schedule has room within reach, one caller per interval
+    local line = tonumber(redis.call('GET', KEYS[5])) or 0
+    local back = math.max(line, slot - ahead, now)
+    set_until(KEYS[5], back + interval, now)
+    return {0, back - now, back}
+  end
+  set_until(KEYS[1], tat + interval, now)
+  return {1, slot - now, slot}
+end
+"""
+_RESERVE = _PRELUDE + _RESERVE_FN + "return reserve(now_us())"
+
+# A host's daily count (see :meth:`RateGovernor.count_host_call`): ``add`` is '1' to count a
+# call, '0' to read; the count of the current UTC day (Redis's clock).
+_HOST_COUNT_FN = """
+local function host_count(key, add, margin_s)
+  local day = math.floor(tonumber(redis.call('TIME')[1]) / 86400)
+  local stored = tonumber(redis.call('HGET', key, 'day'))
+  if add == '0' then
+    if stored == day then return tonumber(redis.call('HGET', key, 'n')) or 0 end
+    return 0
+  end
+  if stored ~= day then redis.call('HSET', key, 'day', string.format('%d', day), 'n', 0) end
+  local n = redis.call('HINCRBY', key, 'n', 1)
+  redis.call('EXPIREAT', key, (day + 1) * 86400 + tonumber(margin_s))
+  return n
+end
+"""
+
+# One round trip for a call's whole permit (:meth:`RateGovernor.permit`). KEYS: as _RESERVE,
+# then the host's block and count keys (both absent for a call no host cap counts).
+# ARGV: as _RESERVE, then count_within_us (the host is counted once a slot this close is
+# granted; '' never), the count key's margin_s. Returns {granted, delay_us, slot_us,
+# blocked_until_us (0: not blocked; then nothing else was done), host count (-1: not counted)}.
+_PERMIT = (
     _PRELUDE
+    + _RESERVE_FN
+    + _HOST_COUNT_FN
     + """
 local now = now_us()
-if ARGV[4] ~= '' then
-  local held = tonumber(ARGV[4])
-  local hold = tonumber(redis.call('GET', KEYS[3])) or 0
-  if held >= hold and now <= held + tonumber(ARGV[5]) then
-    return {1, math.max(held - now, 0), held}
-  end
+if KEYS[6] then
+  local blocked = redis.call('GET', KEYS[6])
+  if blocked then return {0, 0, now, blocked, -1} end
 end
-local interval, tolerance = gcra()
-local tat = math.max(tonumber(redis.call('GET', KEYS[1])) or now, now)
-local slot = math.max(tat - tolerance, now)
-local ahead = tonumber(ARGV[3])
-if slot - now > ahead then
-  if ARGV[6] ~= '1' then return {0, slot - now, slot} end
-  -- come back when the schedule has room within reach, one caller per interval
-  local line = tonumber(redis.call('GET', KEYS[5])) or 0
-  local back = math.max(line, slot - ahead, now)
-  set_until(KEYS[5], back + interval, now)
-  return {0, back - now, back}
+local permit = reserve(now)
+local counted = -1
+if KEYS[7] and ARGV[7] ~= '' and permit[1] == 1 and permit[2] <= tonumber(ARGV[7]) then
+  counted = host_count(KEYS[7], '1', ARGV[8])
 end
-set_until(KEYS[1], tat + interval, now)
-return {1, slot - now, slot}
+return {permit[1], permit[2], permit[3], 0, counted}
 """
 )
 
@@ -245,18 +285,7 @@ return 1
 """
 
 # KEYS: count. ARGV: '1' to count a call, '0' to read; margin_s. Returns today's count.
-_HOST_COUNT = """
-local day = math.floor(tonumber(redis.call('TIME')[1]) / 86400)
-local stored = tonumber(redis.call('HGET', KEYS[1], 'day'))
-if ARGV[1] == '0' then
-  if stored == day then return tonumber(redis.call('HGET', KEYS[1], 'n')) or 0 end
-  return 0
-end
-if stored ~= day then redis.call('HSET', KEYS[1], 'day', string.format('%d', day), 'n', 0) end
-local n = redis.call('HINCRBY', KEYS[1], 'n', 1)
-redis.call('EXPIREAT', KEYS[1], (day + 1) * 86400 + tonumber(ARGV[2]))
-return n
-"""
+_HOST_COUNT = _HOST_COUNT_FN + "return host_count(KEYS[1], ARGV[1], ARGV[2])\n"
 
 
 # KEYS: the meeting's window. ARGV: limit, window_us. Counts one update and returns 0 when
@@ -303,6 +332,16 @@ class Permit:
         return now > self.slot_at + use_within_s
 
 
+@dataclass(frozen=True)
+class CallPermit:
+    """The governor's answer to one :meth:`RateGovernor.permit`: the host's block, else the
+    slot (``permit``) and, when it was counted, the host's count of calls today."""
+
+    permit: Permit
+    blocked_until: datetime | None = None
+    host_calls: int | None = None
+
+
 class RateGovernor:
     """Zoom's per-second limits per category and per-host daily caps, for the whole fleet.
 
@@ -337,6 +376,7 @@ class RateGovernor:
         self._observe = client.register_script(_OBSERVE)
         self._block_host = client.register_script(_BLOCK_HOST)
         self._host_count = client.register_script(_HOST_COUNT)
+        self._permit = client.register_script(_PERMIT)
         self._meeting_update = client.register_script(_MEETING_UPDATE)
 
     @classmethod
@@ -369,26 +409,41 @@ class RateGovernor:
         bounds how far ahead (:data:`AHEAD_S`) and, when refused, gives a return time from
         its line (see Priorities above).
         """
-        held = "" if slot_at is None else str(round(slot_at * _US))
-        if priority is not None and priority not in AHEAD_S:
-            raise ValueError(f"unknown priority {priority!r}; known: {sorted(AHEAD_S)}")
-        ahead = AHEAD_S.get(priority or "high")
-        if ahead is not None:
-            max_ahead_s = min(max_ahead_s, ahead)
-        line = self._key("line", category, priority or "none")  # read only with a priority
-        granted, delay_us, slot_us = self._run(
-            self._reserve,
-            [*self._category_keys(category), line],
-            [
-                self._paced(category),
-                self.burst,
-                round(max_ahead_s * _US),
-                held,
-                _USE_WITHIN_US,
-                "0" if priority is None else "1",
-            ],
-        )
+        keys, args = self._reserve_request(category, max_ahead_s, slot_at, priority)
+        granted, delay_us, slot_us = self._run(self._reserve, keys, args)
         return Permit(bool(granted), delay_us / _US, slot_us / _US, category)
+
+    def permit(
+        self,
+        category: str,
+        *,
+        host: str | None = None,
+        count_within_s: float | None = None,
+        max_ahead_s: float = 30.0,
+        slot_at: float | None = None,
+        priority: str | None = None,
+    ) -> CallPermit:
+        """:meth:`host_blocked_until`, :meth:`reserve` and :meth:`count_host_call` in one round
+        trip (one script), for a call made for ``host`` (None: no host cap counts it).
+
+        A blocked host reserves nothing. The host's call is counted only when a slot at most
+        ``count_within_s`` away is granted (the caller then makes the call; None: never
+        counted here, the caller counts it once it knows the call goes).
+        """
+        keys, args = self._reserve_request(category, max_ahead_s, slot_at, priority)
+        if host is not None:
+            keys += [self._host_key("block", host), self._host_key("count", host)]
+        within = "" if count_within_s is None else str(round(count_within_s * _US))
+        granted, delay_us, slot_us, blocked_us, calls = self._run(
+            self._permit, keys, [*args, within, DAY_KEY_MARGIN_S]
+        )
+        permit = Permit(bool(granted), delay_us / _US, slot_us / _US, category)
+        blocked = int(blocked_us)
+        return CallPermit(
+            permit,
+            blocked_until=_EPOCH + timedelta(microseconds=blocked) if blocked else None,
+            host_calls=None if int(calls) < 0 else int(calls),
+        )
 
     def admit(self, category: str) -> Permit:
         """Just before a call: granted while fewer than the category's rate of calls were
@@ -511,6 +566,28 @@ class RateGovernor:
     def _run(self, script: Script, keys: Sequence[str], args: Sequence[str | int | float]) -> Any:
         with _translated():
             return script(keys=keys, args=args, client=self.client)
+
+    def _reserve_request(
+        self, category: str, max_ahead_s: float, slot_at: float | None, priority: str | None
+    ) -> tuple[list[str], list[str | int | float]]:
+        # KEYS and ARGV of the reserve script (see _RESERVE).
+        held = "" if slot_at is None else str(round(slot_at * _US))
+        if priority is not None and priority not in AHEAD_S:
+            raise ValueError(f"unknown priority {priority!r}; known: {sorted(AHEAD_S)}")
+        ahead = AHEAD_S.get(priority or "high")
+        if ahead is not None:
+            max_ahead_s = min(max_ahead_s, ahead)
+        line = self._key("line", category, priority or "none")  # read only with a priority
+        keys = [*self._category_keys(category), line]
+        args: list[str | int | float] = [
+            self._paced(category),
+            self.burst,
+            round(max_ahead_s * _US),
+            held,
+            _USE_WITHIN_US,
+            "0" if priority is None else "1",
+        ]
+        return keys, args
 
     def _paced(self, category: str) -> float:
         # The schedule's rate: the category's, over 1 + spread_s seconds (see Pacing).

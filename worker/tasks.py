@@ -7,6 +7,7 @@ countdown, so no worker process ever sleeps waiting.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -273,6 +274,18 @@ def _run(
     task: Task[Any, Any], job_id: str, retry_kwargs: dict[str, Any], slot_at: float | None
 ) -> None:
     work = runtime()
+    # The attempt's counts (Zoom's answers, its duration) go to Redis in one round trip.
+    with work.counters.batched() if work.counters is not None else contextlib.nullcontext():
+        _attempt(task, work, job_id, retry_kwargs, slot_at)
+
+
+def _attempt(
+    task: Task[Any, Any],
+    work: meetings.Runtime,
+    job_id: str,
+    retry_kwargs: dict[str, Any],
+    slot_at: float | None,
+) -> None:
     claim = work.ledger.claim(uuid.UUID(job_id))
     if claim is None:
         log.info("job.not_claimed job_id=%s finished, held elsewhere or not due", job_id)

@@ -2,13 +2,18 @@
 
 Protocol
 --------
-A trigger on ``jobs`` (migration 0007) sends ``pg_notify`` on :data:`CHANNEL` with the job's
-id each time a job reaches a final status (succeeded, failed, cancelled); PostgreSQL delivers
-it when that transaction commits. A waiter:
+A trigger on ``jobs`` (migrations 0007 and 0014) sends ``pg_notify`` on :data:`CHANNEL` with
+the job's id each time an *awaited* job reaches a final status (succeeded, failed,
+cancelled); PostgreSQL delivers it when that transaction commits. Only awaited jobs: every
+``NOTIFY`` wakes every listening backend of the database in a transaction of its own (the
+outbox relay listens all the time), which would cost the fleet a transaction per job. A waiter:
 
 1. opens its own connection in autocommit mode and runs ``LISTEN`` first,
-2. then reads the job's status, so an outcome committed before the LISTEN is seen by this
-   read and one committed after it is delivered as a notification: none falls in between,
+2. then marks the job ``awaited`` and reads its status in the same statement
+   (:data:`STATUS`). The mark and the outcome are writes to the same row, so they are
+   serialized: an outcome committed before the mark is returned by it (an outcome in flight
+   is waited for by the row lock), and one committed after it sees the mark and notifies:
+   none falls in between,
 3. sleeps in ``notifies()`` until a notification names its job or the time is up, and reads
    the status again (a notification only wakes it; the row is the truth).
 
@@ -27,7 +32,8 @@ from worker import db, errors, models
 from worker.config import Settings
 
 CHANNEL = "zoom_worker_job_finished"
-STATUS = "SELECT status FROM jobs WHERE id = %s"
+# Step 2: mark the job awaited and read its status, one statement (see the protocol).
+STATUS = "UPDATE jobs SET awaited = true WHERE id = %s RETURNING status"
 
 
 def wait_until_final(job_id: uuid.UUID, timeout_s: float, settings: Settings) -> str:
