@@ -219,7 +219,7 @@ class Job(Base):
     # outcome may be unknown, so the cleanup looks for an orphan.
     gave_up: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
     # Someone waits for this job's outcome (worker.waiting): only then does the trigger
-    # NOTIFY it, since every NOTIFY costs each listening backend a transaction (0014).
+    # NOTIFY it, since every NOTIFY costs each listening backend a transaction (0013).
     awaited: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
     # The first failed attempt, moved later by the time held since: the give-up budget
     # (JOB_GIVE_UP_AFTER) counts from here.

@@ -2,7 +2,7 @@
 
 Protocol
 --------
-A trigger on ``jobs`` (migrations 0007 and 0014) sends ``pg_notify`` on :data:`CHANNEL` with
+A trigger on ``jobs`` (migrations 0007 and 0013) sends ``pg_notify`` on :data:`CHANNEL` with
 the job's id each time an *awaited* job reaches a final status (succeeded, failed,
 cancelled); PostgreSQL delivers it when that transaction commits. Only awaited jobs: every
 ``NOTIFY`` wakes every listening backend of the database in a transaction of its own (the

@@ -6,8 +6,8 @@ relay listens all the time (on its own channel), so a notification for each fini
 cost the fleet one more transaction per job. A waiter (:mod:`worker.waiting`) now marks the
 job it waits for (``awaited``), and the trigger notifies only such jobs.
 
-Revision ID: 0014
-Revises: 0011
+Revision ID: 0013
+Revises: 0012
 Create Date: 2026-12-03 14:00:00
 """
 
@@ -16,8 +16,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0014"
-down_revision: str | None = "0011"
+revision: str = "0013"
+down_revision: str | None = "0012"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
