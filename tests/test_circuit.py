@@ -14,7 +14,7 @@ from token_parts import close_opened  # noqa: F401 - the autouse fixture, by imp
 from token_parts import new_client as _client
 from token_parts import new_store as _store
 
-from worker import circuit, db, errors
+from worker import circuit, db, errors, token_store
 from worker.config import get_settings
 from worker.models import Credential
 from worker.simulator import SimulatorClient
@@ -146,6 +146,27 @@ def test_circuit__fresh_tokens_refused__opens_then_closes_after_rotation(
 
     assert meeting.id > 0
     assert store.status().circuit_state == "closed"
+    assert sim_client.stats()["tokens_issued"] == 2
+
+
+def test_circuit__renewal_fetched_by_another_process_refused__opens(
+    env: dict[str, str], sim_client: SimulatorClient
+) -> None:
+    # Processes A and B: B's call is refused, B renews and gets the token A fetched meanwhile,
+    # and that one is refused too. One renewal and one retry, then the calls stop.
+    store = _store()
+    first = store.get()
+    token_store._fresh.clear()  # fetched by another process: refusing it only renews
+    store.report(first, accepted=False)
+    renewed = store.get()
+    token_store._fresh.clear()
+
+    with pytest.raises(errors.CircuitOpen) as opened:
+        store.report(renewed, accepted=False, renewed=True)
+
+    assert renewed.value != first.value
+    assert "renewed token was refused" in str(opened.value)
+    assert store.status().circuit_state == circuit.OPEN
     assert sim_client.stats()["tokens_issued"] == 2
 
 

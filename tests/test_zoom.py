@@ -259,6 +259,7 @@ class _Source:
     def __init__(self) -> None:
         self.issued = 0
         self.reports: list[tuple[str, bool]] = []
+        self.renewed: list[str] = []
 
     def get(self) -> oauth.AccessToken:
         self.issued += 1
@@ -266,8 +267,10 @@ class _Source:
             value=f"t{self.issued}", expires_at=NOW, fetched_at=NOW, expires_monotonic=1e12
         )
 
-    def report(self, token: oauth.AccessToken, accepted: bool) -> None:
+    def report(self, token: oauth.AccessToken, accepted: bool, *, renewed: bool = False) -> None:
         self.reports.append((token.value, accepted))
+        if renewed:
+            self.renewed.append(token.value)
 
 
 @pytest.mark.parametrize(
@@ -308,3 +311,4 @@ def test_zoom_auth__each_answer__reported_to_the_token_source(
     finally:
         client.close()
     assert source.reports == reports and not pending
+    assert source.renewed == [value for value, _ in reports[1:]], "the retry's token is renewed"

@@ -179,9 +179,11 @@ class TokenStore:
         finally:
             flight.release()
 
-    def report(self, token: oauth.AccessToken, accepted: bool) -> None:
-        """Zoom accepted or refused ``token``; a refusal of a token fetched here moments ago
-        opens the circuit and raises CircuitOpen, any other refusal invalidates it."""
+    def report(self, token: oauth.AccessToken, accepted: bool, *, renewed: bool = False) -> None:
+        """Zoom accepted or refused ``token``; a refusal of a token fetched here moments ago,
+        or of the one a call's renewal gave it (whichever process fetched that: one renewal
+        and one retry, then stop), opens the circuit and raises CircuitOpen; any other
+        refusal invalidates it."""
         fresh = _fresh.get(self._key) == _sha256(token.value)
         if fresh:
             _fresh.pop(self._key, None)
@@ -189,12 +191,15 @@ class TokenStore:
             if fresh:
                 self._accepted(token)
             return
-        if not fresh:
+        if not (fresh or renewed):
             self.invalidate(token)
             return
         _memory.pop(self._key, None)
         refusal = errors.CredentialsRejected(
-            "a token fetched moments ago was refused", status=httpx.codes.UNAUTHORIZED
+            "a token fetched moments ago was refused"
+            if fresh
+            else "a renewed token was refused as well",
+            status=httpx.codes.UNAUTHORIZED,
         )
         with self._write() as session:
             read = self._read(session, lock="wait")

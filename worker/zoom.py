@@ -55,8 +55,9 @@ class TokenSource(Protocol):
         """A token believed valid, renewing it if needed."""
         ...
 
-    def report(self, token: AccessToken, accepted: bool) -> None:
+    def report(self, token: AccessToken, accepted: bool, *, renewed: bool = False) -> None:
         """Zoom accepted ``token`` (any answer but a 401 or a 5xx), or refused it (401 code 124).
+        ``renewed``: the token came from the renewal after this call's first token was refused.
 
         A refusal may raise CircuitOpen (the credential itself is refused); an acceptance
         never raises, as the call it follows may have changed something in Zoom."""
@@ -87,17 +88,19 @@ class ZoomAuth(httpx.Auth):
         renewed = self._source.get()
         request.headers["Authorization"] = f"Bearer {renewed.value}"
         response = yield request
-        self._settle(renewed, response)
+        self._settle(renewed, response, renewed=True)
 
-    def _settle(self, token: AccessToken, response: httpx.Response) -> None:
+    def _settle(
+        self, token: AccessToken, response: httpx.Response, *, renewed: bool = False
+    ) -> None:
         if _is_token_refusal(response):
-            self._source.report(token, accepted=False)
+            self._source.report(token, accepted=False, renewed=renewed)
         elif response.status_code < httpx.codes.INTERNAL_SERVER_ERROR and (
             response.status_code != httpx.codes.UNAUTHORIZED
         ):
             # Past the token check: a 404 or 429 proves Zoom accepted the token too. A 5xx
             # proves nothing, and other 401s (missing scopes) are not about this token.
-            self._source.report(token, accepted=True)
+            self._source.report(token, accepted=True, renewed=renewed)
 
 
 def _is_token_refusal(response: httpx.Response) -> bool:
