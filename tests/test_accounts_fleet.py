@@ -113,7 +113,10 @@ def test_accounts__one_refused_mid_run__others_finish_it_holds_then_resumes_afte
     print(f"\nalpha and bravo finished 50 jobs in {others_s:.1f}s while charlie was refused")
     assert probe.ok, probe.detail
     assert all(j.error and "credentials rotate charlie" in j.error for j in held), held[0].error
-    assert refused["tokens_by_client"]["charlie-client"] <= 2, "an open circuit asks no more"
+    # charlie's first token, the one renewal after Zoom refused it, and at most one more: a
+    # process with no charlie token in memory yet may adopt that renewal before anyone used
+    # it, and its refusal renews once (the retry's refusal then opens the circuit).
+    assert refused["tokens_by_client"]["charlie-client"] <= 3, "an open circuit asks no more"
     stats = sim_client.stats()
     assert stats["meetings_created"] == 3 * 40
     # A call in flight when the refusal began may have spent one attempt (a 401 on a token
