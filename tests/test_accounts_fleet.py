@@ -158,3 +158,30 @@ def test_accounts__capped_5_and_20_per_second_side_by_side__no_429s(
     print(f"\npeak calls per second by account: {peaks}")
     assert stats["api_429"] == 0, f"{stats['api_429']} of {stats['api_calls']} answered 429"
     assert stats["meetings_created"] == 105
+
+
+def test_accounts__no_environment_credential__registered_jobs_run_default_jobs_wait(
+    keyed: dict[str, str],
+    start_worker: Callable[..., WorkerProcess],
+    sim_client: SimulatorClient,
+) -> None:
+    # A SaaS fleet: every job runs with a customer's registered credential, none with the
+    # environment's, which is left unset.
+    sim_client.configure(s2s_clients={"alpha-client": _client("alpha")})
+    _register("alpha")
+    unset = dict.fromkeys(
+        ("ZOOM_ACCOUNT_ID", "ZOOM_CLIENT_ID", "ZOOM_CLIENT_SECRET", "ZOOM_CLIENT_SECRET_FILE"), ""
+    )
+    worker = start_worker(concurrency=2, **keyed, **unset)
+    ids = _enqueue("alpha", 0, 5)
+    stray = jobs.create_meeting("host@example.com", _body(99))  # account left out by mistake
+
+    wait_for(lambda: _statuses(ids) == {"succeeded": 5}, timeout=60, interval=0.2)
+    held = wait_for(
+        lambda: next((j for j in jobs.jobs_for([stray]) if j.status == "waiting"), None),
+        timeout=30,
+        what="the default job waiting",
+    )
+    assert held.error and "configuration error" in held.error and "ZOOM_ACCOUNT_ID" in held.error
+    assert "worker.no_environment_credential" in worker.log()
+    assert sim_client.stats()["meetings_created"] == 5

@@ -91,9 +91,12 @@ def test_settings__backoff_above_visibility_timeout__refused(
     assert "CELERY_VISIBILITY_TIMEOUT" in str(caught.value)
 
 
-def test_worker__missing_credentials__refuses_to_start_naming_variable() -> None:
+def test_worker__credential_half_set__refuses_to_start_naming_variable() -> None:
+    # None of the three set is a fleet of registered credentials (test_accounts_fleet); some
+    # of them set is a mistake, named.
     env = {k: v for k, v in os.environ.items() if not k.startswith("ZOOM_")}
     env["ZOOM_ACCOUNT_ID"] = ""
+    env["ZOOM_CLIENT_ID"] = "the-client-id"
     result = _start_worker(env)
     assert result.returncode != 0
     assert "invalid configuration: ZOOM_ACCOUNT_ID: is not set" in result.stderr

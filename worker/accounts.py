@@ -36,7 +36,7 @@ from worker import gate, zoom
 from worker.config import PLAN_RATE_LIMITS, Settings, parse_rate_limits
 from worker.models import DEFAULT_CREDENTIAL, Credential
 from worker.ratelimit import RateGovernor
-from worker.token_store import TokenStore
+from worker.token_store import TokenStore, Unconfigured
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class Account:
 
     name: str
     account_id: str
-    store: TokenStore
+    store: TokenStore | Unconfigured
     client: zoom.ZoomClient
     gate: gate.Gate
 

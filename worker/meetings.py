@@ -41,7 +41,7 @@ from worker import errors, gate, ledger, marker, outage, runtime, updates, zoom
 from worker.accounts import Account
 from worker.config import Settings
 from worker.outcomes import Failed, Hold, HoldReason, Outcome, Reschedule, Retry, Succeeded
-from worker.token_store import TokenStore
+from worker.token_store import TokenStore, Unconfigured
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ class _Attempt:
         return self.account.client
 
     @property
-    def store(self) -> TokenStore:
+    def store(self) -> TokenStore | Unconfigured:
         return self.account.store
 
     @property

@@ -14,7 +14,7 @@ from worker import db, errors, fleet_counters, gate, ledger, outage, zoom
 from worker.accounts import Account, Accounts
 from worker.config import Settings
 from worker.models import DEFAULT_CREDENTIAL
-from worker.token_store import TokenStore
+from worker.token_store import TokenStore, Unconfigured
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,7 @@ class Runtime:
     settings: Settings
     client: zoom.ZoomClient
     gate: gate.Gate
-    store: TokenStore
+    store: TokenStore | Unconfigured
     ledger: ledger.Ledger
     outage: outage.Breaker = field(default_factory=outage.NoBreaker)
     counters: fleet_counters.FleetCounters | None = None  # job durations, when set
@@ -49,7 +49,10 @@ class Runtime:
         """The token store, Zoom client, gate and ledger for these settings; ``send`` puts a
         task on the broker (``worker.celery_app.send``)."""
         sessions = db.sessions(settings)
-        store = TokenStore(settings, sessions)
+        # A fleet of registered credentials only may leave the environment's unset.
+        store = (
+            TokenStore(settings, sessions) if settings.has_credentials else Unconfigured(settings)
+        )
         counters = fleet_counters.FleetCounters.from_url(
             settings.redis_url, create_category=settings.ZOOM_CREATE_CATEGORY
         )

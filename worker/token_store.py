@@ -120,6 +120,28 @@ class _Read:
     monotonic: float
 
 
+class Unconfigured:
+    """The environment's credential in a fleet that only serves registered ones (no
+    ``ZOOM_ACCOUNT_ID``, ``ZOOM_CLIENT_ID`` or secret set): a job of ``default`` is held with
+    the configuration error naming the missing setting, as a job of a half-set one is."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+
+    def get(self) -> oauth.AccessToken:
+        self._settings.require_credentials()
+        raise AssertionError("require_credentials raises for an unset credential")
+
+    def report(self, token: oauth.AccessToken, accepted: bool, *, renewed: bool = False) -> None:
+        """Never called: no token is ever handed out."""
+
+    def probe_due(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+
 class TokenStore:
     """The shared token of one credential (``credential``: a registered name, or ``default``
     for the environment's); implements ``zoom.TokenSource``."""
