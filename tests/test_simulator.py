@@ -235,6 +235,26 @@ def test_simulator__missing_scopes__401_code_4711(api: Api, control: SimulatorCl
     assert "does not contain scopes" in response.json()["message"]
 
 
+def test_simulator__users_me__the_tokens_account_and_user(
+    api: Api, http: httpx.Client, sim: RunningSimulator, control: SimulatorClient
+) -> None:
+    control.configure(oauth_apps={"general-client": "general-secret"})
+    redirect = "https://app.example.com/callback"
+    code = control.authorize_user("general-client", "bob@example.com", redirect, "bob-account")
+    granted = http.post(
+        sim.oauth_url,
+        auth=("general-client", "general-secret"),
+        data={"grant_type": "authorization_code", "code": code, "redirect_uri": redirect},
+    ).json()
+
+    s2s = api.call("GET", "/users/me").json()
+    user = Api(http, sim, granted["access_token"]).call("GET", "/users/me").json()
+
+    assert s2s["account_id"] == FORM["account_id"] and s2s["id"].startswith("admin@")
+    assert (user["account_id"], user["email"]) == ("bob-account", "bob@example.com")
+    assert api.call("GET", "/users/someone@example.com").status_code == 404
+
+
 # -- meetings ------------------------------------------------------------------------------
 
 

@@ -96,6 +96,23 @@ def exchange_code(
     return _grant(http, oauth_url, (client_id, client_secret), form, timeout_s, user=True)
 
 
+def user_account_id(
+    http: httpx.Client, api_url: str, token: AccessToken, *, timeout_s: float
+) -> str | None:
+    """The Zoom account id of the user ``token`` acts for (``GET /users/me``), or None when
+    Zoom does not say (the app lacks ``user:read``, an error): best effort, one call."""
+    try:
+        response = http.get(
+            f"{api_url.rstrip('/')}/users/me",
+            headers={"Authorization": f"Bearer {token.value}"},
+            timeout=timeout_s,
+        )
+        account_id = response.json().get("account_id") if response.status_code == 200 else None
+    except (httpx.HTTPError, ValueError, AttributeError):
+        return None
+    return account_id if isinstance(account_id, str) and 0 < len(account_id) <= 200 else None
+
+
 def request_token(
     http: httpx.Client,
     oauth_url: str,

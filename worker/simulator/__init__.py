@@ -21,8 +21,10 @@ Zoom's side
     ``invalid_request``; no Basic auth or no grant type 4706; another grant type 4705; bad
     client id or secret 401 4702; another account id 400 4704; a disabled app 400 4717.
 ``POST /v2/users/{userId}/meetings``, ``GET /v2/users/{userId}/meetings``,
-``GET|PATCH|DELETE /v2/meetings/{meetingId}``
-    Bearer token required. Every refusal is ``{"code", "message"}`` as Zoom sends it: 401
+``GET|PATCH|DELETE /v2/meetings/{meetingId}``, ``GET /v2/users/me``
+    Bearer token required (``users/me``: the token's user, ``id``, ``email``, ``account_id``;
+    an S2S token's is its account's admin). Every refusal is ``{"code", "message"}`` as
+    Zoom sends it: 401
     code 124 (unknown, invalidated or expired token), 401 4711 (missing scopes), 404 1001
     (no such user), 404 3001 (no such meeting; legacy 300), 400 3002 / 3007 (deleting a
     started / ended meeting), 400 300 (validation), 429 (per-second and per-user daily limits).

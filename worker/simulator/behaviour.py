@@ -293,6 +293,9 @@ class Simulator:
             return self._create(argument, body, cfg, rates)
         if operation == "list":
             return self._book.list(argument, request.query, cfg.list_agenda_cut)
+        if operation == "user":
+            user = self._tokens.user_of(request.authorization, account)
+            return json_reply(200, {"id": user, "email": user, "account_id": account, "type": 2})
         meeting = self._book.live(argument)
         if meeting is None:
             code = 300 if operation == "delete" and cfg.legacy_not_found_code else 3001

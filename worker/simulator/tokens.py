@@ -21,6 +21,7 @@ OPERATION_SCOPES = {
     "delete": "meeting:delete:meeting:admin",
     "get": "meeting:read:meeting:admin",
     "list": "meeting:read:list_meetings:admin",
+    "user": "user:read:user",
 }
 
 
@@ -33,6 +34,8 @@ class TokenIssuer:
     def __init__(self) -> None:
         # token -> (monotonic expiry, account id), oldest first
         self._tokens: dict[str, tuple[float, str]] = {}
+        # A user's token -> that user (an S2S token acts for its account's admin).
+        self._users: dict[str, str] = {}
         self.users = UserGrants()
         # Tokens issued by client id, and by grant type: what benchmarks count per account.
         self.issued_by_client: dict[str, int] = {}
@@ -100,6 +103,9 @@ class TokenIssuer:
         now = time.monotonic()
         if len(self._tokens) > 10_000:  # keep memory bounded in long benchmarks
             self._tokens = {t: e for t, e in self._tokens.items() if e[0] > now}
+            self._users = {t: u for t, u in self._users.items() if t in self._tokens}
+        if isinstance(holder, Connection):
+            self._users[token] = holder.user_id
         self._tokens[token] = (now + cfg.token_lifetime_s, account)
         while cfg.token_tolerance is not None and len(self._tokens) > cfg.token_tolerance:
             del self._tokens[next(iter(self._tokens))]
@@ -115,6 +121,11 @@ class TokenIssuer:
         if isinstance(holder, Connection):
             answer["refresh_token"] = self.users.new_refresh_token(holder)
         return json_reply(200, answer)
+
+    def user_of(self, authorization: str | None, account_id: str) -> str:
+        """The user a (checked) token acts for: a user's own, or its account's admin."""
+        token = (authorization or "").partition(" ")[2].strip()
+        return self._users.get(token, f"admin@{account_id}")
 
     def check(self, authorization: str | None, operation: str, cfg: SimulatorConfig) -> Reply | str:
         """The account whose bearer token may make this call; Zoom's 401 otherwise."""

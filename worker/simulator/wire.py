@@ -77,6 +77,7 @@ def basic_credentials(header: str | None) -> tuple[str, str] | None:
 
 _USER_MEETINGS = re.compile(r"/v2/users/([^/]+)/meetings/?")
 _MEETING = re.compile(r"/v2/meetings/([^/]+)/?")
+_USER = re.compile(r"/v2/users/(me)/?")  # only the token's own user
 
 
 def api_route(method: str, path: str) -> tuple[str, str] | None:
@@ -85,6 +86,8 @@ def api_route(method: str, path: str) -> tuple[str, str] | None:
         operation = {"POST": "create", "GET": "list"}.get(method)
     elif match := _MEETING.fullmatch(path):
         operation = {"GET": "get", "PATCH": "update", "DELETE": "delete"}.get(method)
+    elif match := _USER.fullmatch(path):
+        operation = {"GET": "user"}.get(method)
     else:
         return None
     return (operation, urllib.parse.unquote(match.group(1))) if operation else None
