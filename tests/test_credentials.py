@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import select, text
 from token_parts import close_opened  # noqa: F401 - the autouse fixture, by import
 
-from worker import credentials, db, errors, oauth, token_cipher, token_store
+from worker import accounts, credentials, db, errors, oauth, token_cipher, token_store
 from worker.config import get_settings
 from worker.models import App, Credential, TokenRequest
 from worker.simulator import RunningSimulator, SimulatorClient
@@ -175,6 +175,21 @@ def test_register_user_authorization__code_refused__nothing_stored(
     assert caught.value.field == "code"
     assert credentials.get("dan2") is None
     assert [c.name for c in credentials.list_credentials()] == ["default", "dan"]
+
+
+def test_register_user_authorization__learns_the_users_account__shares_its_governor(
+    general_app: str, sim_client: SimulatorClient
+) -> None:
+    # Two users of one customer's Zoom account, and that account's own S2S app: Zoom's
+    # per-second limits and daily counts are the account's, so all three share them.
+    for user in ("fay", "gus"):
+        code = sim_client.authorize_user(APP_CLIENT, f"{user}@example.com", REDIRECT, "cust-acc")
+        credentials.register_user_authorization(account=user, code=code, redirect_uri=REDIRECT)
+    credentials.add_s2s("cust", account_id="cust-acc", client_id="c", client_secret="s")
+
+    assert {_row(name).account_id for name in ("fay", "gus", "cust")} == {"cust-acc"}
+    namespaces = {accounts.namespace_of(_row(n).account_id, get_settings()) for n in ("fay", "cust")}
+    assert len(namespaces) == 1
 
 
 def test_add_user__from_refresh_token__spends_it_and_keeps_the_new_one(

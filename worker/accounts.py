@@ -11,7 +11,9 @@ account id) and are shared by every app on it. The gate of a credential therefor
 the rate governor of its account id (:func:`namespace_of`): two credentials of one account
 share one governor namespace, and hence one schedule and one set of daily counts; two
 accounts never slow each other down. The environment's account keeps the governor's
-original namespace (``zw:rl``), so today's fleets see no change.
+original namespace (``zw:rl``), so today's fleets see no change. A user's connection learns
+its account id when it is registered (``GET /users/me``); one whose account Zoom did not
+say (the app lacks ``user:read``) gets a namespace of its own.
 
 A Zoom account's per-second limits depend on its plan. A registered credential may carry
 them (``credentials add --plan free|pro|business`` and/or ``--rate-limits light=..``,

@@ -23,6 +23,7 @@ rows of ``credentials`` (a user's first grant through :mod:`worker.token_grants`
 from __future__ import annotations
 
 import functools
+import logging
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
@@ -56,6 +57,8 @@ from worker.models import (
     App,
     Credential,
 )
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -241,9 +244,23 @@ class Registry:
             token_budget.TokenBudget(self._settings).record(
                 session, row.id, requested_at, "authorize", None, time.monotonic() - started
             )
-            grants = token_grants.Grants(name, USER, "", app.client_id, row.id, self._settings)
+            # The user's Zoom account: its rate limits and daily counts are shared with every
+            # other credential of that account (worker.accounts); "" when Zoom does not say.
+            row.account_id = self._user_account_id(granted.token) or ""
+            grants = token_grants.Grants(
+                name, USER, row.account_id, app.client_id, row.id, self._settings
+            )
             grants.store(row, granted, requested_at)
         return self._must_get(name)
+
+    def _user_account_id(self, token: oauth.AccessToken) -> str | None:
+        settings = self._settings
+        account_id = oauth.user_account_id(
+            self._http, settings.ZOOM_API_URL, token, timeout_s=settings.ZOOM_HTTP_TIMEOUT
+        )
+        if account_id is None:
+            log.warning("credentials.account_unknown Zoom did not say the user's account")
+        return account_id
 
     # -- any registered credential ----------------------------------------------------------
 
