@@ -188,7 +188,9 @@ def test_register_user_authorization__learns_the_users_account__shares_its_gover
     credentials.add_s2s("cust", account_id="cust-acc", client_id="c", client_secret="s")
 
     assert {_row(name).account_id for name in ("fay", "gus", "cust")} == {"cust-acc"}
-    namespaces = {accounts.namespace_of(_row(n).account_id, get_settings()) for n in ("fay", "cust")}
+    namespaces = {
+        accounts.namespace_of(_row(n).account_id, get_settings()) for n in ("fay", "cust")
+    }
     assert len(namespaces) == 1
 
 
