@@ -30,6 +30,7 @@ from worker import (
     metrics,
     models,
     retention,
+    token_store,
 )
 from worker.cli import cli
 from worker.config import get_settings
@@ -311,9 +312,12 @@ def test_credential_limits__plan_and_explicit_caps__size_its_governor(
 # -- metrics ---------------------------------------------------------------------------------
 
 
-def test_metrics__held_jobs_and_usability_by_account__labels_bounded_by_the_registry(
+def test_metrics__held_jobs_usability_tokens_by_account__labels_bounded_by_the_registry(
     registered: dict[str, str],
 ) -> None:
+    store = token_store.TokenStore(get_settings(), db.sessions(get_settings()), credential="acme")
+    store.get()
+    store.close()
     acme = [jobs.create_meeting(HOST, BODY, account="acme") for _ in range(2)]
     ghost = jobs.create_meeting(HOST, BODY, account="beta")
     with db.sessions(get_settings())() as session, session.begin():
@@ -346,6 +350,9 @@ def test_metrics__held_jobs_and_usability_by_account__labels_bounded_by_the_regi
         ("zoom_worker_account_usable", "acme"): 1,
         ("zoom_worker_account_usable", "acme-eu"): 1,
         ("zoom_worker_account_usable", "beta"): 0,
+        ("zoom_worker_account_token_requests_last_hour", "acme"): 1,
+        ("zoom_worker_account_token_requests_last_hour", "acme-eu"): 0,
+        ("zoom_worker_account_token_requests_last_hour", "beta"): 0,
     }
     counters.client.close()
 

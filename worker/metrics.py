@@ -28,7 +28,9 @@ waiting job is the first entry of a partial index.
 - ``zoom_worker_token_budget_per_hour``: ``ZOOM_TOKEN_BUDGET_PER_HOUR``, beside the requests
 - ``zoom_worker_account_jobs_held{account}``: unfinished jobs held, by credential, and
   ``zoom_worker_account_usable{account}``: 1 while a registered credential is active and its
-  circuit closed (label values come from the registry, so they are bounded by it)
+  circuit closed, and ``zoom_worker_account_token_requests_last_hour{account}``: a
+  registered credential's token requests (label values come from the registry, so they are
+  bounded by it)
 - ``zoom_worker_metrics_source_up{source}``: 0 when the ``database`` or ``redis`` part of a
   scrape failed (those figures are then left out rather than reported as zeros)
 
@@ -54,7 +56,7 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from worker import db, errors, fleet_counters, gate, models, ratelimit
@@ -109,6 +111,16 @@ HELD_BY_ACCOUNT = (
 REGISTERED = select(
     models.Credential.name, models.Credential.status, models.Credential.circuit_state
 ).where(models.Credential.name != models.DEFAULT_CREDENTIAL)
+# Token requests in the last hour, by registered credential (the default's are above).
+TOKENS_BY_ACCOUNT = (
+    select(models.Credential.name, func.count())
+    .join(models.TokenRequest, models.TokenRequest.credential_id == models.Credential.id)
+    .where(
+        models.Credential.name != models.DEFAULT_CREDENTIAL,
+        models.TokenRequest.requested_at > func.now() - text("interval '1 hour'"),
+    )
+    .group_by(models.Credential.name)
+)
 HOST_DAILY_HOLDS = (
     select(models.Job.user_id, func.count())
     .where(models.Job.status.in_(UNFINISHED), models.Job.held_for == HoldReason.HOST_DAILY)
@@ -235,6 +247,7 @@ class FleetCollector(Collector):
             daily = list(session.execute(HOST_DAILY_HOLDS))
             by_account = {str(name): int(n) for name, n in session.execute(HELD_BY_ACCOUNT)}
             registered = list(session.execute(REGISTERED))
+            tokens = {str(name): int(n) for name, n in session.execute(TOKENS_BY_ACCOUNT)}
         jobs = GaugeMetricFamily("zoom_worker_jobs", "Jobs by status", labels=["status"])
         for status in sorted({*STATUSES, *counts}):
             jobs.add_metric([status], counts.get(status, 0))
@@ -256,12 +269,14 @@ class FleetCollector(Collector):
         for user_id, count in daily:
             hosts.add_metric([ratelimit.host_digest(user_id or "")[:12]], int(count))
         yield hosts
-        yield from _account_figures(by_account, registered)
+        yield from _account_figures(by_account, registered, tokens)
 
 
-def _account_figures(held: dict[str, int], registered: list[Any]) -> Iterator[Metric]:
-    """Per credential: held jobs, and whether it is usable. Only names of the registry (and
-    ``default``) become label values."""
+def _account_figures(
+    held: dict[str, int], registered: list[Any], tokens: dict[str, int]
+) -> Iterator[Metric]:
+    """Per credential: held jobs, whether it is usable, its token requests in the last hour.
+    Only names of the registry (and ``default``) become label values."""
     names = [models.DEFAULT_CREDENTIAL, *(row.name for row in registered)]
     jobs_held = GaugeMetricFamily(
         "zoom_worker_account_jobs_held", "Jobs held, by credential", labels=["account"]
@@ -278,6 +293,14 @@ def _account_figures(held: dict[str, int], registered: list[Any]) -> Iterator[Me
         ok = row.status == models.ACTIVE and row.circuit_state == CLOSED
         usable.add_metric([row.name], 1 if ok else 0)
     yield usable
+    requests = GaugeMetricFamily(
+        "zoom_worker_account_token_requests_last_hour",
+        "Token requests in the last hour, by registered credential",
+        labels=["account"],
+    )
+    for row in registered:
+        requests.add_metric([row.name], tokens.get(row.name, 0))
+    yield requests
 
 
 def _token_figures(status: TokenStatus) -> Iterator[Metric]:
