@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import click
+from rich.console import Console
 
 from worker import credentials, errors
 
@@ -37,6 +38,12 @@ def print_fields(rows: list[tuple[str, str]]) -> None:
     width = max(len(name) for name, _value in rows)
     for name, value in rows:
         click.echo(f"{name:<{width}}  {value}")
+
+
+def console() -> Console:
+    """A console for stdout; wide when not a terminal, so ids are never wrapped in pipes."""
+    out = Console()
+    return out if out.is_terminal else Console(width=200)
 
 
 def _secret(field: str, path: Path | None, stdin: bool, *, required: bool = True) -> str | None:

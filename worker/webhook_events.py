@@ -10,10 +10,10 @@ Protocol
 2. **Apply.** :func:`apply_pending` (the ``webhooks.apply_pending`` task, queued after the
    endpoint's commits and run by beat as a sweep) takes unapplied event rows in arrival
    order ``FOR UPDATE SKIP LOCKED`` and their meetings' rows ``FOR UPDATE``, decides each
-   with :func:`decide` (a pure function of the event, the meeting row and the newest event
-   applied to that meeting), writes the meeting and stamps the event with ``applied_at`` and
-   its :class:`Effect`, one transaction per batch. Applying twice is a no-op; two appliers
-   never apply one event twice.
+   with :func:`~worker.webhook_rules.decide` (a pure function of the event, the meeting row
+   and the newest event applied to that meeting), writes the meeting and stamps the event
+   with ``applied_at`` and its :class:`Effect`, one transaction per batch. Applying twice is
+   a no-op; two appliers never apply one event twice.
 3. **Never backwards.** Zoom's events arrive out of order. A state event (deleted, started,
    ended) older (``event_ts``) than the newest state event applied to its meeting changes
    nothing (``stale``). ``meeting.updated`` carries only the fields that changed, so an older
@@ -29,12 +29,9 @@ writes the ``meetings`` table: its ``state``, ``topic`` and schedule.
 
 from __future__ import annotations
 
-import enum
-import hashlib
-import json
 import logging
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -42,193 +39,57 @@ from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session, sessionmaker
 
-from worker import meeting_body, models, schedule
+from worker import models
 from worker.models import Meeting as MeetingRow
 from worker.models import WebhookEvent as EventRow
+from worker.webhook_rules import (
+    DELETED,
+    ENDED,
+    ORDERED,
+    PERMANENTLY_DELETED,
+    RECOVERED,
+    RECURRING_TYPES,
+    SCHEDULE_FIELDS,
+    STARTED,
+    STATE_EVENTS,
+    UPDATED,
+    URL_VALIDATION,
+    Change,
+    Effect,
+    Event,
+    MeetingState,
+    decide,
+)
+
+# The rules (events, effects, decide) live in worker.webhook_rules, pure; they are this
+# module's as well, for callers that store and apply.
+__all__ = [
+    "DELETED",
+    "ENDED",
+    "ORDERED",
+    "PERMANENTLY_DELETED",
+    "RECOVERED",
+    "RECURRING_TYPES",
+    "SCHEDULE_FIELDS",
+    "STARTED",
+    "STATE_EVENTS",
+    "UPDATED",
+    "URL_VALIDATION",
+    "Change",
+    "Effect",
+    "Event",
+    "MeetingState",
+    "StoredEvent",
+    "apply",
+    "apply_pending",
+    "decide",
+    "is_gone",
+    "recent",
+    "store",
+    "store_many",
+]
 
 log = logging.getLogger(__name__)
-
-URL_VALIDATION = "endpoint.url_validation"
-DELETED, PERMANENTLY_DELETED = "meeting.deleted", "meeting.permanently_deleted"
-UPDATED, STARTED, ENDED = "meeting.updated", "meeting.started", "meeting.ended"
-# A deleted meeting restored from Zoom's trash (within 7 days): it exists again.
-RECOVERED = "meeting.recovered"
-# Types whose meeting.ended ends one instance, not the meeting: a recurring meeting with no
-# fixed time (3) and a series (8) are started again.
-RECURRING_TYPES = frozenset({3, 8})
-
-
-class Effect(enum.StrEnum):
-    """What applying one event did to the ledger (``webhook_events.effect``)."""
-
-    DELETED = "deleted"
-    OCCURRENCES_DELETED = "occurrences_deleted"
-    UPDATED = "updated"
-    STARTED = "started"
-    ENDED = "ended"
-    RECOVERED = "recovered"
-    UNCHANGED = "unchanged"  # applies, but the ledger already says so (or the meeting is gone)
-    STALE = "stale"  # older than the newest event applied to its meeting
-    FOREIGN = "foreign"  # a meeting this service did not create
-    IGNORED = "ignored"  # an event this service does not act on
-
-
-# The events decide() compares with the newest state event applied (the others never are stale).
-STATE_EVENTS = frozenset({DELETED, PERMANENTLY_DELETED, STARTED, ENDED, RECOVERED})
-# Effects that say where a meeting stands; a later state event older than these is stale.
-ORDERED = frozenset({Effect.DELETED, Effect.STARTED, Effect.ENDED, Effect.RECOVERED})
-# The fields of meeting.updated's object that the ledger keeps.
-SCHEDULE_FIELDS = ("topic", "start_time", "duration")
-
-
-@dataclass(frozen=True)
-class Event:
-    """One event notification as Zoom sends it, read from its JSON body."""
-
-    event: str
-    event_ts: int  # milliseconds since the epoch
-    account_id: str | None
-    meeting_id: int | None
-    occurrence_ids: tuple[str, ...]
-    object: Mapping[str, Any] = field(repr=False)
-    body: Mapping[str, Any] = field(repr=False)
-
-    @classmethod
-    def parse(cls, body: Mapping[str, Any]) -> Event:
-        """Read an event body; ValueError names what is missing or malformed."""
-        name, event_ts = body.get("event"), body.get("event_ts")
-        if not isinstance(name, str) or not 1 <= len(name) <= 64:
-            raise ValueError("event: a string of 1 to 64 characters is required")
-        if not isinstance(event_ts, int) or isinstance(event_ts, bool) or event_ts < 0:
-            raise ValueError("event_ts: milliseconds since the epoch are required")
-        payload = body.get("payload")
-        if not isinstance(payload, dict):
-            raise ValueError("payload: an object is required")
-        account_id = payload.get("account_id")
-        obj = payload.get("object")
-        obj = obj if isinstance(obj, dict) else {}
-        meeting_id = obj.get("id")
-        if not (isinstance(meeting_id, int) and not isinstance(meeting_id, bool)):
-            meeting_id = None
-        occurrences = obj.get("occurrences")
-        ids = tuple(
-            sorted(
-                str(o["occurrence_id"])
-                for o in (occurrences if isinstance(occurrences, list) else [])
-                if isinstance(o, dict) and o.get("occurrence_id") is not None
-            )
-        )
-        return cls(
-            event=name,
-            event_ts=event_ts,
-            account_id=account_id if isinstance(account_id, str) else None,
-            meeting_id=meeting_id,
-            occurrence_ids=ids,
-            object=obj,
-            body=body,
-        )
-
-    @property
-    def digest(self) -> str:
-        """SHA-256 of what makes two deliveries one event (Zoom's body carries no event id):
-        its name, ``event_ts``, the meeting id and the occurrence ids."""
-        parts = [self.event, self.event_ts, self.meeting_id, list(self.occurrence_ids)]
-        return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
-
-
-@dataclass(frozen=True)
-class MeetingState:
-    """What :func:`decide` reads from the ledger's meeting row."""
-
-    state: str
-    start_time: datetime | None
-    duration_min: int | None
-    scheduled_end: datetime | None
-
-
-@dataclass(frozen=True)
-class Change:
-    """A decision: the effect, and the meeting row's new values (empty: no write)."""
-
-    effect: Effect
-    values: Mapping[str, Any] = field(default_factory=dict)
-
-
-def decide(
-    event: Event,
-    meeting: MeetingState | None,
-    newest_ts: int | None,
-    newer_fields: frozenset[str] = frozenset(),
-) -> Change:
-    """What ``event`` does to the ledger's ``meeting`` (None: not ours), given the
-    ``event_ts`` of the newest state event already applied to it and, for an update, the
-    fields that newer applied updates set. Pure: a table of cases."""
-    if meeting is None:
-        return Change(Effect.FOREIGN)
-    if event.event in (DELETED, PERMANENTLY_DELETED) and event.occurrence_ids:
-        return Change(Effect.OCCURRENCES_DELETED)  # the series stays
-    if event.event not in (DELETED, PERMANENTLY_DELETED, UPDATED, STARTED, ENDED, RECOVERED):
-        return Change(Effect.IGNORED)
-    if event.event == RECOVERED:
-        if newest_ts is not None and event.event_ts < newest_ts:
-            return Change(Effect.STALE)
-        if meeting.state != models.DELETED:
-            return Change(Effect.UNCHANGED)
-        return Change(Effect.RECOVERED, {"state": models.LIVE, "deleted_at": None})
-    if meeting.state == models.DELETED:
-        return Change(Effect.UNCHANGED)  # gone is final, whoever said so first
-    if event.event == UPDATED:
-        if event.occurrence_ids:
-            return Change(Effect.UNCHANGED)  # one occurrence moved: the cleanup asks Zoom
-        return _rescheduled(event.object, meeting, newer_fields)
-    if newest_ts is not None and event.event_ts < newest_ts:
-        return Change(Effect.STALE)
-    if event.event in (DELETED, PERMANENTLY_DELETED):
-        return Change(Effect.DELETED, {"state": models.DELETED})
-    if event.event == STARTED:
-        return Change(Effect.STARTED, {"state": models.LIVE})
-    if event.object.get("type") in RECURRING_TYPES:
-        return Change(Effect.UNCHANGED)  # one instance ended; the meeting goes on
-    return Change(Effect.ENDED, {"state": models.ENDED})
-
-
-def _rescheduled(
-    event_object: Mapping[str, Any], meeting: MeetingState, newer_fields: frozenset[str]
-) -> Change:
-    """``meeting.updated``: the new topic, start and duration, and the end moved with them;
-    fields a newer applied update set are left as that one set them."""
-    obj = {k: v for k, v in event_object.items() if k not in newer_fields}
-    if not obj.keys() & set(SCHEDULE_FIELDS) and event_object.keys() & newer_fields:
-        return Change(Effect.STALE)
-    values: dict[str, Any] = {}
-    if isinstance(obj.get("topic"), str):
-        values["topic"] = obj["topic"][:200]
-    # The ledger leaves duration_min empty when the create body used Zoom's default.
-    start, duration = meeting.start_time, meeting.duration_min or meeting_body.DEFAULT_DURATION
-    if isinstance(obj.get("start_time"), str):
-        start = _utc(obj["start_time"])
-        values["start_time"] = start
-    if isinstance(obj.get("duration"), int) and not isinstance(obj["duration"], bool):
-        duration = obj["duration"]
-        values["duration_min"] = duration
-    # An endless meeting (no scheduled_end) stays endless.
-    moved = {"start_time", "duration_min"} & values.keys()
-    if moved and meeting.scheduled_end is not None and start is not None:
-        was_minutes = meeting.duration_min or meeting_body.DEFAULT_DURATION
-        values["scheduled_end"] = schedule.moved_end(
-            meeting.start_time, was_minutes, meeting.scheduled_end, start, duration
-        )
-    return Change(Effect.UPDATED, values) if values else Change(Effect.UNCHANGED)
-
-
-def _utc(text: str) -> datetime:
-    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)  # Zoom's webhooks send start_time in UTC ("Z")
-    return moment.astimezone(UTC)
-
-
-# -- storing and applying -------------------------------------------------------------------
 
 
 def store(session: Session, event: Event) -> int | None:
