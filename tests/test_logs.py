@@ -89,3 +89,34 @@ def test_worker__log_format_json__one_object_per_line_with_ids_and_no_secret(
     captured = worker.log() + beat.log()
     for secret in (env["ZOOM_CLIENT_SECRET"], token, "Bearer", "start_url", "zak="):
         assert secret not in captured
+
+
+@pytest.mark.fleet
+def test_worker__info__no_line_per_http_request(
+    start_worker: Callable[..., WorkerProcess], sim_client: SimulatorClient
+) -> None:
+    worker = start_worker(concurrency=1)
+    ids = [jobs.create_meeting("host@example.com", {**MEETING, "agenda": f"{n}"}) for n in range(2)]
+
+    wait_for(
+        lambda: all(j.status == "succeeded" for j in jobs.jobs_for(ids)),
+        timeout=60,
+        what="2 creates succeeded",
+    )
+
+    log = worker.log()
+    assert log.count("meeting.created") == 2, "our own lines are written at INFO"
+    assert "HTTP Request" not in log, "httpx's line per request is not formatted or written"
+
+
+def test_quiet_http_clients__debug__keeps_their_lines() -> None:
+    httpx_logger = logging.getLogger("httpx")
+    saved = httpx_logger.level
+    try:
+        httpx_logger.setLevel(logging.NOTSET)
+        logs.quiet_http_clients("DEBUG")
+        assert httpx_logger.level == logging.NOTSET
+        logs.quiet_http_clients(logging.INFO)
+        assert httpx_logger.level == logging.WARNING
+    finally:
+        httpx_logger.setLevel(saved)

@@ -41,7 +41,7 @@ import kombu.pools
 from celery import Celery
 from kombu import Exchange, Queue
 
-from worker import errors, logs, priorities  # noqa: F401 - logs: LOG_FORMAT, through Celery's logging signals
+from worker import broker_transport, errors, logs, priorities  # noqa: F401 - logs: LOG_FORMAT, through Celery's logging signals
 from worker.config import Settings, get_settings
 
 SWEEP_TASK = "jobs.sweep"
@@ -98,6 +98,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery's settings, derived from ours."""
     return {
         "broker_url": settings.CELERY_BROKER_URL,
+        # kombu's Redis transport with one redis-py client per channel (worker.broker_transport).
+        "broker_transport": broker_transport.for_url(settings.CELERY_BROKER_URL),
         "broker_transport_options": transport_options(settings),
         "broker_connection_retry_on_startup": True,
         "task_serializer": "json",
@@ -165,6 +167,7 @@ def point_at_broker(settings: Settings) -> None:
     the tests and the benchmarks change broker between runs)."""
     app.conf.update(
         broker_url=settings.CELERY_BROKER_URL,
+        broker_transport=broker_transport.for_url(settings.CELERY_BROKER_URL),
         broker_transport_options=transport_options(settings),
     )
     drop_broker_connections()

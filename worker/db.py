@@ -15,6 +15,7 @@ import contextlib
 import os
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -37,6 +38,8 @@ _engines: dict[tuple[str, tuple[Any, ...]], tuple[int, Engine, sessionmaker[Sess
 # work of a job. A connection that breaks while busy fails one step, which the job's lease
 # and the sweeper recover.
 PING_AFTER_IDLE_S = 5.0
+# What keeps a connection checked out for good (worker.held_connection), to give it back.
+_holders: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 def get_engine(settings: Settings) -> Engine:
@@ -94,20 +97,33 @@ def _ping_if_idle(dbapi_connection: Any, record: ConnectionPoolEntry, proxy: Any
     if time.monotonic() - record.info.get("used_at", 0.0) < PING_AFTER_IDLE_S:
         return
     try:
-        with dbapi_connection.cursor() as cursor:
-            cursor.execute("SELECT 1")
-        dbapi_connection.rollback()
+        ping(dbapi_connection)
     except psycopg.Error as exc:
         # The pool discards this connection and checks out another one.
         raise DisconnectionError(str(exc)) from exc
+
+
+def ping(dbapi_connection: Any) -> None:
+    """One ``SELECT 1`` on an idle psycopg connection; raises psycopg.Error when it is gone."""
+    with dbapi_connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+    dbapi_connection.rollback()
 
 
 def _mark_used(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
     record.info["used_at"] = time.monotonic()
 
 
+def track(held: Any) -> None:
+    """Note a holder of a checked-out connection (``worker.held_connection``): its
+    ``close()`` gives it back when :func:`dispose_all` runs."""
+    _holders.add(held)
+
+
 def dispose_all() -> None:
     """Close every pooled connection of this process (tests, shutdown)."""
+    for held in list(_holders):
+        held.close()
     with _lock:
         for _pid, engine, _factory in _engines.values():
             engine.dispose()
@@ -143,7 +159,7 @@ def ensure_database(url: str, *, connect_timeout_s: int = 10) -> bool:
 
 # "The database is unwell", as opposed to "this statement is wrong" (a DataError or an
 # IntegrityError is a bug or a bad request, and is not retried as an outage).
-_UNAVAILABLE = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError)
+UNAVAILABLE = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError)
 
 
 @contextlib.contextmanager
@@ -153,7 +169,7 @@ def unavailable_as_infrastructure() -> Iterator[None]:
     never a statement's parameters."""
     try:
         yield
-    except _UNAVAILABLE as exc:
+    except UNAVAILABLE as exc:
         raise errors.InfrastructureError(f"the database failed: {first_line(exc)}") from exc
 
 

@@ -17,7 +17,9 @@ reader makes the counts cumulative, as Prometheus has them.
 
 A Redis failure is logged and the count is lost: counting never breaks a call. Within
 :meth:`FleetCounters.batched` (a job's attempt, :mod:`worker.tasks`) the writes wait and go
-in one round trip at its end: one per job, not one per answer and one per attempt.
+in one round trip at its end: one per job, not one per answer and one per attempt. Another
+writer to the same Redis can join that trip (:meth:`FleetCounters.join_batch`: the outage
+breaker's report of a good answer, :mod:`worker.outage`).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import httpx
@@ -55,6 +57,8 @@ BUCKETS: dict[str, tuple[float, ...]] = {
     ZOOM_LATENCY: (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
     JOB_DURATION: (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0),
 }
+Joined = tuple[Callable[[Any], None], Callable[[Any], None]]
+"""A command that joins a batch's round trip: how to queue it, and what gets its answer."""
 _STARTED = "zoom_worker.started"  # the request's extension holding when it was sent
 
 # The Meetings API paths the worker calls, and their operation (worker.gate's names).
@@ -80,7 +84,7 @@ class FleetCounters:
         self.prefix = prefix
         self._categories = {**gate.OPERATION_CATEGORIES, "create": create_category}
         self._paused_until = 0.0
-        self._held = threading.local()  # a batch's writes, per thread (see batched)
+        self._held = threading.local()  # a batch's writes and joiners, per thread (batched)
 
     @classmethod
     def from_url(
@@ -167,13 +171,25 @@ class FleetCounters:
             yield
             return
         writes: list[tuple[Sequence[str], dict[str, float]]] = []
-        self._held.writes = writes
+        joined: list[Joined] = []
+        self._held.writes, self._held.joined = writes, joined
         try:
             yield
         finally:
-            self._held.writes = None
-            if writes:
-                self._send(writes)
+            self._held.writes = self._held.joined = None
+            if writes or joined:
+                self._send(writes, joined)
+
+    def join_batch(self, add: Callable[[Any], None], done: Callable[[Any], None]) -> bool:
+        """Within this thread's batch: ``add(pipeline)`` queues one command on the batch's
+        round trip, and ``done`` gets its answer (an exception when it failed or Redis could
+        not be reached). False outside a batch, or while Redis is paused: the caller sends
+        its command itself."""
+        joined: list[Joined] | None = getattr(self._held, "joined", None)
+        if joined is None or time.monotonic() < self._paused_until:
+            return False
+        joined.append((add, done))
+        return True
 
     def _write(self, names: Sequence[str], observations: dict[str, float]) -> None:
         held: list[tuple[Sequence[str], dict[str, float]]] | None = getattr(
@@ -184,22 +200,43 @@ class FleetCounters:
             return
         self._send([(names, observations)])
 
-    def _send(self, writes: Sequence[tuple[Sequence[str], dict[str, float]]]) -> None:
-        if time.monotonic() < self._paused_until:
+    def _send(
+        self,
+        writes: Sequence[tuple[Sequence[str], dict[str, float]]],
+        joined: Sequence[Joined] = (),
+    ) -> None:
+        if time.monotonic() < self._paused_until and not joined:
             return
+        counted = 0
         try:
             with self.client.pipeline(transaction=False) as pipe:
-                for names, observations in writes:
-                    for name in names:
-                        pipe.incr(self.prefix + name)
-                    for name, seconds in observations.items():
-                        key = f"{self.prefix}hist:{name}"
-                        pipe.hincrby(key, f"b{bisect.bisect_left(BUCKETS[name], seconds)}", 1)
-                        pipe.hincrbyfloat(key, "sum", seconds)
-                pipe.execute()
+                if time.monotonic() >= self._paused_until:
+                    for names, observations in writes:
+                        for name in names:
+                            pipe.incr(self.prefix + name)
+                        for name, seconds in observations.items():
+                            key = f"{self.prefix}hist:{name}"
+                            bucket = f"b{bisect.bisect_left(BUCKETS[name], seconds)}"
+                            pipe.hincrby(key, bucket, 1)
+                            pipe.hincrbyfloat(key, "sum", seconds)
+                    counted = len(pipe)
+                for add, _ in joined:
+                    add(pipe)
+                answers = pipe.execute(raise_on_error=False)
         except redis.RedisError as exc:
-            self._paused_until = time.monotonic() + REDIS_PAUSE_S
-            log.warning("metrics.count_failed paused %.0fs: %s", REDIS_PAUSE_S, type(exc).__name__)
+            for _, done in joined:
+                done(exc)
+            self._failed(exc)
+            return
+        for (_, done), answer in zip(joined, answers[counted:], strict=True):
+            done(answer)
+        failed = next((a for a in answers[:counted] if isinstance(a, Exception)), None)
+        if isinstance(failed, redis.RedisError):
+            self._failed(failed)
+
+    def _failed(self, exc: redis.RedisError) -> None:
+        self._paused_until = time.monotonic() + REDIS_PAUSE_S
+        log.warning("metrics.count_failed paused %.0fs: %s", REDIS_PAUSE_S, type(exc).__name__)
 
 
 def answer_class(status: int) -> str:

@@ -48,7 +48,16 @@ from typing import Any, TypeAlias, cast
 from sqlalchemy import Interval, Table, and_, bindparam, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from worker import db, errors, models, outbox, priorities, recording, webhook_events
+from worker import (
+    db,
+    errors,
+    held_connection,
+    models,
+    outbox,
+    priorities,
+    recording,
+    webhook_events,
+)
 from worker.config import Settings
 from worker.models import Job as JobRow
 from worker.outcomes import Failed, Hold, HoldReason, Outcome, Reschedule, Retry, Succeeded
@@ -181,9 +190,12 @@ class Ledger:
         send: Send,
     ) -> None:
         self._sessions = sessions
-        # Single statements (claim, fence) run in autocommit on the same pool.
         self._engine = sessions.kw["bind"]
-        self._autocommit = self._engine.execution_options(isolation_level="AUTOCOMMIT")
+        # Claim, fence and outcome run on one connection the process keeps (the claim and
+        # the fence as single autocommit statements compiled once): worker.held_connection.
+        self._held = held_connection.HeldConnection(self._engine)
+        self._claim = held_connection.RawStatement(_CLAIM, self._engine)
+        self._fence = held_connection.RawStatement(_FENCE, self._engine)
         self.lease = lease
         self.max_deliveries = max_deliveries
         self.max_hold = max_hold
@@ -213,8 +225,7 @@ class Ledger:
         token = secrets.token_hex(16)
         parameters = {"b_job_id": job_id, "b_token": token, "b_lease": self.lease}
         # One statement in autocommit: a single round trip, no BEGIN or COMMIT of its own.
-        with self._autocommit.connect() as conn:
-            result = conn.execute(_CLAIM, parameters).one_or_none()
+        result = self._held.run(self._claim, parameters)
         if result is None:
             return None
         job = recording.claim_of(result, token)
@@ -225,7 +236,7 @@ class Ledger:
             )
             # A create that died mid-call each time may have made a meeting: keep the mark.
             failed = Failed(reason, gave_up=True, maybe_sent=job.kind == CREATE)
-            with self._engine.begin() as conn:
+            with self._held.begin() as conn:
                 recording.finish(conn, job, status=models.FAILED, **recording.failed_values(failed))
             log.error("job.poison job_id=%s %s", job.job_id, reason)
             self._wake_next_update(job)
@@ -238,8 +249,7 @@ class Ledger:
         """Prove this worker still holds the claim and extend its lease, in one statement;
         raise ClaimLost otherwise. Called right before every call that changes Zoom."""
         parameters = {"b_job_id": job.job_id, "b_token": job.token, "b_lease": self.lease}
-        with self._autocommit.connect() as conn:
-            held = conn.execute(_FENCE, parameters).scalar_one_or_none()
+        held = self._held.run(self._fence, parameters)
         if held is None:
             log.warning("job.claim_lost job_id=%s stopping before the call", job.job_id)
             raise errors.ClaimLost(f"job {job.job_id} is no longer held by this worker")
@@ -256,7 +266,7 @@ class Ledger:
 
     def _record(self, job: Claim, outcome: Outcome) -> bool:
         # A Core transaction: no ORM session to build and tear down on the hot path.
-        with self._engine.begin() as conn:
+        with self._held.begin() as conn:
             match outcome:
                 case Succeeded() if job.kind == CREATE:
                     return recording.record_created(conn, job, outcome)

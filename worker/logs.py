@@ -92,10 +92,29 @@ def use_json(logger: logging.Logger, account: str | None) -> None:
         handler.setFormatter(JsonFormatter(account))
 
 
+# Loggers of the HTTP clients that write a line for every request at INFO ("HTTP Request:
+# POST ..."): formatted and written for every Zoom call, with nothing our own lines
+# (meeting.created, job.retrying) and the metrics do not say. DEBUG keeps them.
+HTTP_CLIENT_LOGGERS = ("httpx", "httpcore")
+
+
+def quiet_http_clients(loglevel: int | str | None) -> None:
+    """Below DEBUG, the HTTP clients log warnings only (no line per request)."""
+    level = logging.getLevelName(loglevel) if isinstance(loglevel, str) else loglevel
+    if isinstance(level, int) and level <= logging.DEBUG:
+        return
+    for name in HTTP_CLIENT_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 @after_setup_logger.connect
 @after_setup_task_logger.connect
-def _format_celery_logs(logger: logging.Logger, **_: Any) -> None:
-    """Celery has set up its handlers (worker or beat): switch them to JSON if asked."""
+def _format_celery_logs(
+    logger: logging.Logger, loglevel: int | str | None = None, **_: Any
+) -> None:
+    """Celery has set up its handlers (worker or beat): switch them to JSON if asked, and
+    quiet the HTTP clients' per-request lines unless the level is DEBUG."""
+    quiet_http_clients(loglevel)
     settings = get_settings()
     if settings.LOG_FORMAT == "json":
         use_json(logger, settings.ZOOM_ACCOUNT_ID)

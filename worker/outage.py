@@ -35,6 +35,11 @@ Job-specific answers (4xx), rate limits and the token endpoint's error answers (
 Every operation is one Lua script on Redis's own clock, so hosts whose clocks disagree
 agree on the pause.
 
+A good answer while the breaker is closed changes nothing but the window's count, so when
+the attempt batches its counters (:meth:`worker.fleet_counters.FleetCounters.batched`) its
+report joins that round trip at the attempt's end instead of taking one of its own; a
+fault, and a probe's answer, are reported at once.
+
 The breaker fails open: when its Redis cannot be reached, every attempt may call Zoom and
 falls back on its own backoff, and the breaker stops asking Redis for :data:`REDIS_PAUSE_S`
 so a Redis outage costs one connect timeout per pause, not one per call.
@@ -47,7 +52,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import redis
 from redis.backoff import NoBackoff
@@ -56,6 +61,9 @@ from redis.retry import Retry
 
 from worker import errors, redis_client
 from worker.config import Settings
+
+if TYPE_CHECKING:
+    from worker.fleet_counters import FleetCounters
 
 log = logging.getLogger(__name__)
 
@@ -195,8 +203,11 @@ class OutageBreaker:
         pause_max_s: float,
         probe_lease_s: float,
         namespace: str = "zw:outage",
+        batch: FleetCounters | None = None,
     ) -> None:
         self._client = client
+        # Counters in the same Redis whose batch a closed breaker's good answers join.
+        self._batch = batch
         self._keys = [f"{namespace}:{name}" for name in ("faults", "oks", "open", "probe")]
         self._threshold = threshold
         self._window_us = round(window_s * _US)
@@ -208,8 +219,10 @@ class OutageBreaker:
         self._paused_until = 0.0
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Breaker:
-        """The breaker in ``REDIS_URL`` for these settings, or a NoBreaker when it is off."""
+    def from_settings(cls, settings: Settings, batch: FleetCounters | None = None) -> Breaker:
+        """The breaker in ``REDIS_URL`` for these settings, or a NoBreaker when it is off;
+        ``batch``: the process's counters (in the same Redis), whose batches good answers'
+        reports join."""
         if settings.ZOOM_OUTAGE_THRESHOLD == 0:
             return NoBreaker()
         return cls(
@@ -219,6 +232,7 @@ class OutageBreaker:
             pause_max_s=settings.RETRY_BACKOFF_MAX,
             # A probe whose process died frees the way once its attempt could have ended.
             probe_lease_s=settings.attempt_bound_s + 1,
+            batch=batch,
         )
 
     def check(self) -> Ticket:
@@ -253,11 +267,32 @@ class OutageBreaker:
         flag = "" if healthy is None else "1" if healthy else "0"
         args: list[str | int] = [ticket.id, flag, self._window_us, self._threshold]
         args += [self._pause_min_us, self._pause_max_us]
+        if healthy and not ticket.probe and self._batch is not None:
+
+            def add(pipe: Any) -> None:
+                pipe.evalsha(self._report.sha, len(self._keys), *self._keys, *args)
+
+            def done(answer: Any) -> None:
+                if isinstance(answer, redis.exceptions.NoScriptError):
+                    self._report_now(ticket, args)  # this Redis lost its scripts: load it
+                elif isinstance(answer, redis.RedisError):
+                    self._unreachable("report", answer)
+                else:
+                    self._reported(ticket, answer)
+
+            if self._batch.join_batch(add, done):
+                return
+        self._report_now(ticket, args)
+
+    def _report_now(self, ticket: Ticket, args: list[str | int]) -> None:
         try:
             change = self._report(keys=self._keys, args=args)
         except redis.RedisError as exc:
             self._unreachable("report", exc)
             return
+        self._reported(ticket, change)
+
+    def _reported(self, ticket: Ticket, change: Any) -> None:
         if change:
             log.warning("outage.%s ticket=%s", change.decode(), ticket.id)
 

@@ -77,5 +77,6 @@ class Runtime:
         )
         registered = Accounts(settings, sessions, default, client_of, governor_client)
         work = ledger.Ledger.from_settings(settings, send)
-        breaker = outage.OutageBreaker.from_settings(settings)
+        # A good answer's report joins the attempt's counters' round trip (same Redis).
+        breaker = outage.OutageBreaker.from_settings(settings, batch=counters)
         return cls(settings, client, permits, store, work, breaker, counters, registered)
