@@ -187,7 +187,7 @@ def _scoped_jobs(args: argparse.Namespace, out: Console) -> dict[str, Any]:
             "jobs": counts[name],
             "tokens": stats["tokens_by_client"].get(f"{name}-client", 0),
             "steady_per_s": (len(seen) - 1 - skip) / span if span else 0.0,
-            "peak_any_second": _peak_any_second(seen),
+            "peak_any_second": workload.peak_any_second(seen),
         }
     rows = [
         [
@@ -208,16 +208,6 @@ def _scoped_jobs(args: argparse.Namespace, out: Console) -> dict[str, Any]:
         ["jobs final / time", f"{done} of {sum(counts.values())} in {waited_s:.1f}s", "-", "-"]
     )
     return {"accounts": sides, "api_429": stats["api_429"], "rows": rows}
-
-
-def _peak_any_second(arrivals: list[float]) -> int:
-    """The most calls accepted within any one second (a sliding window over arrivals)."""
-    peak, first = 0, 0
-    for last, moment in enumerate(arrivals):
-        while moment - arrivals[first] >= 1.0:
-            first += 1
-        peak = max(peak, last - first + 1)
-    return peak
 
 
 def _register(sim: simulator.RunningSimulator) -> None:

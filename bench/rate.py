@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from rich.console import Console
 
-from bench import harness, report
+from bench import harness, report, workload
 from worker import simulator
 
 NAME = "rate"
@@ -196,7 +196,7 @@ def _side(
     return {
         "window": window,
         "span_s": arrivals[-1] - arrivals[0] if len(arrivals) > 1 else 0.0,
-        "peak_any_second": _peak_any_second(arrivals),
+        "peak_any_second": workload.peak_any_second(arrivals),
         "completion_s": completion_s,
         "complete": done >= args.jobs,
         "first_done_s": ends[0] if ends else 0.0,
@@ -224,16 +224,6 @@ def _span(side: dict[str, Any], ideal_s: float) -> str:
     if not side["complete"]:
         return "-"
     return f"{side['span_s']:.2f}s ({side['span_s'] / ideal_s:.3f}x)"
-
-
-def _peak_any_second(arrivals: list[float]) -> int:
-    """The most calls Zoom accepted within any one second (a sliding window over arrivals)."""
-    peak, first = 0, 0
-    for last, at in enumerate(arrivals):
-        while at - arrivals[first] >= 1.0:
-            first += 1
-        peak = max(peak, last - first + 1)
-    return peak
 
 
 # The side without the governor, when --no-baseline skips it.

@@ -1,4 +1,5 @@
-"""The work every side of every benchmark does: the same meetings for the same hosts.
+"""The work every side of every benchmark does: the same meetings for the same hosts, and
+how its calls are read at Zoom's side (the peak in any second).
 
 Kept apart from the harness so the baselines' spawned processes import nothing but this,
 httpx and redis.
@@ -30,3 +31,13 @@ def new_body(number: int) -> dict[str, Any]:
         "timezone": "UTC",
         "agenda": "Made by zoom-worker bench.",
     }
+
+
+def peak_any_second(arrivals: list[float]) -> int:
+    """The most calls Zoom accepted within any one second (a sliding window over arrivals)."""
+    peak, first = 0, 0
+    for last, at in enumerate(arrivals):
+        while at - arrivals[first] >= 1.0:
+            first += 1
+        peak = max(peak, last - first + 1)
+    return peak

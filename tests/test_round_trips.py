@@ -9,8 +9,8 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
 from conftest import flushed_redis, redis_url
+from redis_parts import CountingRedis
 
 from worker import errors, fleet_counters, gate
 from worker.config import Settings
@@ -20,27 +20,6 @@ REDIS_URL = redis_url(15)
 LIMITS = {"light": 1000, "medium": 1000, "heavy": 1000}
 SETTINGS = Settings(ZOOM_DAILY_CREATE_LIMIT=2, ZOOM_RATE_LIMITS="light=1000,medium=1000,heavy=1000")
 HOST = "host@example.com"
-
-
-class CountingRedis(redis.Redis):
-    """A client that counts its round trips: each command, and each pipeline as one."""
-
-    round_trips = 0
-
-    def execute_command(self, *args: Any, **options: Any) -> Any:
-        self.round_trips += 1
-        return super().execute_command(*args, **options)
-
-    def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Any:
-        pipe = super().pipeline(transaction, shard_hint)
-        execute = pipe.execute
-
-        def counted(raise_on_error: bool = True) -> Any:
-            self.round_trips += 1
-            return execute(raise_on_error)
-
-        pipe.execute = counted  # type: ignore[method-assign]
-        return pipe
 
 
 @pytest.fixture

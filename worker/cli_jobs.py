@@ -22,6 +22,21 @@ from worker.cli_credentials import show_text as _text
 STATUSES = (models.QUEUED, models.RUNNING, models.RETRYING, models.WAITING, *models.FINAL_STATUSES)
 
 
+# The options every job command takes.
+priority_option = click.option(
+    "--priority",
+    type=click.Choice(priorities.PRIORITIES),
+    default=priorities.NORMAL,
+    show_default=True,
+    help="Which queue the job waits in (high for a person waiting, bulk for a backfill).",
+)
+account_option = click.option(
+    "--account",
+    help="The credential the job runs under (zoom-worker credentials list); default: the "
+    "environment's.",
+)
+
+
 @click.command()
 @click.argument("user_id")
 @click.option("--topic", help="The meeting's topic (at most 200 characters).")
@@ -35,18 +50,8 @@ STATUSES = (models.QUEUED, models.RUNNING, models.RETRYING, models.WAITING, *mod
     help="A JSON file with Zoom's create-meeting body; the options above override it.",
 )
 @click.option("--idempotency-key", help="The same key always returns the same job.")
-@click.option(
-    "--priority",
-    type=click.Choice(priorities.PRIORITIES),
-    default=priorities.NORMAL,
-    show_default=True,
-    help="Which queue the job waits in (high for a person waiting, bulk for a backfill).",
-)
-@click.option(
-    "--account",
-    help="The credential the job runs under (zoom-worker credentials list); default: the "
-    "environment's.",
-)
+@priority_option
+@account_option
 def create(
     user_id: str,
     body: Path | None,
@@ -79,18 +84,8 @@ def create(
 )
 @click.option("--occurrence-id", help="Delete one occurrence of a recurring meeting.")
 @click.option("--idempotency-key", help="The same key always returns the same job.")
-@click.option(
-    "--priority",
-    type=click.Choice(priorities.PRIORITIES),
-    default=priorities.NORMAL,
-    show_default=True,
-    help="Which queue the job waits in (high for a person waiting, bulk for a backfill).",
-)
-@click.option(
-    "--account",
-    help="The credential the job runs under (zoom-worker credentials list); default: the "
-    "environment's.",
-)
+@priority_option
+@account_option
 def delete(
     meeting_id: int | None,
     create_job: str | None,
@@ -125,18 +120,8 @@ def delete(
 )
 @click.option("--occurrence", "occurrence_id", help="Update one occurrence of a series.")
 @click.option("--idempotency-key", help="The same key always returns the same job.")
-@click.option(
-    "--priority",
-    type=click.Choice(priorities.PRIORITIES),
-    default=priorities.NORMAL,
-    show_default=True,
-    help="Which queue the job waits in (high for a person waiting, bulk for a backfill).",
-)
-@click.option(
-    "--account",
-    help="The credential the job runs under (zoom-worker credentials list); default: the "
-    "environment's.",
-)
+@priority_option
+@account_option
 def update_command(
     meeting_id: int,
     assignments: tuple[str, ...],
