@@ -4,14 +4,14 @@ rate governor (one per Zoom account), the cleanup asking Zoom through the meetin
 
 from __future__ import annotations
 
-import asyncio
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from job_parts import run_async, run_job
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import delete, func, select, update
@@ -39,7 +39,6 @@ from worker.models import Job as JobRow
 from worker.models import Meeting as MeetingRow
 from worker.simulator import SimulatorClient
 
-T = TypeVar("T")
 KEY = "test-encryption-key-0123456789abcdef"
 HOST = "host@example.com"
 BODY = {"topic": "Standup", "type": 2, "start_time": "2030-01-01T10:00:00Z", "duration": 30}
@@ -86,15 +85,6 @@ def runtime(registered: dict[str, str]) -> Iterator[meetings.Runtime]:
     for account in built.accounts.built() if built.accounts else []:
         account.client.close()
         account.store.close()
-
-
-def _run(runtime: meetings.Runtime, job_id: uuid.UUID) -> jobs.Job:
-    claim = runtime.ledger.claim(job_id)
-    assert claim is not None, f"job {job_id} could not be claimed"
-    meetings.run(claim, runtime)
-    job = jobs.get_job(job_id)
-    assert job is not None
-    return job
 
 
 def _count(model: Any) -> int:
@@ -186,7 +176,7 @@ def test_idempotency_key__same_key_another_body_in_one_account__conflict(
 def test_create__runs_with_its_own_credential__meeting_recorded_under_it(
     runtime: meetings.Runtime, sim_client: SimulatorClient
 ) -> None:
-    job = _run(runtime, jobs.create_meeting(HOST, BODY, account="acme"))
+    job = run_job(runtime, jobs.create_meeting(HOST, BODY, account="acme"))
 
     assert job.status == "succeeded", job.error
     assert job.account == "acme"
@@ -202,7 +192,7 @@ def test_create__runs_with_its_own_credential__meeting_recorded_under_it(
 def test_delete__through_another_account__refused_then_through_its_own__deleted(
     runtime: meetings.Runtime, sim_client: SimulatorClient
 ) -> None:
-    created = _run(runtime, jobs.create_meeting(HOST, BODY, account="acme"))
+    created = run_job(runtime, jobs.create_meeting(HOST, BODY, account="acme"))
     assert created.meeting_id is not None
 
     for other in (None, "beta", "acme-eu"):
@@ -214,7 +204,7 @@ def test_delete__through_another_account__refused_then_through_its_own__deleted(
     with pytest.raises(errors.InvalidMeeting):
         jobs.update_meeting(created.meeting_id, {"topic": "Moved"}, account="beta")
     assert _count(JobRow) == 1
-    deleted = _run(runtime, jobs.delete_meeting(created.meeting_id, account="acme"))
+    deleted = run_job(runtime, jobs.delete_meeting(created.meeting_id, account="acme"))
 
     assert deleted.status == "succeeded", deleted.error
     assert sim_client.stats()["meetings_deleted"] == 1
@@ -223,7 +213,7 @@ def test_delete__through_another_account__refused_then_through_its_own__deleted(
 def test_task_by_name__delete_through_another_account__recorded_rejected(
     runtime: meetings.Runtime,
 ) -> None:
-    created = _run(runtime, jobs.create_meeting(HOST, BODY, account="acme"))
+    created = run_job(runtime, jobs.create_meeting(HOST, BODY, account="acme"))
     kwargs = {"meeting_id": created.meeting_id, "account": "beta"}
 
     job = jobs.get_job(jobs.record_received(jobs.DELETE, kwargs, str(uuid.uuid4())))
@@ -239,7 +229,7 @@ def test_cleanup__stale_meetings__each_deleted_through_its_own_credential(
     sim_client.advance_clock(-3 * 3600)
     try:
         for name in ("acme", "beta"):
-            job = _run(
+            job = run_job(
                 runtime, jobs.create_meeting(HOST, {"topic": name, "duration": 30}, account=name)
             )
             assert job.status == "succeeded", job.error
@@ -419,21 +409,11 @@ def test_prune__same_key_in_two_accounts__only_the_expired_accounts_key_pruned(
 # -- the asyncio twins -----------------------------------------------------------------------
 
 
-def _run_async(work: Callable[[], Awaitable[T]]) -> T:
-    async def main() -> T:
-        try:
-            return await work()
-        finally:
-            await aio.dispose()
-
-    return asyncio.run(main())
-
-
 def test_aio__account_named__recorded_under_it_unknown_refused(registered: dict[str, str]) -> None:
-    job_id = _run_async(lambda: aio.create_meeting(HOST, BODY, "k-1", account="acme"))
-    again = _run_async(lambda: aio.create_meeting(HOST, BODY, "k-1", account="beta"))
+    job_id = run_async(lambda: aio.create_meeting(HOST, BODY, "k-1", account="acme"))
+    again = run_async(lambda: aio.create_meeting(HOST, BODY, "k-1", account="beta"))
     with pytest.raises(errors.AccountRefused):
-        _run_async(lambda: aio.create_meetings([{"user_id": HOST, "meeting": BODY}], account="x"))
+        run_async(lambda: aio.create_meetings([{"user_id": HOST, "meeting": BODY}], account="x"))
 
     job = jobs.get_job(job_id)
     assert job is not None and job.account == "acme" and again != job_id

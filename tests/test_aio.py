@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import redis
 from conftest import JOB_QUEUE, WorkerProcess
+from job_parts import run_async as run
 from sqlalchemy import func, select
 
 from worker import aio, db, errors, jobs, outbox
@@ -20,19 +20,6 @@ from worker.simulator import SimulatorClient
 pytestmark = pytest.mark.usefixtures("env")
 
 BODY = {"topic": "Standup", "type": 2, "start_time": "2026-12-01T10:00:00Z", "duration": 30}
-T = TypeVar("T")
-
-
-def run(work: Callable[[], Awaitable[T]]) -> T:
-    """Run ``work`` on a fresh event loop, closing the loop's connections after it."""
-
-    async def main() -> T:
-        try:
-            return await work()
-        finally:
-            await aio.dispose()
-
-    return asyncio.run(main())
 
 
 def _count(model: Any) -> int:

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 from conftest import WorkerProcess, wait_for
+from job_parts import run_job
 from sqlalchemy import func, select
 
 from worker import celery_app, db, errors, jobs, meetings, models, webhook_events
@@ -44,17 +45,8 @@ def runtime(env: dict[str, str]) -> Iterator[meetings.Runtime]:
     built.store.close()
 
 
-def _run(runtime: meetings.Runtime, job_id: uuid.UUID) -> jobs.Job:
-    claim = runtime.ledger.claim(job_id)
-    assert claim is not None, f"job {job_id} could not be claimed"
-    meetings.run(claim, runtime)
-    job = jobs.get_job(job_id)
-    assert job is not None
-    return job
-
-
 def _created(runtime: meetings.Runtime, body: dict[str, Any] | None = None) -> int:
-    job = _run(runtime, jobs.create_meeting(HOST, body or BODY))
+    job = run_job(runtime, jobs.create_meeting(HOST, body or BODY))
     assert job.status == "succeeded" and job.meeting_id is not None, job.error
     return job.meeting_id
 
@@ -122,7 +114,7 @@ def test_update__reschedule__zoom_changed_and_cleanup_date_moves(
     before = _meeting_row(meeting_id).scheduled_end
     later = FUTURE + timedelta(days=2)
 
-    job = _run(
+    job = run_job(
         runtime, jobs.update_meeting(meeting_id, {"start_time": _stamp(later), "duration": 45})
     )
 
@@ -143,8 +135,8 @@ def test_update__newer_update_waits_for_older__claims_nothing_spends_no_attempt(
     second = jobs.update_meeting(meeting_id, {"topic": "Second"})
 
     assert runtime.ledger.claim(second) is None, "the older update has not ended"
-    _run(runtime, first)
-    job = _run(runtime, second)
+    run_job(runtime, first)
+    job = run_job(runtime, second)
 
     assert job.status == "succeeded" and job.attempts == 1
     assert _meeting_row(meeting_id).topic == "Second"
@@ -158,7 +150,7 @@ def _two_updates_first_failed(
     first = jobs.update_meeting(meeting_id, {"topic": "First"})
     second = jobs.update_meeting(meeting_id, {"topic": "Second"})
     sim_client.configure(missing_scopes=True)
-    assert _run(runtime, first).status == "failed"
+    assert run_job(runtime, first).status == "failed"
     sim_client.configure(missing_scopes=False)
     return meeting_id, first, second
 
@@ -168,7 +160,7 @@ def test_update__older_update_failed__next_one_goes(
 ) -> None:
     _, _, second = _two_updates_first_failed(runtime, sim_client)
 
-    assert _run(runtime, second).status == "succeeded"
+    assert run_job(runtime, second).status == "succeeded"
 
 
 def test_update__meeting_cap__held_not_failed(
@@ -183,7 +175,7 @@ def test_update__meeting_cap__held_not_failed(
     meeting_id = _created(limited)
     ids = [jobs.update_meeting(meeting_id, {"topic": f"Topic {n}"}) for n in range(3)]
 
-    done = [_run(limited, job_id) for job_id in ids]
+    done = [run_job(limited, job_id) for job_id in ids]
 
     assert [j.status for j in done] == ["succeeded", "succeeded", "waiting"]
     assert done[2].attempts == 0 and "24 hours" in (done[2].error or "")
@@ -198,10 +190,10 @@ def test_update__zoom_meeting_cap_429__held_and_the_host_not_blocked(
     meeting_id = _created(runtime)
     other = _created(runtime)
     runtime = dataclasses.replace(runtime, gate=meetings.OpenGate())  # Zoom's answer decides
-    assert _run(runtime, jobs.update_meeting(meeting_id, {"topic": "One"})).status == "succeeded"
+    assert run_job(runtime, jobs.update_meeting(meeting_id, {"topic": "One"})).status == "succeeded"
 
-    held = _run(runtime, jobs.update_meeting(meeting_id, {"topic": "Two"}))
-    elsewhere = _run(runtime, jobs.update_meeting(other, {"topic": "Other"}))
+    held = run_job(runtime, jobs.update_meeting(meeting_id, {"topic": "Two"}))
+    elsewhere = run_job(runtime, jobs.update_meeting(other, {"topic": "Other"}))
 
     assert held.status == "waiting" and held.attempts == 0, held.error
     assert elsewhere.status == "succeeded", "one meeting's cap holds only that meeting"
@@ -213,7 +205,7 @@ def test_webhook__our_own_older_update_notice__does_not_undo_a_newer_update(
     meeting_id = _created(runtime)
     sent_at = int(datetime.now(UTC).timestamp() * 1000) - 1
     later = FUTURE + timedelta(days=3)
-    _run(runtime, jobs.update_meeting(meeting_id, {"start_time": _stamp(later)}))
+    run_job(runtime, jobs.update_meeting(meeting_id, {"start_time": _stamp(later)}))
     # Zoom's notice of an earlier PATCH (event_ts before our update) arrives only now.
     old = {
         "event": "meeting.updated",
@@ -367,7 +359,7 @@ def test_update_sent_by_name__recorded_in_turn_or_failed_naming_the_field(
     rejected = jobs.get_job(jobs.record_received(jobs.UPDATE, bad, "task-2"))
 
     assert again == recorded
-    assert _run(runtime, recorded).status == "succeeded"
+    assert run_job(runtime, recorded).status == "succeeded"
     assert (
         rejected is not None and rejected.status == "failed" and "topik" in (rejected.error or "")
     )
@@ -381,8 +373,8 @@ def test_update_retried__goes_after_the_updates_enqueued_since(
     assert jobs.retry_job(first).status == "queued"
 
     assert runtime.ledger.claim(first) is None, "the second update was enqueued before the retry"
-    assert _run(runtime, second).status == "succeeded"
-    assert _run(runtime, first).status == "succeeded"
+    assert run_job(runtime, second).status == "succeeded"
+    assert run_job(runtime, first).status == "succeeded"
     assert _meeting_row(meeting_id).topic == "First"
 
 
@@ -394,4 +386,4 @@ def test_update_cancelled__the_next_one_goes(runtime: meetings.Runtime) -> None:
 
     assert jobs.cancel_job(first).status == "cancelled"
 
-    assert _run(runtime, second).status == "succeeded"
+    assert run_job(runtime, second).status == "succeeded"
