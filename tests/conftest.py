@@ -269,6 +269,19 @@ def env(
     celery_app.drop_broker_connections()  # they may lead to a vhost about to be deleted
 
 
+# What storing a secret in the credentials registry requires (TOKEN_ENCRYPTION_KEY).
+ENCRYPTION_KEY = "test-encryption-key-0123456789abcdef"
+
+
+@pytest.fixture
+def keyed(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The test's settings with an encryption key (what storing a secret requires), also
+    for worker processes (``start_worker(**keyed)``)."""
+    monkeypatch.setenv("TOKEN_ENCRYPTION_KEY", ENCRYPTION_KEY)
+    get_settings.cache_clear()
+    return {**env, "TOKEN_ENCRYPTION_KEY": ENCRYPTION_KEY}
+
+
 def _point_app_at_broker() -> None:
     """Celery reads its settings once per process: give it this test's broker."""
     celery_app.point_at_broker(get_settings())

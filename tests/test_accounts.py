@@ -39,19 +39,10 @@ from worker.models import Job as JobRow
 from worker.models import Meeting as MeetingRow
 from worker.simulator import SimulatorClient
 
-KEY = "test-encryption-key-0123456789abcdef"
 HOST = "host@example.com"
 BODY = {"topic": "Standup", "type": 2, "start_time": "2030-01-01T10:00:00Z", "duration": 30}
 ACME = {"account_id": "acme-acc", "client_secret": "acme-secret"}
 BETA = {"account_id": "beta-acc", "client_secret": "beta-secret"}
-
-
-@pytest.fixture
-def keyed(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    """The test's settings with an encryption key (what storing a secret requires)."""
-    monkeypatch.setenv("TOKEN_ENCRYPTION_KEY", KEY)
-    get_settings.cache_clear()
-    return {**env, "TOKEN_ENCRYPTION_KEY": KEY}
 
 
 @pytest.fixture

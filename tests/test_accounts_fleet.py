@@ -11,12 +11,10 @@ import pytest
 from conftest import WorkerProcess, wait_for
 
 from worker import credentials, jobs
-from worker.config import get_settings
 from worker.simulator import SimulatorClient
 
 pytestmark = [pytest.mark.fleet]
 
-KEY = "test-encryption-key-0123456789abcdef"
 NAMES = ("alpha", "bravo", "charlie")
 
 
@@ -26,14 +24,6 @@ def _body(n: int) -> dict[str, Any]:
 
 def _client(name: str, secret: str | None = None) -> dict[str, str]:
     return {"account_id": f"{name}-acc", "client_secret": secret or f"{name}-secret"}
-
-
-@pytest.fixture
-def keyed(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    """What the workers and this process need to read registered credentials."""
-    monkeypatch.setenv("TOKEN_ENCRYPTION_KEY", KEY)
-    get_settings.cache_clear()
-    return {"TOKEN_ENCRYPTION_KEY": KEY}
 
 
 def _register(name: str, rate_limits: str | None = None) -> None:
@@ -172,7 +162,7 @@ def test_accounts__no_environment_credential__registered_jobs_run_default_jobs_w
     unset = dict.fromkeys(
         ("ZOOM_ACCOUNT_ID", "ZOOM_CLIENT_ID", "ZOOM_CLIENT_SECRET", "ZOOM_CLIENT_SECRET_FILE"), ""
     )
-    worker = start_worker(concurrency=2, **keyed, **unset)
+    worker = start_worker(concurrency=2, **{**keyed, **unset})
     ids = _enqueue("alpha", 0, 5)
     stray = jobs.create_meeting("host@example.com", _body(99))  # account left out by mistake
 

@@ -5,23 +5,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 from click.testing import CliRunner, Result
+from conftest import ENCRYPTION_KEY
 
 from worker.cli import cli
-from worker.config import get_settings
 from worker.simulator import SimulatorClient
 
-KEY = "cli-test-encryption-key-0123456789"
 SECRET, NEW_SECRET = "acme-secret-1f2e3d", "acme-secret-rotated-9a8b"
 APP_SECRET, WEBHOOK_TOKEN = "app-secret-77aa", "webhook-token-55cc"
-
-
-@pytest.fixture
-def keyed(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    monkeypatch.setenv("TOKEN_ENCRYPTION_KEY", KEY)
-    get_settings.cache_clear()
-    return env
 
 
 def _fields(output: str) -> dict[str, str]:
@@ -64,7 +55,7 @@ def test_credentials_cli__add_list_show_rotate_disable_remove__no_secret_printed
     assert _fields(disabled)["status"] == "disabled"
     assert "no credential is named 'acme'" in results[-1].output
     everything = "".join(r.output for r in results)
-    for secret in (SECRET, NEW_SECRET, KEY):
+    for secret in (SECRET, NEW_SECRET, ENCRYPTION_KEY):
         assert secret not in everything
 
 
@@ -131,5 +122,5 @@ def test_apps_cli__add_then_user_by_code__no_secret_or_token_printed(
     assert added["kind"] == "user" and added["app"] == "general" and added["status"] == "active"
     assert "alice (user)" in results[3].output
     everything = "".join(r.output for r in results)
-    for secret in (APP_SECRET, WEBHOOK_TOKEN, code, KEY):
+    for secret in (APP_SECRET, WEBHOOK_TOKEN, code, ENCRYPTION_KEY):
         assert secret not in everything

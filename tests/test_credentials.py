@@ -19,18 +19,9 @@ from worker.config import get_settings
 from worker.models import App, Credential, TokenRequest
 from worker.simulator import RunningSimulator, SimulatorClient
 
-KEY = "test-encryption-key-0123456789abcdef"
 APP_CLIENT, APP_SECRET = "general-client", "general-secret-value"
 REDIRECT = "https://app.example.com/zoom/callback"
 pytestmark = pytest.mark.usefixtures("env")
-
-
-@pytest.fixture
-def keyed(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    """The test's settings with an encryption key (what storing a secret requires)."""
-    monkeypatch.setenv("TOKEN_ENCRYPTION_KEY", KEY)
-    get_settings.cache_clear()
-    return {**env, "TOKEN_ENCRYPTION_KEY": KEY}
 
 
 @pytest.fixture
