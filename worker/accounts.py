@@ -111,10 +111,6 @@ class Accounts:
         self._gates: dict[str, gate.Gate] = {default_namespace: default.gate}
         self._lock = threading.Lock()
 
-    @property
-    def default(self) -> Account:
-        return self._accounts[DEFAULT_CREDENTIAL]
-
     def get(self, name: str) -> Account:
         """The credential's Account; InvalidCredential (field ``account``) when it is not
         registered (removed after its jobs were enqueued)."""

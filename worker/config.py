@@ -291,15 +291,24 @@ class Settings(BaseSettings):
     @property
     def has_credentials(self) -> bool:
         """True when an account id, a client id and a secret (or its file) are all set."""
-        secret = self.ZOOM_CLIENT_SECRET is not None or self.ZOOM_CLIENT_SECRET_FILE is not None
-        return bool(self.ZOOM_ACCOUNT_ID and self.ZOOM_CLIENT_ID and secret)
+        return bool(self.ZOOM_ACCOUNT_ID and self.ZOOM_CLIENT_ID and self._has_secret)
+
+    @property
+    def names_no_credential(self) -> bool:
+        """True when none of the environment's credential is set (a fleet that serves
+        registered credentials only); a half-set one is a mistake require_credentials names."""
+        return not (self.ZOOM_ACCOUNT_ID or self.ZOOM_CLIENT_ID or self._has_secret)
+
+    @property
+    def _has_secret(self) -> bool:
+        return self.ZOOM_CLIENT_SECRET is not None or self.ZOOM_CLIENT_SECRET_FILE is not None
 
     def require_credentials(self) -> tuple[str, str]:
         """The account id and client id, or a ConfigurationError naming what is missing."""
         for name in ("ZOOM_ACCOUNT_ID", "ZOOM_CLIENT_ID"):
             if not getattr(self, name):
                 raise errors.ConfigurationError(name, "is not set")
-        if self.ZOOM_CLIENT_SECRET is None and self.ZOOM_CLIENT_SECRET_FILE is None:
+        if not self._has_secret:
             raise errors.ConfigurationError(
                 "ZOOM_CLIENT_SECRET", "is not set (nor ZOOM_CLIENT_SECRET_FILE)"
             )

@@ -63,8 +63,7 @@ def _check_settings(**_: Any) -> None:
     """Refuse to start a worker whose settings are invalid, naming the variable. A fleet
     that serves registered credentials only may leave the environment's unset, all of it."""
     settings = get_settings()
-    secret = settings.ZOOM_CLIENT_SECRET is not None or settings.ZOOM_CLIENT_SECRET_FILE is not None
-    if not (settings.ZOOM_ACCOUNT_ID or settings.ZOOM_CLIENT_ID or secret):
+    if settings.names_no_credential:
         log.warning(
             "worker.no_environment_credential jobs run with registered credentials only "
             "(zoom-worker credentials add); a job of 'default' waits with the configuration error"
