@@ -18,7 +18,10 @@ from worker.simulator import SimulatorClient
 pytestmark = [pytest.mark.fleet, pytest.mark.usefixtures("env")]
 
 CAP = {"light": 10, "medium": 10, "heavy": 10}
-CAP_ENV = {"ZOOM_RATE_LIMITS": "light=10,medium=10,heavy=10"}
+# A test machine runs other suites beside this one, so a call reaches the simulator up to a
+# few hundred milliseconds after its permit: pace for that spread (bench/ measures the
+# default's on a quiet machine). CI once saw 6 of 206 calls answered 429 at the default 0.04.
+CAP_ENV = {"ZOOM_RATE_LIMITS": "light=10,medium=10,heavy=10", "RATE_ARRIVAL_SPREAD_S": "0.2"}
 
 
 def _body(n: int) -> dict[str, Any]:
@@ -47,7 +50,7 @@ def test_governor__200_creates_at_10_per_second__few_429s(
     stats = sim_client.stats()
     share_429 = stats["api_429"] / stats["api_calls"]
     print(
-        f"\n200 creates at 10/s: {elapsed:.1f}s (ideal 20s), {stats['api_429']} 429s of "
+        f"\n200 creates at 10/s: {elapsed:.1f}s (ideal 24s at a spread of 0.2 s), {stats['api_429']} 429s of "
         f"{stats['api_calls']} calls ({share_429:.1%}), max/s {stats['max_calls_per_second']}"
     )
     assert stats["meetings_created"] == 200
