@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
+import psycopg
 from celery import Celery
 from rich.console import Console
 
@@ -32,9 +33,10 @@ POLL_S = 0.01
 
 @contextmanager
 def fleet(
-    fleet: harness.Fleet, sim: simulator.RunningSimulator, out: Console
+    fleet: harness.Fleet, sim: simulator.RunningSimulator, out: Console, *, floor: bool = False
 ) -> Iterator[list[ManagedProcess]]:
-    """Start ``fleet`` bare workers against ``sim``; stop them all after."""
+    """Start ``fleet`` bare workers against ``sim`` (with the ledger's floor: ``floor``);
+    stop them all after."""
     config = sim.simulator.config
     env = {
         **os.environ,
@@ -47,6 +49,9 @@ def fleet(
         "BARE_CLIENT_ID": config.client_id,
         "BARE_CLIENT_SECRET": config.client_secret,
     }
+    if floor:
+        env["BARE_FLOOR_DATABASE_URL"] = make_floor_table()
+        env["BARE_FLOOR_REDIS_URL"] = harness.GOVERNOR_URL
     processes: list[ManagedProcess] = []
     with tempfile.TemporaryDirectory(prefix="zoom-worker-bare-") as tmp:
         try:
@@ -72,6 +77,25 @@ def fleet(
             yield processes
         finally:
             stop_processes(processes)
+
+
+def make_floor_table() -> str:
+    """Make the floor's table, empty, in the benchmark's database; its psycopg URL."""
+    url = harness.plain_url(harness.DATABASE_URL)
+    with psycopg.connect(harness.PG_ADMIN, autocommit=True, connect_timeout=10) as admin:
+        exists = admin.execute(
+            "SELECT 1 FROM pg_database WHERE datname = %s", (harness.BENCH_DB,)
+        ).fetchone()
+        if exists is None:
+            admin.execute(f'CREATE DATABASE "{harness.BENCH_DB}"')
+    with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
+        conn.execute(f"DROP TABLE IF EXISTS {bare_app.FLOOR_TABLE}")
+        conn.execute(
+            f"CREATE TABLE {bare_app.FLOOR_TABLE} (id uuid PRIMARY KEY, status text NOT NULL, "
+            "lease_expires_at timestamptz, maybe_sent boolean NOT NULL DEFAULT false, "
+            "meeting_id bigint, finished_at timestamptz)"
+        )
+    return url
 
 
 def _wait_ready(processes: list[ManagedProcess]) -> None:

@@ -154,7 +154,7 @@ def _reset_database() -> None:
 def _empty(broker_url: str) -> None:
     with redis.Redis.from_url(broker_url, socket_connect_timeout=5) as client:
         client.flushdb()
-    with psycopg.connect(harness._plain(DATABASE_URL), autocommit=True) as conn:
+    with psycopg.connect(harness.plain_url(DATABASE_URL), autocommit=True) as conn:
         conn.execute("TRUNCATE jobs, idempotency_keys CASCADE")
 
 

@@ -175,7 +175,7 @@ class Service:
     def _query(self, statement: str, parameters: tuple[Any, ...]) -> list[tuple[Any, ...]]:
         # Autocommit: each statement is exactly one transaction, counted in own_statements.
         if self._conn is None:
-            self._conn = psycopg.connect(_plain(DATABASE_URL), autocommit=True)
+            self._conn = psycopg.connect(plain_url(DATABASE_URL), autocommit=True)
         self.own_statements += 1
         return self._conn.execute(statement, parameters).fetchall()
 
@@ -354,5 +354,6 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
-def _plain(url: str) -> str:
+def plain_url(url: str) -> str:
+    """``url`` as libpq takes it (no SQLAlchemy driver name)."""
     return url.replace("postgresql+psycopg://", "postgresql://")

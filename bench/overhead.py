@@ -1,11 +1,17 @@
 """Overhead: what the pipeline costs per job against a bare Celery task, side by side.
 
-The same ``--jobs`` creates (600) run three times, one side after the other, on the same
+The same ``--jobs`` creates (600) run four times, one side after the other, on the same
 machine and the same fleet shape (``--workers`` x ``--concurrency``: 2 x 8), Zoom (the
 simulator, served from this process) answering at once and every rate limit lifted:
 
 - **bare**: :mod:`bench.bare_app`, a minimal Celery app (``acks_late``, prefetch 1, no task
   events, a token per pool process, one httpx POST per task): what a team would otherwise run.
+- **bare + ledger floor**: the same bare task with the least the pipeline's promises need and
+  nothing else (:mod:`bench.bare_app`): three durable PostgreSQL statements per create on a
+  kept connection (claim, fence, outcome) and three single-command Redis round trips (permit,
+  pacing, counters). The bare task against the floor is what durability and a fleet-wide
+  governor cost on this machine at the least; the floor against the pipeline is the
+  pipeline's own code.
 - **pipeline, events off**: :func:`worker.jobs.create_meeting` (ledger row, then broker
   message), then claim, governor permit, token, fence, call, outcome; ``CELERY_TASK_EVENTS=false``.
 - **pipeline, events on**: the same with Flower's task events (the default).
@@ -64,7 +70,8 @@ TIMEOUT_S = 300.0
 STATS_FLUSH_S = 10.5
 # Jobs per pool process before the measured ones: each process's statements prepared.
 WARMUP_PER_PROCESS = 8
-SIDES = ("pipeline, events on", "pipeline, events off", "bare Celery")
+FLOOR = "bare + ledger floor"
+SIDES = ("pipeline, events on", "pipeline, events off", FLOOR, "bare Celery")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -92,11 +99,14 @@ def run(args: argparse.Namespace, out: Console) -> dict[str, Any]:
         load[side] = harness.machine()["load_avg_1m"]
         if side == "bare Celery":
             sides[side] = _bare(args, fleet, warmup, out)
+        elif side == FLOOR:
+            sides[side] = _bare(args, fleet, warmup, out, floor=True)
         else:
             sides[side] = _pipeline(args, fleet, warmup, out, events=side.endswith("on"))
     base = sides["bare Celery"]
     for measured in sides.values():
         measured["share_of_bare"] = _ratio(measured["jobs_per_s"], base["jobs_per_s"])
+        measured["share_of_floor"] = _ratio(measured["jobs_per_s"], sides[FLOOR]["jobs_per_s"])
         measured["rss_ratio"] = _ratio(measured["pool_rss_max_mb"], base["pool_rss_max_mb"])
     costs = enqueue.producer_costs(args.enqueue_jobs, out)
     return {
@@ -128,6 +138,7 @@ def _rows(
     return [
         row("jobs per second", "{:.1f}", "jobs_per_s", f">= {TARGET_SHARE * bare_rate:.1f}"),
         row("share of the bare task's", "{:.0%}", "share_of_bare", f">= {TARGET_SHARE:.0%}"),
+        row("share of the ledger floor's", "{:.0%}", "share_of_floor"),
         row("PostgreSQL transactions per job", "{:.2f}", "xacts_per_job"),
         row("  of which the workers'", "{:.2f}", "worker_xacts_per_job", "<= 3"),
         row("  of which the producer's", "{:.2f}", "producer_xacts_per_job"),
@@ -148,10 +159,12 @@ def _rows(
             "-",
             "-",
             "-",
+            "-",
         ],
         [
             f"{args.enqueue_jobs} creates: single calls / one bulk call",
             f"{costs['single_s']:.2f} / {costs['bulk_s']:.3f} s",
+            "-",
             "-",
             "-",
             "-",
@@ -243,17 +256,28 @@ def _rss(pools: list[int]) -> dict[str, Any]:
 
 
 def _bare(
-    args: argparse.Namespace, fleet: harness.Fleet, warmup: int, out: Console
+    args: argparse.Namespace,
+    fleet: harness.Fleet,
+    warmup: int,
+    out: Console,
+    *,
+    floor: bool = False,
 ) -> dict[str, Any]:
+    """The bare task's side, or with ``floor`` the ledger floor's (bench.bare_app)."""
     harness.reset_redis()
     config = simulator.SimulatorConfig(daily_create_limit=harness.DAILY_LIMIT)
-    with simulator.start_simulator(config) as sim, bare.fleet(fleet, sim, out) as processes:
+    with (
+        simulator.start_simulator(config) as sim,
+        bare.fleet(fleet, sim, out, floor=floor) as processes,
+    ):
         producer = bare.Producer(sim, processes)
         try:
             producer.enqueue(warmup, args.producers)
             producer.wait_created(warmup, TIMEOUT_S)
+            if floor:
+                time.sleep(STATS_FLUSH_S)  # as the pipeline's: the warm-up's counts land first
             mains, pools = bare.pool_pids(processes)
-            window = _Window(mains, pools, args.idle, pg=False)
+            window = _Window(mains, pools, args.idle, pg=floor)
             harness.pause(producer.app, fleet.workers)
             enqueue_s = producer.enqueue(args.jobs, args.producers)
             resumed = time.monotonic()
@@ -264,15 +288,17 @@ def _bare(
             created = producer.created() - warmup
         finally:
             producer.close()
+    xacts_after = probes.settled_xact_count() if floor else 0
+    costs = window.per_job(args.jobs, xacts_after=xacts_after)
     return {
         "jobs_per_s": created / span_s,
         "span_s": span_s,
         "enqueue_per_s": args.jobs / enqueue_s,
         "succeeded": created,
         "producer_xacts_per_job": 0.0,
-        "worker_xacts_per_job": 0.0,
+        "worker_xacts_per_job": costs["xacts_per_job"],
         "load_avg_1m": harness.machine()["load_avg_1m"],
-        **window.per_job(args.jobs),
+        **costs,
         **rss,
     }
 

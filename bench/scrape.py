@@ -87,7 +87,7 @@ def run(args: argparse.Namespace, out: Console) -> dict[str, Any]:
     sizes = sorted({min(SIZES[0], args.jobs), args.jobs})
     _reset_database()
     measured: list[dict[str, Any]] = []
-    with psycopg.connect(_plain(DATABASE_URL), autocommit=True) as conn:
+    with psycopg.connect(harness.plain_url(DATABASE_URL), autocommit=True) as conn:
         conn.execute(UNFINISHED_ROWS)
         loaded = BACKLOG
         for size in sizes:
@@ -214,7 +214,3 @@ def _result(measured: list[dict[str, Any]], repeat: int) -> dict[str, Any]:
 
 def _short(jobs: int) -> str:
     return f"{jobs / 1_000_000:g}M" if jobs >= 1_000_000 else f"{jobs / 1000:g}k"
-
-
-def _plain(url: str) -> str:
-    return url.replace("postgresql+psycopg://", "postgresql://")
