@@ -121,3 +121,23 @@ def test_held__another_thread_meanwhile__checks_out_its_own(work: ledger.Ledger)
 
     assert not thread.is_alive() and claims["second"] is not None
     assert work.claim(first) is not None
+
+
+def test_held__idle_ping__keeps_the_prepared_statements(
+    work: ledger.Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # psycopg prepares a statement on its fifth run on a connection; a ping that rolled back
+    # made it send DEALLOCATE ALL (a second transaction), so after every idle spell the hot
+    # path ran unprepared again.
+    for n in range(6):
+        _create(work, 85746065430 + n)
+    monkeypatch.setattr(db, "PING_AFTER_IDLE_S", 0.0)  # every use is pinged first
+
+    _create(work, 85746065440)
+
+    with work._held.connection() as (conn, held):
+        driver = conn.connection.driver_connection
+        assert held and isinstance(driver, psycopg.Connection)
+        row = driver.execute("SELECT count(*) FROM pg_prepared_statements").fetchone()
+        driver.commit()
+    assert row is not None and row[0] >= 3, "claim, fence and outcome stay prepared"

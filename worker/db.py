@@ -104,10 +104,18 @@ def _ping_if_idle(dbapi_connection: Any, record: ConnectionPoolEntry, proxy: Any
 
 
 def ping(dbapi_connection: Any) -> None:
-    """One ``SELECT 1`` on an idle psycopg connection; raises psycopg.Error when it is gone."""
-    with dbapi_connection.cursor() as cursor:
-        cursor.execute("SELECT 1")
-    dbapi_connection.rollback()
+    """One ``SELECT 1`` on an idle psycopg connection; raises psycopg.Error when it is gone.
+
+    In autocommit: in a transaction, its ``ROLLBACK`` would make psycopg send ``DEALLOCATE
+    ALL`` too (a rollback may undo statements prepared in it), a second transaction that
+    also drops the hot path's prepared statements."""
+    autocommit = dbapi_connection.autocommit
+    dbapi_connection.autocommit = True
+    try:
+        dbapi_connection.execute("SELECT 1")
+    finally:
+        if not dbapi_connection.closed:
+            dbapi_connection.autocommit = autocommit
 
 
 def _mark_used(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
