@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
 import sqlalchemy.exc
-from sqlalchemy import event
+from sqlalchemy import event, select, update
 
 from worker import celery_app, db, jobs, ledger, models
 from worker.config import get_settings
-from worker.outcomes import Succeeded
+from worker.outcomes import Failed, Hold, HoldReason, Outcome, Retry, Succeeded
 
 pytestmark = pytest.mark.usefixtures("env")
 
@@ -31,6 +34,45 @@ def _create(work: ledger.Ledger, meeting_id: int) -> uuid.UUID:
     work.fence(claim)
     assert work.record(claim, Succeeded(meeting_id, f"https://zoom.us/j/{meeting_id}"))
     return job_id
+
+
+class _Sent:
+    """What the engine's events saw: each statement, with whether it ran in autocommit (no
+    BEGIN or COMMIT of its own sent), and the transactions SQLAlchemy began."""
+
+    def __init__(self) -> None:
+        self.statements: list[tuple[str, bool]] = []
+        self.transactions = 0
+
+    def statement(
+        self, _conn: object, cursor: psycopg.Cursor[object], sql: str, *_: object
+    ) -> None:
+        self.statements.append((sql.split(None, 1)[0], cursor.connection.autocommit))
+
+    def begin(self, _conn: object) -> None:
+        self.transactions += 1
+
+
+@contextlib.contextmanager
+def _sent() -> Iterator[_Sent]:
+    sent = _Sent()
+    engine = db.get_engine(get_settings())
+    event.listen(engine, "before_cursor_execute", sent.statement)
+    event.listen(engine, "begin", sent.begin)
+    try:
+        yield sent
+    finally:
+        event.remove(engine, "before_cursor_execute", sent.statement)
+        event.remove(engine, "begin", sent.begin)
+
+
+def _recorded(work: ledger.Ledger, job_id: uuid.UUID, outcome: Outcome) -> _Sent:
+    """Claim the job, then record ``outcome``: what recording it sent."""
+    claim = work.claim(job_id)
+    assert claim is not None
+    with _sent() as sent:
+        assert work.record(claim, outcome)
+    return sent
 
 
 def _status(job_id: uuid.UUID) -> str:
@@ -141,3 +183,70 @@ def test_held__idle_ping__keeps_the_prepared_statements(
         row = driver.execute("SELECT count(*) FROM pg_prepared_statements").fetchone()
         driver.commit()
     assert row is not None and row[0] >= 3, "claim, fence and outcome stay prepared"
+
+
+def test_held__outcomes__each_one_autocommit_statement_no_transaction(
+    work: ledger.Ledger,
+) -> None:
+    soon = datetime.now(UTC) + timedelta(seconds=30)
+
+    def create() -> uuid.UUID:
+        return jobs.create_meeting("host@example.com", BODY)
+
+    def delete() -> uuid.UUID:
+        return jobs.delete_meeting(85746065440)  # after its create: a meeting made here
+
+    outcomes: list[tuple[Callable[[], uuid.UUID], Outcome]] = [
+        (create, Succeeded(85746065440, "https://zoom.us/j/85746065440")),
+        (delete, Succeeded(85746065440)),
+        (create, Failed("refused")),
+        (create, Retry(soon, "5xx", transient=True)),
+        (create, Hold(soon, HoldReason.RATE_LIMIT, "429")),
+        (create, Hold(soon, HoldReason.ZOOM_OUTAGE, "Zoom is failing")),
+    ]
+
+    for new_job, outcome in outcomes:
+        sent = _recorded(work, new_job(), outcome)
+
+        # One round trip: a transaction would add a BEGIN and a COMMIT to the statement.
+        assert len(sent.statements) == 1 and sent.statements[0][1], (outcome, sent.statements)
+        assert sent.transactions == 0, outcome
+    with db.sessions(get_settings())() as session:
+        meeting = session.get(models.Meeting, 85746065440)
+        assert meeting is not None and meeting.state == models.DELETED, "the delete marked it"
+        assert _status(meeting.job_id) == models.SUCCEEDED
+
+
+def test_held__outcome_with_on_done__notification_in_the_outcomes_transaction(
+    work: ledger.Ledger,
+) -> None:
+    job_id = jobs.create_meeting("host@example.com", BODY, on_done="app.tasks.done")
+
+    sent = _recorded(work, job_id, Succeeded(85746065450, "https://zoom.us/j/85746065450"))
+
+    assert sent.transactions == 1
+    with db.sessions(get_settings())() as session:
+        notified = session.scalars(
+            select(models.OutboxMessage.task).where(models.OutboxMessage.job_id == job_id)
+        ).all()
+    assert notified == ["app.tasks.done"]
+    assert _status(job_id) == models.SUCCEEDED
+
+
+def test_held__delete_after_claim_lost__meeting_still_marked_deleted(
+    work: ledger.Ledger,
+) -> None:
+    _create(work, 85746065460)
+    claim = work.claim(jobs.delete_meeting(85746065460))
+    assert claim is not None
+    with db.sessions(get_settings())() as session, session.begin():
+        session.execute(
+            update(models.Job).where(models.Job.id == claim.job_id).values(claim_token=None)
+        )
+
+    assert work.record(claim, Succeeded(85746065460)) is False
+
+    assert _status(claim.job_id) == models.RUNNING, "nothing recorded for the job"
+    with db.sessions(get_settings())() as session:
+        meeting = session.get(models.Meeting, 85746065460)
+        assert meeting is not None and meeting.state == models.DELETED, "Zoom's is gone"

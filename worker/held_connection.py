@@ -1,16 +1,17 @@
 """The ledger's hot path on one connection a worker process keeps: claim, fence, outcome.
 
-A job's claim and fence are one autocommit statement each and its outcome one transaction
-(:mod:`worker.ledger`). Checking a connection out of SQLAlchemy's pool for each of them,
-switching it to autocommit and back, and compiling the statement's cache key cost more CPU
-than the statements themselves. So each process keeps one pooled connection checked out
-(:class:`HeldConnection`):
+A job's claim, fence and outcome are one autocommit statement each (:mod:`worker.ledger`).
+Checking a connection out of SQLAlchemy's pool for each of them, switching it to autocommit
+and back, and compiling the statement's cache key cost more CPU than the statements
+themselves. So each process keeps one pooled connection checked out (:class:`HeldConnection`):
 
-- the claim and the fence run on its psycopg connection directly, in autocommit, as SQL
-  compiled once (:class:`RawStatement`: the same SQL and parameters SQLAlchemy would send,
-  so psycopg prepares it on the server after a few runs, as before; the engine's
-  ``before_cursor_execute`` and ``after_cursor_execute`` listeners still see it);
-- the outcome runs in a transaction on the same SQLAlchemy connection.
+- the claim, the fence and the common outcomes run on its psycopg connection directly, in
+  autocommit, as SQL compiled once (:class:`RawStatement`: the same SQL and parameters
+  SQLAlchemy would send, so psycopg prepares it on the server after a few runs, as before;
+  the engine's ``before_cursor_execute`` and ``after_cursor_execute`` listeners still see
+  it): one round trip each, where a transaction takes three (BEGIN, the statement, COMMIT);
+- the rest (an outcome with its ``on_done`` notification, an update's, a lost claim's
+  meeting) runs in a transaction on the same SQLAlchemy connection (:meth:`HeldConnection.begin`).
 
 One thread at a time uses it; another thread meanwhile checks out a pooled connection of its
 own, as every statement used to. A connection idle longer than ``db.PING_AFTER_IDLE_S`` is
@@ -25,10 +26,8 @@ import contextlib
 import os
 import threading
 import time
-import uuid
 import weakref
-from collections.abc import Iterator, Mapping
-from datetime import timedelta
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import psycopg
@@ -40,36 +39,40 @@ from sqlalchemy.sql.compiler import SQLCompiler
 
 from worker import db
 
-# Placeholder values the parameters of a hot statement are compiled with (their SQL does
-# not depend on them; each run passes its own).
-_SAMPLES: dict[str, Any] = {
-    "b_job_id": uuid.UUID(int=0),
-    "b_token": "",
-    "b_lease": timedelta(),
-}
-
 
 class RawStatement:
     """A Core statement compiled once for ``engine``'s dialect: its SQL text, and the
-    parameters its literals bound (merged with each run's own)."""
+    parameters its literals bound (merged with each run's own: one for each ``bindparam``
+    the statement names without a value), converted as SQLAlchemy would (psycopg adapts
+    every type these statements bind: only a Boolean's check runs in Python)."""
 
     def __init__(self, statement: ClauseElement, engine: Engine) -> None:
         compiled = statement.compile(dialect=engine.dialect)
         assert isinstance(compiled, SQLCompiler)
-        names = set(compiled.binds)
-        state = compiled.construct_expanded_state(
-            {name: value for name, value in _SAMPLES.items() if name in names}
-        )
-        if compiled._bind_processors or state.processors:
-            # psycopg adapts every type these statements bind; a dialect that would convert
-            # values in Python cannot run them raw.
-            raise ValueError("a hot statement binds a type that needs conversion")
+        # Compiled with a placeholder for each run's own (the SQL does not depend on them).
+        per_run = {name for name, bind in compiled.binds.items() if bind.required}
+        state = compiled.construct_expanded_state(dict.fromkeys(per_run))
+        if state.processors:
+            raise ValueError("a hot statement expands a parameter at each run")
+        processors: dict[str, Callable[[Any], Any]] = {}
+        for name, process in compiled._bind_processors.items():
+            if not callable(process):
+                raise ValueError("a hot statement binds a tuple")
+            processors[name] = process
         self.sql = state.statement
-        self.constants = {k: v for k, v in state.parameters.items() if k not in _SAMPLES}
+        self.constants = {
+            name: processors[name](value) if name in processors else value
+            for name, value in state.parameters.items()
+            if name not in per_run
+        }
+        self._processors = [(name, processors[name]) for name in per_run if name in processors]
 
     def parameters(self, values: Mapping[str, Any]) -> dict[str, Any]:
         """The parameters of one run with ``values``."""
-        return {**self.constants, **values}
+        parameters = {**self.constants, **values}
+        for name, process in self._processors:
+            parameters[name] = process(parameters[name])
+        return parameters
 
 
 class HeldConnection:

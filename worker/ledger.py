@@ -191,11 +191,13 @@ class Ledger:
     ) -> None:
         self._sessions = sessions
         self._engine = sessions.kw["bind"]
-        # Claim, fence and outcome run on one connection the process keeps (the claim and
-        # the fence as single autocommit statements compiled once): worker.held_connection.
+        # Claim, fence and outcome run on one connection the process keeps, each as a single
+        # autocommit statement compiled once: worker.held_connection.
         self._held = held_connection.HeldConnection(self._engine)
         self._claim = held_connection.RawStatement(_CLAIM, self._engine)
         self._fence = held_connection.RawStatement(_FENCE, self._engine)
+        # The outcomes' statements (recording.Write), compiled at their first run.
+        self._statements: dict[tuple[Any, ...], held_connection.RawStatement] = {}
         self.lease = lease
         self.max_deliveries = max_deliveries
         self.max_hold = max_hold
@@ -236,8 +238,7 @@ class Ledger:
             )
             # A create that died mid-call each time may have made a meeting: keep the mark.
             failed = Failed(reason, gave_up=True, maybe_sent=job.kind == CREATE)
-            with self._held.begin() as conn:
-                recording.finish(conn, job, status=models.FAILED, **recording.failed_values(failed))
+            self._write(job, recording.failed(job, failed))
             log.error("job.poison job_id=%s %s", job.job_id, reason)
             self._wake_next_update(job)
             return None
@@ -265,25 +266,43 @@ class Ledger:
         return recorded
 
     def _record(self, job: Claim, outcome: Outcome) -> bool:
-        # A Core transaction: no ORM session to build and tear down on the hot path.
-        with self._held.begin() as conn:
-            match outcome:
-                case Succeeded() if job.kind == CREATE:
-                    return recording.record_created(conn, job, outcome)
-                case Succeeded() if job.kind == UPDATE:
+        match outcome:
+            case Succeeded() if job.kind == UPDATE:
+                # The meeting row's new schedule is read under its row lock: a transaction.
+                with self._held.begin() as conn:
                     return recording.record_updated(conn, job, outcome)
-                case Succeeded():
-                    return recording.record_deleted(conn, job, outcome)
-                case Failed():
-                    return recording.finish(
-                        conn, job, status=models.FAILED, **recording.failed_values(outcome)
-                    )
-                case Retry() | Hold():
-                    countdown = self.countdown(outcome)
-                    # With a countdown on the broker the lease runs past the retry so the
-                    # sweeper stays away; a parked job's lease ends at the retry.
-                    lease = self.lease if countdown is not None else timedelta()
-                    return recording.record_later(conn, job, outcome, lease=lease)
+            case Succeeded() if job.kind == CREATE:
+                if self._write(job, recording.created(job, outcome)):
+                    return True
+                with self._held.begin() as conn:
+                    recording.record_lost_create(conn, job, outcome)
+                return False
+            case Succeeded():
+                return self._write(job, recording.deleted(job, outcome))
+            case Failed():
+                return self._write(job, recording.failed(job, outcome))
+            case Retry() | Hold():
+                # With a countdown on the broker the lease runs past the retry so the
+                # sweeper stays away; a parked job's lease ends at the retry.
+                lease = self.lease if self.countdown(outcome) is not None else timedelta()
+                return self._write(job, recording.later(job, outcome, lease=lease))
+
+    def _write(self, job: Claim, write: recording.Write) -> bool:
+        """Run an outcome's statement; False when the claim was lost (nothing written).
+
+        Alone in autocommit on the held connection, compiled once per shape: one round trip
+        where a transaction took three (BEGIN, the statement, COMMIT). A job that names an
+        ``on_done`` task gets its notification in the same transaction instead (the outbox
+        row is built from the finished row, in Python)."""
+        if job.on_done is not None:
+            with self._held.begin() as conn:
+                return recording.run(conn, job, write)
+        statement = self._statements.get(write.shape)
+        if statement is None:
+            statement = held_connection.RawStatement(write.statement, self._engine)
+            self._statements[write.shape] = statement
+        held = self._held.run(statement, write.parameters) is not None
+        return recording.claimed(held, job, write.what)
 
     def countdown(self, outcome: Retry | Hold) -> float | None:
         """Seconds until ``outcome.at`` when a broker countdown may carry the retry; None

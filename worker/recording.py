@@ -1,10 +1,14 @@
 """A claimed job, and how :meth:`worker.ledger.Ledger.record` writes each outcome.
 
 Kept apart from :mod:`worker.ledger` only for size (the ledger re-exports :class:`Claim`);
-it opens no transaction of its own (each function runs in the caller's, on a Core
-Connection), and every
-statement here is guarded by the claim token (compare-and-swap), except the meeting row a
-holder that lost its claim still writes (adopted by its job, or an orphan: see the ledger's
+it opens no transaction of its own. A create's, a delete's, a failure's and a retry's or
+hold's outcome is one statement (a :class:`Write`) that returns a row only when this worker
+still holds the claim: the ledger runs it alone in autocommit (one round trip), or, for a job
+whose ``on_done`` task must hear of it, in a transaction with its notification (:func:`run`).
+The rest runs in the caller's transaction on a Core Connection: an update's meeting row
+(:func:`record_updated`) and a create whose claim was lost (:func:`record_lost_create`).
+Every statement here is guarded by the claim token (compare-and-swap), except the meeting row
+a holder that lost its claim still writes (adopted by its job, or an orphan: see the ledger's
 protocol). Nothing here reads Settings.
 """
 
@@ -17,7 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple, cast
 
-from sqlalchemy import ColumnElement, Table, bindparam, func, select, update
+from sqlalchemy import ColumnElement, Interval, Table, bindparam, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection
 
@@ -44,15 +48,37 @@ _MEETING_COLUMNS = (
     "duration_min",
     "scheduled_end",
 )
-# The meeting a create made, written by the statement that finishes its job (one round trip).
-_NEW_MEETING = (
-    pg_insert(_MEETINGS)
-    .values({name: bindparam(f"m_{name}") for name in _MEETING_COLUMNS})
-    .on_conflict_do_nothing()
-    .cte("new_meeting")
+# What a job's finishing statement writes besides the job: nothing, the meeting a create
+# made (only while the job is held: a lost claim's meeting is recorded apart), or a deleted
+# meeting's state (whoever holds the claim: Zoom's meeting is gone either way).
+NO_MEETING, NEW_MEETING, MEETING_DELETED = "", "new_meeting", "meeting_deleted"
+# Statements built once per shape (SQLAlchemy Core): finishing() per set of columns it writes
+# and what it writes besides; later() per way it counts the wait.
+_FINISHES: dict[tuple[tuple[str, ...], str], Any] = {}
+_LATERS: dict[str, Any] = {}
+_RETRY, _HOLD, _HOLD_FAILING = "retry", "hold", "hold_failing"
+
+# A delete's meeting row, marked deleted by the statement that finishes its job.
+_MEETING_DELETED = (
+    update(_MEETINGS)
+    .where(
+        _MEETINGS.c.meeting_id == bindparam("d_meeting_id"),
+        _MEETINGS.c.state != models.DELETED,
+    )
+    .values(state=models.DELETED, deleted_at=func.now())
+    .cte("meeting_deleted")
 )
-# finish()'s statements, built once per set of columns it writes (SQLAlchemy Core).
-_FINISHES: dict[tuple[tuple[str, ...], bool], Any] = {}
+
+
+class Write(NamedTuple):
+    """One outcome as one statement, which returns a row only when this worker held the
+    claim. ``shape`` names its SQL (the same for every run of this kind of outcome: what is
+    compiled once), ``parameters`` are this run's, ``what`` names it in the log."""
+
+    shape: tuple[Any, ...]
+    statement: Any
+    parameters: dict[str, Any]
+    what: str
 
 
 @dataclass(frozen=True)
@@ -126,57 +152,94 @@ def claim_of(row: Any, token: str) -> Claim:
     )
 
 
-def record_later(conn: Connection, job: Claim, outcome: Retry | Hold, *, lease: timedelta) -> bool:
+def later(job: Claim, outcome: Retry | Hold, *, lease: timedelta) -> Write:
     """Hold the job until ``outcome.at``: retrying (a failure) or held (not failing).
 
     ``lease`` is how far past ``at`` the lease runs: a whole lease when a broker countdown
     carries the retry (the sweeper stays away), none when the job is parked for the sweeper.
     """
     delay = timedelta(seconds=max(0.0, (outcome.at - datetime.now(UTC)).total_seconds()))
-    lease_end = func.now() + delay + lease
-    common: dict[str, Any] = {
-        "error": outcome.reason,
-        "deliveries": 0,
-        "maybe_sent": outcome.maybe_sent,
-        "next_attempt_at": outcome.at,
-        "lease_expires_at": lease_end,
-        "claim_token": None,
-        "updated_at": func.now(),
-    }
     if isinstance(outcome, Retry):
-        values: dict[str, Any] = {
-            "status": models.RETRYING,
-            "attempts": JobRow.attempts + 1,
-            "held_for": None,
-            "first_failed_at": func.coalesce(JobRow.first_failed_at, func.now()),
-        }
+        how, status, held_for = _RETRY, models.RETRYING, None
     else:
+        how = _HOLD_FAILING if outcome.why.counts_as_failing else _HOLD
+        status, held_for = outcome.why.status, outcome.why.value
+    parameters = {
+        "b_job_id": job.job_id,
+        "b_token": job.token,
+        "v_status": status,
+        "v_held_for": held_for,
+        "v_error": outcome.reason,
+        "v_maybe_sent": outcome.maybe_sent,
+        "v_next_attempt_at": outcome.at,
+        "v_delay": delay,
+        "v_lease": lease,
+    }
+    return Write(("later", how), _later_statement(how), parameters, type(outcome).__name__)
+
+
+def _later_statement(how: str) -> Any:
+    statement = _LATERS.get(how)
+    if statement is None:
+        delay = bindparam("v_delay", type_=Interval())
+        if how == _RETRY:
+            counted: dict[str, Any] = {"attempts": _JOBS.c.attempts + 1}
+        else:
+            counted = {"deferrals": _JOBS.c.deferrals + 1}
         # Held time does not count against the give-up budget: move its start along
         # (a Zoom outage's does: the job is failing, only waiting with the fleet).
-        failing_since = JobRow.first_failed_at + delay
-        if outcome.why.counts_as_failing:
-            failing_since = func.coalesce(JobRow.first_failed_at, func.now())
-        values = {
-            "status": outcome.why.status,
-            "deferrals": JobRow.deferrals + 1,
-            "held_for": outcome.why.value,
-            "first_failed_at": failing_since,
-        }
-    result = conn.execute(
-        update(JobRow)
-        .where(JobRow.id == job.job_id, JobRow.claim_token == job.token)
-        .values(**common, **values)
+        failing_since: ColumnElement[Any] = func.coalesce(_JOBS.c.first_failed_at, func.now())
+        if how == _HOLD:
+            failing_since = _JOBS.c.first_failed_at + delay
+        statement = _LATERS[how] = (
+            update(_JOBS)
+            .where(_JOBS.c.id == bindparam("b_job_id"), _JOBS.c.claim_token == bindparam("b_token"))
+            .values(
+                status=bindparam("v_status"),
+                held_for=bindparam("v_held_for"),
+                error=bindparam("v_error"),
+                maybe_sent=bindparam("v_maybe_sent"),
+                next_attempt_at=bindparam("v_next_attempt_at"),
+                lease_expires_at=func.now() + delay + bindparam("v_lease", type_=Interval()),
+                first_failed_at=failing_since,
+                deliveries=0,
+                claim_token=None,
+                updated_at=func.now(),
+                **counted,
+            )
+            .returning(_JOBS.c.id)
+        )
+    return statement
+
+
+def failed(job: Claim, outcome: Failed) -> Write:
+    """End the job as failed (``gave_up`` when a budget ran out)."""
+    return finishing(
+        job,
+        status=models.FAILED,
+        error=outcome.reason,
+        gave_up=outcome.gave_up,
+        maybe_sent=outcome.maybe_sent,
     )
-    return claimed(result, job, type(outcome).__name__)
 
 
-def failed_values(outcome: Failed) -> dict[str, Any]:
-    return {"error": outcome.reason, "gave_up": outcome.gave_up, "maybe_sent": outcome.maybe_sent}
+def created(job: Claim, outcome: Succeeded) -> Write:
+    """Finish the create and add its meeting to the ledger, in one statement; when the claim
+    was lost it writes nothing, and :func:`record_lost_create` records the meeting."""
+    write = finishing(
+        job,
+        status=models.SUCCEEDED,
+        also=NEW_MEETING,
+        meeting_id=outcome.meeting_id,
+        join_url=outcome.join_url,
+        error=outcome.note,
+    )
+    write.parameters.update((f"m_{name}", value) for name, value in _meeting(job, outcome).items())
+    return write
 
 
-def record_created(conn: Connection, job: Claim, outcome: Succeeded) -> bool:
-    """Finish the create and add its meeting to the ledger; a meeting made by a holder that
-    lost its claim is adopted by the job if it has none yet, else kept as an orphan."""
+def _meeting(job: Claim, outcome: Succeeded) -> dict[str, Any]:
+    """The ledger's row for the meeting a create made."""
     assert outcome.meeting_id is not None, "a create succeeds with a meeting"
     body = job.body or {}
     end = meeting_body.scheduled_end(body, created_at=datetime.now(UTC))
@@ -184,7 +247,7 @@ def record_created(conn: Connection, job: Claim, outcome: Succeeded) -> bool:
     minutes = duration if isinstance(duration, int) else meeting_body.DEFAULT_DURATION
     has_start = isinstance(body.get("start_time"), str)
     start = end - timedelta(minutes=minutes) if end is not None and has_start else None
-    meeting = {
+    return {
         "meeting_id": outcome.meeting_id,
         "job_id": job.job_id,
         "account": job.account,
@@ -194,10 +257,13 @@ def record_created(conn: Connection, job: Claim, outcome: Succeeded) -> bool:
         "duration_min": duration if isinstance(duration, int) else None,
         "scheduled_end": end,
     }
+
+
+def record_lost_create(conn: Connection, job: Claim, outcome: Succeeded) -> None:
+    """The meeting a create made after its claim was lost: adopted by the job if it has none
+    yet, else kept as an orphan the next cleanup deletes (in the caller's transaction)."""
+    conn.execute(pg_insert(_MEETINGS).values(_meeting(job, outcome)).on_conflict_do_nothing())
     finished = {"meeting_id": outcome.meeting_id, "join_url": outcome.join_url}
-    meeting_values = {f"m_{name}": value for name, value in meeting.items()}
-    if finish(conn, job, status=models.SUCCEEDED, error=outcome.note, **finished, **meeting_values):
-        return True
     adopted = conn.execute(
         update(JobRow)
         .where(JobRow.id == job.job_id, JobRow.meeting_id.is_(None))
@@ -223,7 +289,7 @@ def record_created(conn: Connection, job: Claim, outcome: Succeeded) -> bool:
             job.job_id,
             outcome.meeting_id,
         )
-        return False
+        return
     orphan = conn.execute(
         update(MeetingRow)
         .where(
@@ -241,19 +307,22 @@ def record_created(conn: Connection, job: Claim, outcome: Succeeded) -> bool:
             job.job_id,
             outcome.meeting_id,
         )
-    return False
 
 
-def record_deleted(conn: Connection, job: Claim, outcome: Succeeded) -> bool:
-    if not job.occurrence_id and outcome.meeting_id is not None:
-        conn.execute(
-            update(MeetingRow)
-            .where(MeetingRow.meeting_id == outcome.meeting_id, MeetingRow.state != models.DELETED)
-            .values(state=models.DELETED, deleted_at=func.now())
-        )
-    return finish(
-        conn, job, status=models.SUCCEEDED, meeting_id=outcome.meeting_id, error=outcome.note
+def deleted(job: Claim, outcome: Succeeded) -> Write:
+    """Finish the delete; the ledger's meeting row (not for one occurrence) is marked deleted
+    by the same statement, held claim or not."""
+    gone = not job.occurrence_id and outcome.meeting_id is not None
+    write = finishing(
+        job,
+        status=models.SUCCEEDED,
+        also=MEETING_DELETED if gone else NO_MEETING,
+        meeting_id=outcome.meeting_id,
+        error=outcome.note,
     )
+    if gone:
+        write.parameters["d_meeting_id"] = outcome.meeting_id
+    return write
 
 
 def record_updated(conn: Connection, job: Claim, outcome: Succeeded) -> bool:
@@ -262,8 +331,10 @@ def record_updated(conn: Connection, job: Claim, outcome: Succeeded) -> bool:
     each field was set (``field_updated_ts``, so Zoom's notice of an older change never
     undoes this one). An update of one occurrence leaves the row alone: the cleanup asks Zoom
     for a series' real end before it deletes anything."""
-    finished = {"meeting_id": job.meeting_id, "error": outcome.note}
-    if not finish(conn, job, status=models.SUCCEEDED, **finished):
+    finished = finishing(
+        job, status=models.SUCCEEDED, meeting_id=job.meeting_id, error=outcome.note
+    )
+    if not run(conn, job, finished):
         return False
     meeting = conn.execute(
         select(_MEETINGS).where(_MEETINGS.c.meeting_id == job.meeting_id).with_for_update()
@@ -305,26 +376,20 @@ def rescheduled(meeting: Any, changes: dict[str, Any], *, now: datetime) -> dict
     return values
 
 
-def finish(conn: Connection, job: Claim, *, status: str, **values: Any) -> bool:
-    """End the job with ``status`` and ``values`` if this worker holds its claim. Values
-    named ``m_<column>`` are a meeting row written by the same statement (record_created)."""
+def finishing(job: Claim, *, status: str, also: str = NO_MEETING, **values: Any) -> Write:
+    """End the job with ``status`` and ``values`` if this worker holds its claim; ``also``
+    says what the same statement writes besides (its parameters are the caller's to add:
+    ``m_<column>`` for a new meeting, ``d_meeting_id`` for a deleted one)."""
     values.setdefault("maybe_sent", False)
     values["status"] = status
-    meeting = any(name.startswith("m_") for name in values)
-    names = tuple(sorted(name for name in values if not name.startswith("m_")))
+    names = tuple(sorted(values))
     parameters = {f"v_{name}": values[name] for name in names}
-    parameters.update((name, value) for name, value in values.items() if name.startswith("m_"))
     parameters.update(b_job_id=job.job_id, b_token=job.token)
-    result = conn.execute(_finish_statement(names, meeting), parameters)
-    if not claimed(result, job, status):
-        return False
-    if job.on_done is not None:
-        outbox.job_finished(conn, job.job_id)
-    return True
+    return Write(("finish", names, also), _finish_statement(names, also), parameters, status)
 
 
-def _finish_statement(names: tuple[str, ...], meeting: bool) -> Any:
-    statement = _FINISHES.get((names, meeting))
+def _finish_statement(names: tuple[str, ...], also: str) -> Any:
+    statement = _FINISHES.get((names, also))
     if statement is None:
         statement = (
             update(_JOBS)
@@ -340,17 +405,43 @@ def _finish_statement(names: tuple[str, ...], meeting: bool) -> Any:
                 updated_at=func.now(),
                 **{name: bindparam(f"v_{name}") for name in names},
             )
+            .returning(_JOBS.c.id)
         )
-        if meeting:
-            statement = statement.add_cte(_NEW_MEETING)
-        _FINISHES[(names, meeting)] = statement
+        if also == NEW_MEETING:
+            statement = _with_new_meeting(statement.cte("finished"))
+        elif also == MEETING_DELETED:
+            statement = statement.add_cte(_MEETING_DELETED)
+        _FINISHES[(names, also)] = statement
     return statement
 
 
-def claimed(result: Any, job: Claim, what: str) -> bool:
-    if not result.rowcount:
+def _with_new_meeting(finished: Any) -> Any:
+    """The finishing statement ``finished`` (a CTE) that also inserts the create's meeting,
+    only for the row it finished: when the claim was lost it inserts nothing."""
+    columns = [bindparam(f"m_{name}", type_=_MEETINGS.c[name].type) for name in _MEETING_COLUMNS]
+    new_meeting = (
+        pg_insert(_MEETINGS)
+        .from_select(_MEETING_COLUMNS, select(*columns).select_from(finished))
+        .on_conflict_do_nothing()
+        .cte("new_meeting")
+    )
+    return select(finished.c.id).add_cte(new_meeting)
+
+
+def run(conn: Connection, job: Claim, write: Write) -> bool:
+    """Run ``write`` in the caller's transaction, with the job's notification to its
+    ``on_done`` task when it names one; False when this worker no longer holds the claim."""
+    held = conn.execute(write.statement, write.parameters).first() is not None
+    if held and job.on_done is not None:
+        outbox.job_finished(conn, job.job_id)
+    return claimed(held, job, write.what)
+
+
+def claimed(held: bool, job: Claim, what: str) -> bool:
+    """``held``, logging an outcome not recorded because the claim was lost."""
+    if not held:
         log.warning("job.claim_lost job_id=%s outcome %s not recorded", job.job_id, what)
-    return bool(result.rowcount)
+    return held
 
 
 def older_update_unfinished() -> ColumnElement[bool]:
