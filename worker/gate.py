@@ -12,7 +12,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
-from worker import errors, priorities, zoom
+from worker import errors, outage, priorities, zoom
 from worker.config import Settings
 from worker.ratelimit import RateGovernor
 
@@ -55,6 +55,20 @@ class Gate(Protocol):
         job's (:mod:`worker.priorities`), higher served first."""
         ...
 
+    def checked_call(
+        self,
+        check: outage.Check,
+        operation: str,
+        user_id: str | None = None,
+        slot_at: float | None = None,
+        priority: str = priorities.DEFAULT,
+        meeting_id: int | None = None,
+    ) -> None:
+        """:meth:`before_call`, with the outage breaker's ``check`` asked first unless it was
+        asked already (an attempt asks it once, before its first call); a ZoomOutage from it
+        spends no permit."""
+        ...
+
     def admit(self, operation: str) -> None:
         """Right before the request leaves, after before_call: return when the calls made
         across the fleet leave room for it (see worker.ratelimit, Pacing); raise Deferred
@@ -78,6 +92,23 @@ class OpenGate:
         meeting_id: int | None = None,
     ) -> None:
         """Always let the call go."""
+
+    def checked_call(
+        self,
+        check: outage.Check,
+        operation: str,
+        user_id: str | None = None,
+        slot_at: float | None = None,
+        priority: str = priorities.DEFAULT,
+        meeting_id: int | None = None,
+    ) -> None:
+        """The breaker's check in a round trip of its own, then :meth:`before_call` (given
+        ``meeting_id`` only for an update's, so a subclass may leave it out)."""
+        check.ask()
+        if meeting_id is None:
+            self.before_call(operation, user_id, slot_at, priority)
+        else:
+            self.before_call(operation, user_id, slot_at, priority, meeting_id=meeting_id)
 
     def admit(self, operation: str) -> None:
         """Always room."""
@@ -133,12 +164,42 @@ class FleetGate:
         meeting_id: int | None = None,
     ) -> None:
         """Return when the call may go now; raise Deferred, DailyLimitReached or
-        MeetingUpdateLimitReached otherwise.
+        MeetingUpdateLimitReached otherwise (see :meth:`checked_call`)."""
+        self._pass(operation, user_id, slot_at, priority, meeting_id, None)
+
+    def checked_call(
+        self,
+        check: outage.Check,
+        operation: str,
+        user_id: str | None = None,
+        slot_at: float | None = None,
+        priority: str = priorities.DEFAULT,
+        meeting_id: int | None = None,
+    ) -> None:
+        """:meth:`before_call` with the outage breaker's check in the permit's round trip when
+        the breaker's Redis is the governor's (else in one of its own, first)."""
+        self._pass(operation, user_id, slot_at, priority, meeting_id, check)
+
+    def _pass(
+        self,
+        operation: str,
+        user_id: str | None,
+        slot_at: float | None,
+        priority: str,
+        meeting_id: int | None,
+        check: outage.Check | None,
+    ) -> None:
+        """Return when the call may go now; raise ZoomOutage (from the breaker's ``check``),
+        Deferred, DailyLimitReached or MeetingUpdateLimitReached otherwise.
 
         The caps are counted once the per-second permit is granted: the meeting's updates in
         24 hours (``ZOOM_MEETING_UPDATE_LIMIT``) first, then the host's creates and updates
         today (``ZOOM_DAILY_CREATE_LIMIT``), so a call refused by one cap spends no other. A
-        create is one round trip to Redis here (:meth:`RateGovernor.permit`)."""
+        create is one round trip to Redis here (:meth:`RateGovernor.permit`), the breaker's
+        check included when it is due and its Redis is the governor's."""
+        question = None if check is None else check.question(self._governor.client)
+        if check is not None and question is None:
+            check.ask()  # the breaker is elsewhere, or asked already (then this does nothing)
         host = user_id if operation in HOST_CAPPED else None
         category = category_of(operation, self._settings)
         meeting_capped = operation == "update" and meeting_id is not None
@@ -151,7 +212,10 @@ class FleetGate:
             max_ahead_s=MAX_AHEAD_S,
             slot_at=slot_at,
             priority=priority,
+            outage=question,
         )
+        if check is not None and question is not None:
+            check.answered(question, answer.outage)  # while Zoom fails, the attempt is held
         if answer.blocked_until is not None:
             raise errors.DailyLimitReached(
                 "the host's daily meeting create/update limit is reached",

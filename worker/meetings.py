@@ -20,10 +20,13 @@ the first failed attempt (a failed token request waits for the fleet's next one,
 error hold the job without counting. An unexpected error is retried at most
 ``JOB_MAX_ATTEMPTS`` times. A claim lost before a call stops the attempt with nothing recorded.
 
-When Zoom fails for the whole fleet, the jobs wait together: :func:`run` asks the outage
-breaker (:mod:`worker.outage`) before an attempt and tells it afterwards how Zoom answered;
-while it is open the attempt is not made and the job is held (``HoldReason.ZOOM_OUTAGE``,
-no attempt spent, but the time counts against ``JOB_GIVE_UP_AFTER``: Zoom is failing).
+When Zoom fails for the whole fleet, the jobs wait together: an attempt asks the outage
+breaker (:mod:`worker.outage`) with its first rate permit (in the permit's round trip when
+the breaker's Redis is the governor's) and :func:`run` tells it afterwards how Zoom answered;
+while it is open no call is made, no permit spent, and the job is held
+(``HoldReason.ZOOM_OUTAGE``, no attempt spent, but the time counts against
+``JOB_GIVE_UP_AFTER``: Zoom is failing). An attempt that calls nothing (a delete waiting for
+its create, or of a meeting already gone) does not ask.
 """
 
 from __future__ import annotations
@@ -61,20 +64,19 @@ def run(job: ledger.Claim, runtime: Runtime, *, slot_at: float | None = None) ->
 
     ``slot_at`` is a rate permit a previous run reserved; the first call uses it."""
     attempt = _Attempt(job, runtime, slot_at)
-    ticket = outage.Ticket("")
     try:
-        ticket = runtime.outage.check()  # while Zoom fails for the fleet, wait together
         work = {ledger.CREATE: attempt.create, ledger.UPDATE: attempt.update}
         outcome = work.get(job.kind, attempt.delete)()
         # Zoom answered well, unless the attempt had nothing to ask it (a delete waiting).
-        runtime.outage.report(ticket, healthy=True if attempt.called else None)
+        runtime.outage.report(attempt.check.ticket, healthy=True if attempt.called else None)
     except errors.ClaimLost:
-        runtime.outage.report(ticket, healthy=None)
+        runtime.outage.report(attempt.check.ticket, healthy=None)
         return None  # another worker has the job now: nothing to call, nothing to record
     except Exception as exc:  # every failure is decided in one place: decide()
         if not isinstance(exc, errors.ZoomWorkerError | sqlalchemy.exc.OperationalError):
             log.exception("job.unexpected_error job_id=%s", job.job_id, exc_info=exc)
-        runtime.outage.report(ticket, healthy=False if zoom_unwell(exc) else None)
+        healthy = False if zoom_unwell(exc) else None
+        runtime.outage.report(attempt.check.ticket, healthy=healthy)
         outcome = decide(
             exc, job, runtime.settings, sent=attempt.create_sent, reconciled=attempt.reconciled
         )
@@ -95,6 +97,8 @@ class _Attempt:
         self.create_sent = False
         self.reconciled = False
         self.called = False  # a Zoom call was let through the gate
+        # While Zoom fails for the fleet, wait together: asked with the first permit.
+        self.check = outage.Check(runtime.outage)
 
     # The job's credential is looked up on first use, inside run()'s decisions: a credential
     # removed since the job was enqueued fails the job there, saying so.
@@ -175,12 +179,8 @@ class _Attempt:
         self, operation: str, user_id: str | None = None, meeting_id: int | None = None
     ) -> None:
         slot_at, self.slot_at = self.slot_at, None  # a reserved slot serves one call
-        if meeting_id is None:
-            self.gate.before_call(operation, user_id, slot_at, self.job.priority)
-        else:
-            self.gate.before_call(
-                operation, user_id, slot_at, self.job.priority, meeting_id=meeting_id
-            )
+        priority = self.job.priority
+        self.gate.checked_call(self.check, operation, user_id, slot_at, priority, meeting_id)
         self.called = True
 
     def _find_lost_meeting(self) -> zoom.Meeting | None:

@@ -35,6 +35,12 @@ Job-specific answers (4xx), rate limits and the token endpoint's error answers (
 Every operation is one Lua script on Redis's own clock, so hosts whose clocks disagree
 agree on the pause.
 
+An attempt asks the breaker once, with its first rate permit (:class:`Check`): when the
+governor's Redis is the breaker's, the check is the first step of the permit's script
+(:data:`CHECK_FN`), so it costs no round trip of its own, and while the breaker holds the
+attempt the permit is not spent (no slot, no daily count); otherwise it is a script of its
+own, just before the permit.
+
 A good answer while the breaker is closed changes nothing but the window's count, so when
 the attempt batches its counters (:meth:`worker.fleet_counters.FleetCounters.batched`) its
 report joins that round trip at the attempt's end instead of taking one of its own; a
@@ -42,7 +48,9 @@ fault, and a probe's answer, are reported at once.
 
 The breaker fails open: when its Redis cannot be reached, every attempt may call Zoom and
 falls back on its own backoff, and the breaker stops asking Redis for :data:`REDIS_PAUSE_S`
-so a Redis outage costs one connect timeout per pause, not one per call.
+so a Redis outage costs one connect timeout per pause, not one per call. (A check that rides
+on the permit fails with it: without the governor's Redis no call goes anyway, the job is
+held for the governor.)
 """
 
 from __future__ import annotations
@@ -78,19 +86,23 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 """
 
-# KEYS: open, probe. ARGV: ticket, probe_lease_ms.
-# Returns {0} closed, {1, until_us, pause_us} held, {2} this ticket probes.
-_CHECK = (
-    _NOW
-    + """
-local ends = tonumber(redis.call('HGET', KEYS[1], 'until'))
-if not ends then return {0} end
-local pause = tonumber(redis.call('HGET', KEYS[1], 'pause'))
-if now < ends then return {1, string.format('%.0f', ends), string.format('%.0f', pause)} end
-if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2} end
-return {1, string.format('%.0f', now + pause), string.format('%.0f', pause)}
+# The check as a Lua function, so that another script on the breaker's Redis can ask it in its
+# own round trip (the governor's permit, :mod:`worker.ratelimit_scripts`). Returns {0} closed,
+# {1, until_us, pause_us} held, {2} this ticket probes.
+CHECK_FN = """
+local function outage_check(open_key, probe_key, ticket, lease_ms, now)
+  local state = redis.call('HMGET', open_key, 'until', 'pause')
+  local ends = tonumber(state[1])
+  if not ends then return {0} end
+  local pause = tonumber(state[2])
+  if now < ends then return {1, string.format('%.0f', ends), string.format('%.0f', pause)} end
+  if redis.call('SET', probe_key, ticket, 'NX', 'PX', lease_ms) then return {2} end
+  return {1, string.format('%.0f', now + pause), string.format('%.0f', pause)}
+end
 """
-)
+
+# KEYS: open, probe. ARGV: ticket, probe_lease_ms.
+_CHECK = _NOW + CHECK_FN + "return outage_check(KEYS[1], KEYS[2], ARGV[1], ARGV[2], now)\n"
 
 # KEYS: faults, oks, open, probe. ARGV: ticket, '1' healthy / '0' fault / '' neither,
 # window_us, threshold, pause_min_us, pause_max_us.
@@ -100,9 +112,10 @@ _REPORT = (
     + """
 local window = tonumber(ARGV[3])
 local is_open = redis.call('EXISTS', KEYS[3]) == 1
-local probing = redis.call('GET', KEYS[4]) == ARGV[1]
+-- read only where it matters: a good answer while closed (nearly every report) never asks
+local function probing() return redis.call('GET', KEYS[4]) == ARGV[1] end
 if ARGV[2] == '' then
-  if probing then redis.call('DEL', KEYS[4]) end
+  if probing() then redis.call('DEL', KEYS[4]) end
   return ''
 end
 if ARGV[2] == '1' then
@@ -116,7 +129,7 @@ if ARGV[2] == '1' then
   return ''
 end
 if is_open then
-  if not probing then return '' end
+  if not probing() then return '' end
   local pause = tonumber(redis.call('HGET', KEYS[3], 'pause'))
   pause = math.min(pause * 2, tonumber(ARGV[6]))
   redis.call('HSET', KEYS[3], 'until', string.format('%.0f', now + pause),
@@ -160,11 +173,32 @@ class Ticket:
     probe: bool = False
 
 
+@dataclass(frozen=True)
+class Question:
+    """The breaker's check for another script on its Redis to ask (:data:`CHECK_FN`'s
+    ``outage_check``: KEYS ``keys``, ARGV ``ticket`` and ``lease_ms``); the reply goes back to
+    :meth:`Breaker.answered`."""
+
+    keys: tuple[str, str]
+    ticket: str
+    lease_ms: int
+
+
 class Breaker(Protocol):
     """Asked before an attempt calls Zoom, told afterwards how Zoom answered."""
 
     def check(self) -> Ticket:
         """Return a ticket when the attempt may call Zoom; raise ZoomOutage while open."""
+        ...
+
+    def question(self, client: redis.Redis) -> Question | None:
+        """:meth:`check` as a script on ``client`` can ask it, or None when it cannot (not
+        the breaker's Redis, or nothing to ask): then :meth:`check` is the way."""
+        ...
+
+    def answered(self, question: Question, reply: Any) -> Ticket:
+        """The ticket that ``reply`` (the script's answer to ``question``) gives, as
+        :meth:`check` returns it; raises ZoomOutage as it does."""
         ...
 
     def report(self, ticket: Ticket, healthy: bool | None) -> None:
@@ -176,11 +210,59 @@ class Breaker(Protocol):
         ...
 
 
+class Check:
+    """One attempt's pass through the breaker, asked once, before its first call to Zoom:
+    alone (:meth:`ask`) or inside the governor's permit script (:meth:`question`, then
+    :meth:`answered`), so that the usual attempt spends no round trip on the breaker.
+
+    ``ticket`` is what the attempt reports afterwards: empty until asked, and when held."""
+
+    def __init__(self, breaker: Breaker) -> None:
+        self._breaker = breaker
+        self.ticket = Ticket("")
+        self._asked = False
+
+    def ask(self) -> None:
+        """Ask the breaker in a round trip of its own, unless it was asked already."""
+        if not self._asked:
+            self._asked = True
+            self.ticket = self._breaker.check()
+
+    def question(self, client: redis.Redis) -> Question | None:
+        """The breaker's question for a script on ``client``; None when it was asked already
+        or cannot be asked there (the caller then calls :meth:`ask`)."""
+        if self._asked:
+            return None
+        question = self._breaker.question(client)
+        if question is not None:
+            # Known before the answer, so an attempt whose permit then fails still hands a
+            # probe lease it took back.
+            self._asked, self.ticket = True, Ticket(question.ticket)
+        return question
+
+    def answered(self, question: Question, reply: Any) -> None:
+        """Take the breaker's answer to :meth:`question`; raises ZoomOutage while it is open
+        (a held attempt has no ticket: it has nothing to report)."""
+        try:
+            self.ticket = self._breaker.answered(question, reply)
+        except errors.ZoomOutage:
+            self.ticket = Ticket("")
+            raise
+
+
 class NoBreaker:
     """No breaker (``ZOOM_OUTAGE_THRESHOLD=0``): every attempt calls Zoom."""
 
     def check(self) -> Ticket:
         """Always let the attempt go."""
+        return Ticket("")
+
+    def question(self, client: redis.Redis) -> Question | None:
+        """Nothing to ask."""
+        return None
+
+    def answered(self, question: Question, reply: Any) -> Ticket:
+        """Never asked: let the attempt go."""
         return Ticket("")
 
     def report(self, ticket: Ticket, healthy: bool | None) -> None:
@@ -243,17 +325,35 @@ class OutageBreaker:
         if time.monotonic() < self._paused_until:
             return Ticket(ticket)
         try:
-            answer = self._check(keys=self._keys[2:], args=[ticket, self._probe_lease_ms])
+            reply = self._check(keys=self._keys[2:], args=[ticket, self._probe_lease_ms])
         except redis.RedisError as exc:
             self._unreachable("check", exc)
             return Ticket(ticket)
-        state = int(answer[0])
+        return self._ticket(ticket, reply)
+
+    def question(self, client: redis.Redis) -> Question | None:
+        """:meth:`check` for a script on ``client`` when it reaches this breaker's Redis (a
+        Redis failure then fails that script, and the caller's own handling applies); None
+        while the breaker does not ask Redis (:data:`REDIS_PAUSE_S`) or for another Redis."""
+        if time.monotonic() < self._paused_until:
+            return None
+        if not redis_client.same_server(client, self._client):
+            return None
+        keys = (self._keys[2], self._keys[3])
+        return Question(keys, uuid.uuid4().hex[:16], self._probe_lease_ms)
+
+    def answered(self, question: Question, reply: Any) -> Ticket:
+        """The ticket :meth:`check` would have returned for the script's ``reply``."""
+        return self._ticket(question.ticket, reply)
+
+    def _ticket(self, ticket: str, reply: Any) -> Ticket:
+        state = int(reply[0])
         if state == 0:
             return Ticket(ticket)
         if state == 2:
             log.warning("outage.probe ticket=%s calling Zoom to see if it is back", ticket)
             return Ticket(ticket, probe=True)
-        until_us, pause_us = int(answer[1]), int(answer[2])
+        until_us, pause_us = int(reply[1]), int(reply[2])
         raise errors.ZoomOutage(
             "Zoom is failing for the whole fleet; waiting for the breaker's probe",
             retry_at=datetime.fromtimestamp(until_us / _US, UTC),

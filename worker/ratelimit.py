@@ -13,13 +13,15 @@ Keys, under a namespace (default ``zw:rl``)::
     {ns}:learned:{category}  a lower calls-per-second learned from Zoom's headers, expires in 1 h
     {ns}:slack:{category}    extra spread after per-second 429s, us; expires (see Pacing)
     {ns}:sent:{category}     sorted set of the calls admitted in the last window, scored by
-                             epoch us (see Pacing)
+                             epoch us (see Pacing); trimmed to the window at every admit,
+                             so it needs no expiry
     {ns}:line:{category}:{priority}  the next return time handed to a refused caller of that
                              priority, epoch us (see Priorities)
     {ns}:host:block:{host}   the host's daily cap is reached until this time, epoch us;
                              the key expires at that time
     {ns}:host:count:{host}   hash {day, n}: calls counted for the host on ``day`` (days since
-                             the epoch, UTC); expires a margin after that day's end
+                             the epoch, UTC); expires a margin after that day's end (set
+                             when the day's count starts)
     {ns}:meeting:{id}        sorted set of the meeting's updates in the last 24 hours
                              (member and score: epoch us); expires 24 h after the newest
 
@@ -76,9 +78,15 @@ fills the schedule; while one does, bulk callers come back and are refused again
 
 Every operation that writes, or that reads the state against the clock, is one Lua script
 (:mod:`worker.ratelimit_scripts`), so it is atomic across the fleet; pure reads are one
-command. All time is Redis's own (``TIME`` inside the script, or :meth:`RateGovernor.now`):
-hosts whose clocks disagree still agree on the slots. Delays are returned relative to that
-clock, so a Celery countdown built from ``delay_s`` needs no agreement between clocks either.
+command. A call's permit (:meth:`RateGovernor.permit`) is one script for the host's block,
+the slot and the host's count, and can carry the outage breaker's check
+(:mod:`worker.outage`) on the same Redis: the check comes first, and while the breaker holds
+the attempt the permit is not spent (no slot, no count). Inside a script each category's keys
+are read in one ``MGET``, the clock once per script, and a key whose expiry is absolute (the
+host's count) is given it once, not at every call. All time is Redis's own (``TIME`` inside
+the script, or :meth:`RateGovernor.now`): hosts whose clocks disagree still agree on the
+slots. Delays are returned relative to that clock, so a Celery countdown built from
+``delay_s`` needs no agreement between clocks either.
 """
 
 from __future__ import annotations
@@ -96,6 +104,7 @@ import redis
 from redis.commands.core import Script
 
 from worker import errors, ratelimit_scripts, redis_client
+from worker.outage import Question
 
 # A reservation is honoured this long after its slot; later, a new one is taken. A late call
 # cannot crowd the slots after it (admit() counts the calls actually made), so a worker that
@@ -145,12 +154,16 @@ class Permit:
 
 @dataclass(frozen=True)
 class CallPermit:
-    """The governor's answer to one :meth:`RateGovernor.permit`: the host's block, else the
-    slot (``permit``) and, when it was counted, the host's count of calls today."""
+    """The governor's answer to one :meth:`RateGovernor.permit`: the outage breaker's answer
+    when asked, the host's block, else the slot (``permit``) and, when it was counted, the
+    host's count of calls today."""
 
     permit: Permit
     blocked_until: datetime | None = None
     host_calls: int | None = None
+    outage: Any = None
+    """The script's reply to the outage breaker's question, for :meth:`outage.Breaker.answered`
+    (None when not asked). While it holds the attempt, nothing else was done."""
 
 
 class RateGovernor:
@@ -233,27 +246,33 @@ class RateGovernor:
         max_ahead_s: float = 30.0,
         slot_at: float | None = None,
         priority: str | None = None,
+        outage: Question | None = None,
     ) -> CallPermit:
         """:meth:`host_blocked_until`, :meth:`reserve` and :meth:`count_host_call` in one round
         trip (one script), for a call made for ``host`` (None: no host cap counts it).
 
         A blocked host reserves nothing. The host's call is counted only when a slot at most
         ``count_within_s`` away is granted (the caller then makes the call; None: never
-        counted here, the caller counts it once it knows the call goes).
+        counted here, the caller counts it once it knows the call goes). The outage breaker's
+        ``outage`` question (its Redis must be this governor's) is answered first, in the same
+        script; while the breaker holds the attempt nothing is reserved or counted.
         """
         keys, args = self._reserve_request(category, max_ahead_s, slot_at, priority)
         if host is not None:
             keys += [self._host_key("block", host), self._host_key("count", host)]
         within = "" if count_within_s is None else str(round(count_within_s * _US))
-        granted, delay_us, slot_us, blocked_us, calls = self._run(
-            self._permit, keys, [*args, within, DAY_KEY_MARGIN_S]
-        )
+        args += [within, DAY_KEY_MARGIN_S, "", ""]
+        if outage is not None:
+            keys += outage.keys
+            args[-2:] = [outage.ticket, outage.lease_ms]
+        granted, delay_us, slot_us, blocked_us, calls, *asked = self._run(self._permit, keys, args)
         permit = Permit(bool(granted), delay_us / _US, slot_us / _US, category)
         blocked = int(blocked_us)
         return CallPermit(
             permit,
             blocked_until=_EPOCH + timedelta(microseconds=blocked) if blocked else None,
             host_calls=None if int(calls) < 0 else int(calls),
+            outage=asked[0] if asked else None,
         )
 
     def admit(self, category: str) -> Permit:

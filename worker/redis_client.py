@@ -129,6 +129,25 @@ def connect(url: str, **connection: Any) -> redis.Redis:
     return client
 
 
+def same_server(a: redis.Redis, b: redis.Redis) -> bool:
+    """True when both clients reach the same database of the same server (the same address,
+    or the same master of the same Sentinels), so that one script can serve both: their
+    timeouts and retries may differ."""
+    return _where(a) == _where(b)
+
+
+def _where(client: redis.Redis) -> tuple[Any, ...]:
+    pool = client.connection_pool
+    kwargs = pool.connection_kwargs
+    address = tuple(kwargs.get(name) for name in ("host", "port", "path", "db"))
+    manager = getattr(pool, "sentinel_manager", None)
+    if manager is None:
+        return address
+    found = (sentinel.connection_pool.connection_kwargs for sentinel in manager.sentinels)
+    sentinels = tuple((kwargs.get("host"), kwargs.get("port")) for kwargs in found)
+    return (*address, getattr(pool, "service_name", None), sentinels)
+
+
 def describe(url: str, service: str | None = None) -> str:
     """Where ``url`` leads, for an operator: host and port, or the Sentinels and the
     master's name (``service`` for Celery's ``sentinel://`` list); never a password."""
