@@ -48,6 +48,16 @@ def _open(breaker: outage.OutageBreaker) -> None:
     assert breaker.state() is not None
 
 
+def _opened(
+    clients: tuple[CountingRedis, CountingRedis], limits: dict[str, int] = LIMITS
+) -> tuple[gate.FleetGate, outage.OutageBreaker]:
+    """A fleet gate on the first client and a breaker on the second, opened by faults."""
+    governor_client, breaker_client = clients
+    breaker = _breaker(breaker_client)
+    _open(breaker)
+    return gate.FleetGate(RateGovernor(governor_client, limits), SETTINGS), breaker
+
+
 def _trips(*clients: CountingRedis) -> int:
     return sum(client.round_trips for client in clients)
 
@@ -74,17 +84,14 @@ def test_outage_permit__closed__check_and_permit_in_one_round_trip(
 def test_outage_permit__open__held_no_slot_no_daily_count(
     clients: tuple[CountingRedis, CountingRedis],
 ) -> None:
-    governor_client, breaker_client = clients
-    fleet_gate = gate.FleetGate(RateGovernor(governor_client, LIMITS), SETTINGS)
-    breaker = _breaker(breaker_client)
-    _open(breaker)
+    fleet_gate, breaker = _opened(clients)
     check = outage.Check(breaker)
 
     with pytest.raises(errors.ZoomOutage) as held:
         fleet_gate.checked_call(check, "create", HOST)
 
     assert held.value.pause_s == outage.PAUSE_MIN_S
-    assert governor_client.get("zw:rl:tat:medium") is None, "no slot was reserved"
+    assert clients[0].get("zw:rl:tat:medium") is None, "no slot was reserved"
     assert fleet_gate.governor.host_calls_today(HOST) == 0, "nothing counted for the host"
     assert check.ticket == outage.Ticket(""), "a held attempt has nothing to report"
 
@@ -92,11 +99,8 @@ def test_outage_permit__open__held_no_slot_no_daily_count(
 def test_outage_permit__pause_over__one_probe_through_the_permit_others_held(
     clients: tuple[CountingRedis, CountingRedis],
 ) -> None:
-    governor_client, breaker_client = clients
-    fleet_gate = gate.FleetGate(RateGovernor(governor_client, LIMITS), SETTINGS)
-    breaker = _breaker(breaker_client)
-    _open(breaker)
-    breaker_client.hset("zw:outage:open", "until", 0)  # the pause is over
+    fleet_gate, breaker = _opened(clients)
+    clients[1].hset("zw:outage:open", "until", 0)  # the pause is over
     probe, other = outage.Check(breaker), outage.Check(breaker)
 
     fleet_gate.checked_call(probe, "create", HOST)
@@ -112,11 +116,8 @@ def test_outage_permit__pause_over__one_probe_through_the_permit_others_held(
 def test_outage_permit__probe_deferred__lease_given_back_by_its_report(
     clients: tuple[CountingRedis, CountingRedis],
 ) -> None:
-    governor_client, breaker_client = clients
-    slow = gate.FleetGate(RateGovernor(governor_client, {"medium": 1, "light": 1}), SETTINGS)
-    breaker = _breaker(breaker_client)
-    _open(breaker)
-    breaker_client.hset("zw:outage:open", "until", 0)
+    slow, breaker = _opened(clients, {"medium": 1, "light": 1})
+    clients[1].hset("zw:outage:open", "until", 0)  # the pause is over
     slow.before_call("create", "first@example.com")  # the next slot is a second away
     probe = outage.Check(breaker)
 
