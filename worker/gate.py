@@ -69,10 +69,10 @@ class Gate(Protocol):
         spends no permit."""
         ...
 
-    def admit(self, operation: str) -> None:
+    def admit(self, operation: str, priority: str = priorities.DEFAULT) -> None:
         """Right before the request leaves, after before_call: return when the calls made
         across the fleet leave room for it (see worker.ratelimit, Pacing); raise Deferred
-        when that is too far off."""
+        when that is too far off (at once for ``bulk``: see FleetGate.admit)."""
         ...
 
     def rate_limited(self, operation: str, exc: errors.RateLimited, user_id: str | None) -> None:
@@ -110,7 +110,7 @@ class OpenGate:
         else:
             self.before_call(operation, user_id, slot_at, priority, meeting_id=meeting_id)
 
-    def admit(self, operation: str) -> None:
+    def admit(self, operation: str, priority: str = priorities.DEFAULT) -> None:
         """Always room."""
 
     def rate_limited(self, operation: str, exc: errors.RateLimited, user_id: str | None) -> None:
@@ -259,13 +259,19 @@ class FleetGate:
                 retry_at=midnight,
             )
 
-    def admit(self, operation: str) -> None:
+    def admit(self, operation: str, priority: str = priorities.DEFAULT) -> None:
         """Wait for the sliding log of calls made to admit this one (a caller late for its
         slot waits for the next opening); past ADMIT_WAIT_S, re-queue for a new slot. Called
         last before the request (after the ledger's fence), so that the time from admission
-        to Zoom varies as little as it can."""
+        to Zoom varies as little as it can.
+
+        A ``bulk`` caller does not wait: when the log is full it re-queues at once. Callers
+        waiting here race for each opening whatever their priority, so a backlog of bulk
+        jobs bunched at the log (late for their slots) would otherwise take the openings a
+        high job waits for, until it lost its slot too and went to the back."""
         category = category_of(operation, self._settings)
-        deadline = time.monotonic() + ADMIT_WAIT_S
+        wait_s = 0.0 if priority == priorities.BULK else ADMIT_WAIT_S
+        deadline = time.monotonic() + wait_s
         while True:
             admitted = self._governor.admit(category)
             if admitted.granted:

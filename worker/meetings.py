@@ -141,7 +141,7 @@ class _Attempt:
         self.store.get()
         self._permit("create", job.user_id)
         self.ledger.fence(job)
-        self.gate.admit("create")  # last, so the call leaves as the pacing admits it
+        self.gate.admit("create", job.priority)  # last: the call leaves as the pacing admits it
         self.create_sent = True
         meeting = self.client.create_meeting(job.user_id, body)
         log.info("meeting.created job_id=%s meeting_id=%s", job.job_id, meeting.id)
@@ -163,7 +163,7 @@ class _Attempt:
             return Succeeded(meeting_id, note="the meeting was already gone")
         self._permit("delete")
         self.ledger.fence(job)
-        self.gate.admit("delete")
+        self.gate.admit("delete", job.priority)
         try:
             self.client.delete_meeting(meeting_id, occurrence_id=job.occurrence_id)
         except errors.MeetingNotFound:
