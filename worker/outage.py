@@ -299,6 +299,9 @@ class OutageBreaker:
         self._check: Script = client.register_script(_CHECK)
         self._report: Script = client.register_script(_REPORT)
         self._paused_until = 0.0
+        # Whether a client reaches this breaker's Redis, by id (the client kept with its
+        # answer so the id is not reused): asked at every attempt, the same answer each time.
+        self._reaches: dict[int, tuple[redis.Redis, bool]] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings, batch: FleetCounters | None = None) -> Breaker:
@@ -337,10 +340,17 @@ class OutageBreaker:
         while the breaker does not ask Redis (:data:`REDIS_PAUSE_S`) or for another Redis."""
         if time.monotonic() < self._paused_until:
             return None
-        if not redis_client.same_server(client, self._client):
+        if not self._reaches_this(client):
             return None
         keys = (self._keys[2], self._keys[3])
         return Question(keys, uuid.uuid4().hex[:16], self._probe_lease_ms)
+
+    def _reaches_this(self, client: redis.Redis) -> bool:
+        known = self._reaches.get(id(client))
+        if known is None:
+            same = redis_client.same_server(client, self._client)
+            known = self._reaches[id(client)] = client, same
+        return known[1]
 
     def answered(self, question: Question, reply: Any) -> Ticket:
         """The ticket :meth:`check` would have returned for the script's ``reply``."""
